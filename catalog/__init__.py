@@ -1,0 +1,1 @@
+"""The Parquet catalog: schema v1, assembly from stage outputs, and the manifest."""

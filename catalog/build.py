@@ -1,0 +1,121 @@
+"""Assemble the catalog: per-shard v1 tables, then the parts and ``_manifest.json``.
+
+``assemble_shard`` (a Dask task per shard) joins the source, fetch and inspect outputs of one
+shard into a v1 table, ``stages/catalog/NNNNN.parquet``. ``write_catalog`` (one global step)
+counts over all of them, then writes ``catalog/part-NNNNN.parquet`` with the manifest in each
+file's key-value metadata and ``_manifest.json`` last. The new catalog is built in a temporary
+folder and swapped in by rename, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from catalog.schema import SCHEMA_V1, SCHEMA_VERSION, conform
+from pipeline.stages import is_done, shard_name, stage_path, write_json_atomic, write_table_atomic
+
+MANIFEST_KEY = "zxl.manifest"
+
+
+def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
+    run_dir = Path(run_dir)
+    out = stage_path(run_dir, "catalog", shard)
+    if is_done(out, stage_hash):
+        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    start = time.time()
+    source = pq.read_table(stage_path(run_dir, "source", shard), columns=["key", "url", "source_id"])
+    fetch = pq.read_table(stage_path(run_dir, "fetch", shard))
+    inspect = pq.read_table(stage_path(run_dir, "inspect", shard))
+    # All three are in source order, one row per input: check it rather than trust it.
+    for name, t in (("fetch", fetch), ("inspect", inspect)):
+        if t["key"].to_pylist() != source["key"].to_pylist():
+            raise RuntimeError(f"stage {name} of shard {shard_name(shard)} does not match its source rows; rerun")
+    status = inspect["status"]
+    error = pc.coalesce(inspect["error"], fetch["error"])
+    ok = pc.equal(status, "ok")
+    columns = {
+        "key": source["key"],
+        "url": source["url"],
+        "source_id": source["source_id"],
+        "status": status,
+        "error": pc.if_else(ok, pa.scalar(None, pa.string()), error),
+        "shard": fetch["shard"],
+        "shard_key": fetch["shard_key"],
+        "sha256": inspect["sha256"],
+        "phash": inspect["phash"],
+        "width": inspect["width"],
+        "height": inspect["height"],
+        "original_width": fetch["original_width"],
+        "original_height": fetch["original_height"],
+        "bucket": inspect["bucket"],
+        # Until the weigh stage exists every usable image is seen once per epoch.
+        "repeats": pc.if_else(ok, pa.scalar(1, pa.int16()), pa.scalar(0, pa.int16())),
+    }
+    table = conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
+    write_table_atomic(table, out, {"zxl.stage_hash": stage_hash})
+    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+
+
+def _counts(values: list) -> dict[str, int]:
+    c = Counter("null" if v is None else str(v) for v in values)
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def summarize(run_dir: Path, n_shards: int) -> dict:
+    """Counts over every shard's catalog rows, reading only the columns counted."""
+    cols = ["status", "score", "rating", "year", "bucket"]
+    tables = [pq.read_table(stage_path(run_dir, "catalog", s), columns=cols) for s in range(n_shards)]
+    table = pa.concat_tables(tables)
+    return {"rows": table.num_rows, **{c: _counts(table[c].to_pylist()) for c in cols}}
+
+
+def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
+    """Write ``catalog/`` from the per-shard tables; returns the manifest written."""
+    run_dir = Path(run_dir)
+    counts = summarize(run_dir, n_shards)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **manifest,
+        "rows": counts.pop("rows"),
+        "counts": counts,
+        "parts": [f"part-{shard_name(s)}.parquet" for s in range(n_shards)],
+        "columns": SCHEMA_V1.names,
+    }
+    final = run_dir / "catalog"
+    tmp = run_dir / f".catalog.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    blob = json.dumps(manifest, sort_keys=True, default=str)
+    for s in range(n_shards):
+        table = pq.read_table(stage_path(run_dir, "catalog", s))
+        write_table_atomic(table.select(SCHEMA_V1.names), tmp / f"part-{shard_name(s)}.parquet", {MANIFEST_KEY: blob})
+    write_json_atomic(manifest, tmp / "_manifest.json")
+    old = run_dir / f".catalog.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def read_manifest(catalog_dir: str | Path) -> dict:
+    path = Path(catalog_dir) / "_manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{catalog_dir} is not a zxl catalog: it has no _manifest.json")
+    return json.loads(path.read_text())
+
+
+def read_catalog(catalog_dir: str | Path) -> pa.Table:
+    """The whole catalog as one Arrow table (small catalogs and tests; use DuckDB for large ones)."""
+    return pq.read_table(Path(catalog_dir), schema=SCHEMA_V1)

@@ -1,0 +1,53 @@
+"""Catalog schema v1 (DESIGN.md "The catalog"): one row per source item, failures included."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed_download", "failed_decode", "filtered", "duplicate")
+RATINGS = ("general", "sensitive", "questionable", "explicit")
+
+SCHEMA_V1 = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("shard_key", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("phash", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("bucket", pa.string()),
+        pa.field("aesthetic", pa.float32()),
+        pa.field("score", pa.int8()),
+        pa.field("rating", pa.string()),
+        pa.field("rating_source", pa.string()),
+        pa.field("year", pa.int16()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("characters", pa.list_(pa.string())),
+        pa.field("caption", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("repeats", pa.int16(), nullable=False),
+    ]
+)
+
+
+def conform(columns: dict[str, list | pa.Array], n_rows: int) -> pa.Table:
+    """A v1 table from the columns a stage has; every other column is present and null."""
+    unknown = set(columns) - set(SCHEMA_V1.names)
+    if unknown:
+        raise KeyError(f"not catalog v1 columns: {sorted(unknown)}")
+    arrays = []
+    for field in SCHEMA_V1:
+        if field.name in columns:
+            arrays.append(pa.array(columns[field.name], field.type) if isinstance(columns[field.name], list)
+                          else columns[field.name].cast(field.type))  # fmt: skip
+        else:
+            arrays.append(pa.nulls(n_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA_V1)

@@ -1,0 +1,137 @@
+"""Read a URL list (parquet, csv or jsonl), map its columns onto ours and split it into shards.
+
+Every input row becomes exactly one row downstream. Its ``key`` is the source's own id where the
+list has one (``source.id_column``), else a hash of the URL; a key seen twice gets ``#2``, ``#3``…
+in input order, so keys stay unique and stable. The source's other columns travel with the row
+(renamed ``src_<name>`` where they would clash with a column zxl or img2dataset adds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from pipeline.stages import remove_stale, stage_path, stored_hash, write_table_atomic
+from zxl.config import ConfigError, SourceConfig, config_hash, to_dict
+
+RESERVED = {
+    "key", "url", "source_id", "zxl_key", "status", "error", "error_message", "width", "height",
+    "original_width", "original_height", "exif", "sha256", "md5", "caption", "shard", "shard_key",
+}  # fmt: skip
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def _format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        if fmt not in ("parquet", "csv", "jsonl"):
+            raise ConfigError(f"source.format must be auto, parquet, csv or jsonl, got '{fmt}'")
+        return fmt
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"cannot tell the format of URL list {path} from its suffix; set source.format to parquet, csv or jsonl"
+        ) from None
+
+
+def read_url_list(cfg: SourceConfig) -> pa.Table:
+    """The URL list as an Arrow table, with clear errors for every way it can be unusable."""
+    if not cfg.path:
+        raise ConfigError("no URL list: pass --urls PATH (or set source.path), or use --demo")
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise ConfigError(f"URL list not found: {path} (source.path)")
+    fmt = _format(path, cfg.format)
+    try:
+        if fmt == "parquet":
+            table = pq.read_table(path)
+        elif fmt == "csv":
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+            )
+        else:
+            table = pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError, ValueError) as e:
+        raise ConfigError(f"cannot read URL list {path} as {fmt}: {e}") from e
+    if table.num_rows == 0:
+        raise ConfigError(f"URL list {path} is empty: it has no rows")
+    names = table.column_names
+    for option, column in (("source.url_column", cfg.url_column), ("source.id_column", cfg.id_column)):
+        if column and column not in names:
+            raise ConfigError(
+                f"URL list {path} has no column '{column}' ({option}); its columns are: {', '.join(names)}"
+            )
+    return table
+
+
+def _keys(urls: list, ids: list | None) -> list[str]:
+    keys, seen = [], {}
+    for i, url in enumerate(urls):
+        base = str(ids[i]) if ids is not None and ids[i] is not None else None
+        if base is None:
+            base = hashlib.sha256((url or "").encode()).hexdigest()[:20]
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        keys.append(base if n == 1 else f"{base}#{n}")
+    return keys
+
+
+def normalize(table: pa.Table, cfg: SourceConfig) -> pa.Table:
+    """key, url, source_id first, then the kept source columns."""
+    urls = [None if u is None else str(u).strip() for u in table[cfg.url_column].to_pylist()]
+    ids = table[cfg.id_column].to_pylist() if cfg.id_column else None
+    out = {
+        "key": pa.array(_keys(urls, ids), pa.string()),
+        "url": pa.array([u or "" for u in urls], pa.string()),
+        "source_id": pa.array([None if i is None else str(i) for i in ids] if ids else [None] * len(urls), pa.string()),
+    }
+    keep = table.column_names if "*" in cfg.keep_columns else cfg.keep_columns
+    for name in keep:
+        if name not in table.column_names:
+            raise ConfigError(f"source.keep_columns names '{name}', which the URL list does not have")
+        if name == cfg.url_column:
+            continue
+        col = table[name]
+        if pa.types.is_null(col.type):
+            col = col.cast(pa.string())
+        out[f"src_{name}" if name in RESERVED else name] = col
+    return pa.table(out)
+
+
+def split(table: pa.Table, cfg: SourceConfig, run_dir: Path, shard_size: int) -> tuple[int, str]:
+    """Write ``stages/source/NNNNN.parquet``; returns (number of shards, the source hash).
+
+    The hash covers the list's content and the settings that shape it, so an unchanged list
+    reuses every shard and all that was computed from it.
+    """
+    if shard_size < 1:
+        raise ConfigError(f"run.shard_size must be at least 1, got {shard_size}")
+    fingerprint = hashlib.sha256()
+    for batch in table.to_batches():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as w:
+            w.write_batch(batch)
+        fingerprint.update(sink.getvalue().to_pybytes())
+    shape = {k: v for k, v in to_dict(cfg).items() if k != "path"}  # the content is hashed, not its path
+    source_hash = config_hash({"content": fingerprint.hexdigest(), "source": shape, "shard_size": shard_size})
+    n_shards = -(-table.num_rows // shard_size)
+    folder = Path(run_dir) / "stages" / "source"
+    normalized = None
+    for shard in range(n_shards):
+        path = stage_path(run_dir, "source", shard)
+        if stored_hash(path) == source_hash:
+            continue
+        if normalized is None:
+            normalized = normalize(table, cfg)
+        part = normalized.slice(shard * shard_size, shard_size)
+        write_table_atomic(part, path, {"zxl.stage_hash": source_hash})
+    remove_stale(folder, n_shards)
+    return n_shards, source_hash

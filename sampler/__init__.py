@@ -1,0 +1,1 @@
+"""ZTSNR v-prediction sampling and validation grids (RECIPE.md). Empty until the sampler issue lands."""

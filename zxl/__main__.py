@@ -1,0 +1,5 @@
+import sys
+
+from zxl.cli import main
+
+sys.exit(main())

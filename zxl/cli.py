@@ -1,0 +1,164 @@
+"""The ``zxl`` command: the one composition root. Library code never parses argv.
+
+``main(argv)`` takes a list so tests call every subcommand in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zxl import __version__
+from zxl.config import ConfigError, CurateConfig, DemoConfig, load_config
+
+EPILOG_CURATE = """\
+examples:
+  zxl curate --demo --config configs/curate/demo.yaml
+  zxl curate --urls posts.parquet --url-column file_url --id-column id --name danbooru
+  zxl curate --urls urls.csv --scheduler tcp://10.0.0.5:8786 --set fetch.thread_count=64
+
+Every stage writes one file per shard under runs/<name>/stages/; rerunning the same command skips
+finished shards, so a killed run resumes where it stopped.
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
+                   help="a preset from configs/ (repeatable; later files win)")  # fmt: skip
+    p.add_argument("--set", "-s", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override one key, e.g. --set fetch.timeout=5 (repeatable; wins over --config)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zxl",
+        description="Curate image URLs into a scored, tagged, captioned Parquet catalog; train and sample "
+        "a ZTSNR v-prediction SDXL fine-tune on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"zxl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    cur = sub.add_parser(
+        "curate",
+        help="run the curation pipeline over a URL list (or the demo corpus)",
+        description="Fetch, inspect and catalog every URL of a list, one Dask task per shard and stage.",
+        epilog=EPILOG_CURATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(cur)
+    src = cur.add_argument_group("input")
+    src.add_argument("--urls", metavar="PATH", help="URL list: .parquet, .csv/.tsv or .jsonl (source.path)")
+    src.add_argument("--url-column", metavar="COL", help="the column holding URLs (source.url_column, default url)")
+    src.add_argument("--id-column", metavar="COL",
+                     help="the source's own id column, used as the row key (source.id_column)")  # fmt: skip
+    src.add_argument("--demo", action="store_true",
+                     help="build the demo corpus, serve it on 127.0.0.1 and curate it")  # fmt: skip
+    run = cur.add_argument_group("run")
+    run.add_argument("--name", help="run name: output goes to <runs-dir>/<name>/ (run.name)")
+    run.add_argument("--runs-dir", help="where run folders live (run.runs_dir, default runs)")
+    run.add_argument("--workers", type=int, help="LocalCluster worker processes (run.workers; 0 = one per core)")
+    run.add_argument("--scheduler", metavar="S",
+                     help="local (default), sync (in-process, for debugging) or tcp://host:8786 (run.scheduler)")  # fmt: skip
+    run.add_argument("--shard-size", type=int, help="URLs per shard (run.shard_size)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    demo = sub.add_parser("demo", help="the bundled demo corpus").add_subparsers(dest="demo_command", metavar="ACTION")
+    for name, text in (("build", "generate the demo corpus (cached by size and seed)"),
+                       ("serve", "serve the demo corpus on 127.0.0.1 until interrupted")):  # fmt: skip
+        p = demo.add_parser(name, help=text, description=text)
+        _add_config_args(p)
+        p.add_argument("--size", type=int, help="rows, bad ones included (demo.size, default 600)")
+        p.add_argument("--seed", type=int, help="demo.seed")
+        p.add_argument("--dir", help="cache folder (demo.dir)")
+        if name == "serve":
+            p.add_argument("--port", type=int, help="preferred port (demo.port); 0 = any free port")
+            p.add_argument("--urls-out", default=None, metavar="PATH",
+                           help="where to write the URL list (default <corpus>/urls.parquet)")  # fmt: skip
+    return parser
+
+
+def _flags_to_config(args: argparse.Namespace) -> dict:
+    """The typed flags as a config mapping (they sit between presets and --set)."""
+    extra: dict = {}
+
+    def put(section: str, key: str, value) -> None:
+        if value is not None:
+            extra.setdefault(section, {})[key] = value
+
+    put("source", "path", getattr(args, "urls", None))
+    put("source", "url_column", getattr(args, "url_column", None))
+    put("source", "id_column", getattr(args, "id_column", None))
+    put("run", "name", getattr(args, "name", None))
+    put("run", "runs_dir", getattr(args, "runs_dir", None))
+    put("run", "workers", getattr(args, "workers", None))
+    put("run", "scheduler", getattr(args, "scheduler", None))
+    put("run", "shard_size", getattr(args, "shard_size", None))
+    if getattr(args, "no_progress", False):
+        put("run", "progress", False)
+    put("demo", "size", getattr(args, "size", None))
+    put("demo", "seed", getattr(args, "seed", None))
+    put("demo", "dir", getattr(args, "dir", None))
+    put("demo", "port", getattr(args, "port", None))
+    return extra
+
+
+def _build_demo(cfg: DemoConfig) -> Path:
+    from zxl.demo_corpus import build_corpus
+
+    return build_corpus(cfg.dir, size=cfg.size, seed=cfg.seed, bad_fraction=cfg.bad_fraction)
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from pipeline.curate import curate, summary
+
+    cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
+    if not args.demo:
+        result = curate(cfg)
+    else:
+        from zxl.demo_server import DemoServer
+
+        if args.urls:
+            raise ConfigError("--demo curates the bundled corpus: leave out --urls")
+        if cfg.demo.slow_seconds <= cfg.fetch.timeout:
+            raise ConfigError(
+                f"demo.slow_seconds ({cfg.demo.slow_seconds}) must exceed fetch.timeout ({cfg.fetch.timeout}) "
+                "so the slow rows time out"
+            )
+        corpus = _build_demo(cfg.demo)
+        cfg.source.url_column, cfg.source.id_column, cfg.source.path = "file_url", "id", str(corpus / "source.parquet")
+        with DemoServer(corpus, cfg.demo.host, cfg.demo.port, cfg.demo.slow_seconds) as server:
+            print(f"demo corpus {corpus} served on {server.base_url}", flush=True)
+            result = curate(cfg, urls=server.url_table())
+    print(summary(result), flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cfg = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args)).demo
+    corpus = _build_demo(cfg)
+    if args.demo_command == "build":
+        print(corpus)
+        return 0
+    from zxl.demo_server import DemoServer, serve_forever
+
+    urls = Path(args.urls_out) if args.urls_out else corpus / "urls.parquet"
+    serve_forever(DemoServer(corpus, cfg.host, cfg.port, cfg.slow_seconds), urls)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None or (args.command == "demo" and args.demo_command is None):
+        parser.print_help() if args.command is None else parser.parse_args([args.command, "--help"])
+        return 2
+    try:
+        return {"curate": cmd_curate, "demo": cmd_demo}[args.command](args)
+    except ConfigError as e:
+        print(f"zxl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Typed configuration: dataclasses filled from YAML presets and ``--set key=value`` overrides.
+
+Presets live in ``configs/`` as plain YAML (loaded with ``yaml.safe_load``, never executed).
+Every key is checked against the dataclass it fills: an unknown key is a ``ConfigError`` that
+names the full dotted key and the closest valid one, and a value of the wrong type names the key
+and the type it wants. The resolved config is written next to every output with its hash
+(``runs/<name>/config.yaml``), so a run directory says exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and what to change."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str = "demo"  # runs/<name>/
+    runs_dir: str = "runs"
+    shard_size: int = 10_000  # URLs per shard, one Dask task per shard per stage
+    scheduler: str = "local"  # local (a LocalCluster) | sync | tcp://host:8786
+    workers: int = 0  # LocalCluster worker processes; 0 = one per core
+    threads_per_worker: int = 1
+    dashboard_address: str = ":0"  # LocalCluster dashboard; "" turns it off
+    shard_retries: int = 1  # a failed shard task is retried this many times, then the run stops
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """Where the URL list comes from and how its columns map onto ours."""
+
+    path: str = ""  # parquet, csv or jsonl; empty with --demo
+    format: str = "auto"  # auto (from the suffix) | parquet | csv | jsonl
+    url_column: str = "url"
+    id_column: str = ""  # the source's own id (e.g. a booru post id); empty: key = hash of url
+    keep_columns: list[str] = dataclasses.field(default_factory=lambda: ["*"])  # "*" = all
+
+
+@dataclasses.dataclass
+class FetchConfig:
+    """img2dataset's downloader and resizer settings (its own names and meanings)."""
+
+    thread_count: int = 32
+    timeout: float = 10.0  # seconds per request
+    retries: int = 0
+    user_agent_token: str = "zxl"
+    disallowed_header_directives: list[str] = dataclasses.field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    # Keep enough resolution for the largest training bucket: never upscale, and only downscale
+    # images whose short side is above image_size (keep_ratio = short side; 1024 covers every
+    # bucket of the recipe, whose short sides are 768..1024).
+    image_size: int = 1024
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    skip_reencode: bool = True  # a JPEG that needs no resize is stored byte for byte
+    min_image_size: int = 0
+    max_aspect_ratio: float = float("inf")
+    max_image_pixels: int = 89_478_485  # decoder limit (Pillow's default): larger is a bomb
+
+
+@dataclasses.dataclass
+class InspectConfig:
+    max_image_pixels: int = 89_478_485  # stored images above this are not decoded
+    phash_size: int = 8  # 8 -> a 64-bit perceptual hash
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """The bundled demo corpus: generated from a seed, served on 127.0.0.1."""
+
+    size: int = 600  # rows, bad ones included
+    seed: int = 0
+    bad_fraction: float = 0.05
+    dir: str = ".cache/demo"  # built corpora are cached here, one folder per (size, seed)
+    host: str = "127.0.0.1"
+    port: int = 8799  # preferred; a busy port falls back to a free one
+    slow_seconds: float = 8.0  # how long the "slow" rows stall; keep above fetch.timeout
+
+
+@dataclasses.dataclass
+class CurateConfig:
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
+    fetch: FetchConfig = dataclasses.field(default_factory=FetchConfig)
+    inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key a dataclass accepts, sections included."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        keys.append(key)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(valid_keys(hints[f.name], key + "."))
+    return keys
+
+
+def _unknown_key(root: type, key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(root), n=1, cutoff=0.5)
+    if not close:  # a misspelt last part of a long key: compare last parts too
+        last = key.rsplit(".", 1)[-1]
+        tails = {k.rsplit(".", 1)[-1]: k for k in valid_keys(root)}
+        close = [tails[m] for m in difflib.get_close_matches(last, list(tails), n=1, cutoff=0.6)]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and gently convert) one value against its annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' wants a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' wants a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' wants true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' wants an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "+inf"):
+            return float("inf")
+        raise ConfigError(f"config key '{key}' wants a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' wants a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, root: type | None = None, prefix: str = "") -> Any:
+    """Build ``cls`` from a nested mapping; unknown keys and wrong types raise ConfigError."""
+    root = root or cls
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in names:
+            raise _unknown_key(root, key)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value or {}, root, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], c) with c parsed as a YAML scalar (so 3 is an int, [x] a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set wants key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set wants key=value, got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(
+    cls: type, presets: list[str | os.PathLike] = (), overrides: list[str] = (), extra: dict | None = None
+) -> Any:
+    """Defaults, then each preset file in order, then ``extra`` (CLI flags), then ``--set`` overrides."""
+    data: dict = {}
+    for path in presets:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top")
+        data = _deep_merge(data, loaded)
+    if extra:
+        data = _deep_merge(data, extra)
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        data = _deep_merge(data, nested)
+    return from_dict(cls, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, float) and obj == float("inf"):
+        return "inf"
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def config_hash(data: Any) -> str:
+    """A short, stable hash of a config (or any section of one, or a plain dict)."""
+    blob = json.dumps(_jsonable(data), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, its hash in the first line (a comment, so it loads back)."""
+    body = yaml.safe_dump(_jsonable(to_dict(cfg)), sort_keys=False)
+    return f"# zxl resolved config, hash {config_hash(cfg)}\n{body}"
