@@ -34,10 +34,18 @@ class CurateResult:
     dashboard: str | None
 
 
+# Settings that change how fast a stage runs, not what it writes: changing them redoes nothing.
+SPEED_ONLY = {"fetch": {"thread_count"}}
+
+
+def _section(cfg, stage: str) -> dict:
+    return {k: v for k, v in to_dict(cfg).items() if k not in SPEED_ONLY.get(stage, ())}
+
+
 def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
-    h_fetch = config_hash({"stage": "fetch", "cfg": to_dict(cfg.fetch), "shard_size": cfg.run.shard_size,
+    h_fetch = config_hash({"stage": "fetch", "cfg": _section(cfg.fetch, "fetch"), "shard_size": cfg.run.shard_size,
                            "up": source_hash})  # fmt: skip
-    h_inspect = config_hash({"stage": "inspect", "cfg": to_dict(cfg.inspect), "up": h_fetch})
+    h_inspect = config_hash({"stage": "inspect", "cfg": _section(cfg.inspect, "inspect"), "up": h_fetch})
     h_catalog = config_hash({"stage": "catalog", "schema": SCHEMA_VERSION, "up": h_inspect})
     return {"source": source_hash, "fetch": h_fetch, "inspect": h_inspect, "catalog": h_catalog}
 

@@ -179,6 +179,9 @@ def from_dict(cls: type, data: dict, root: type | None = None, prefix: str = "")
     for name, value in data.items():
         key = prefix + str(name)
         if name not in names:
+            while isinstance(value, dict) and len(value) == 1:  # name the whole dotted key
+                (sub, value), = value.items()
+                key = f"{key}.{sub}"
             raise _unknown_key(root, key)
         tp = hints[name]
         if dataclasses.is_dataclass(tp):

@@ -1,0 +1,63 @@
+# zxl — every target that needs Python depends on the venv, so a fresh clone installs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= configs/curate/demo.yaml
+ARGS   ?=
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE := disabled
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install curate test bench bench-gpu lint format lock clean help
+
+help:
+	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
+	@echo "make test       the whole test suite (what .ci/run calls)"
+	@echo "make bench      CPU benchmarks: a markdown table and JSON under bench/results/"
+	@echo "make lint       ruff format check and lint"
+	@echo "make install    build .venv from constraints.txt (the lock)"
+
+# The lock is constraints.txt: every package, exact version. torch 2.14.1 / torchvision 0.29.1
+# come from the machine's local wheel store through pip's own configuration.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+curate: $(STAMP)
+	$(BIN)/zxl curate --demo -c $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench --gpu $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Re-resolve the lock from pyproject.toml's ranges (needs the package registry).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# The lock: exact versions of every package zxl installs (make install uses it as pip constraints)."; \
+	  echo "# Regenerate with: make lock"; \
+	  .venv-lock/bin/python -m pip list --format=freeze | grep -v '^zxl=='; } > constraints.txt
+	rm -rf .venv-lock
+
+clean:
+	rm -rf runs .cache bench/results/*.json bench/results/*.md

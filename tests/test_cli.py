@@ -1,0 +1,56 @@
+import pytest
+
+from zxl.cli import main
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "curate" in out and "demo" in out
+    with pytest.raises(SystemExit):
+        main(["curate", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--urls", "--url-column", "--id-column", "--demo", "--workers", "--scheduler", "--set", "--config"):
+        assert flag in out
+    assert "tcp://" in out and "resumes" in out
+
+
+def test_config_errors_exit_2_and_name_the_key(capsys, tmp_path):
+    assert main(["curate", "--set", "fetch.timout=3", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'fetch.timout'" in err and "'fetch.timeout'" in err
+
+
+def test_missing_url_list_and_column(capsys, tmp_path, urls_file):
+    assert main(["curate", "--urls", str(tmp_path / "none.parquet"), "--runs-dir", str(tmp_path)]) == 2
+    assert "URL list not found" in capsys.readouterr().err
+    assert main(["curate", "--urls", str(urls_file), "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'url'" in err and "file_url" in err
+
+
+def test_curate_the_demo_end_to_end(capsys, tmp_path):
+    code = main([
+        "curate", "--demo", "--no-progress", "--runs-dir", str(tmp_path), "--name", "d", "--scheduler", "sync",
+        "--set", "demo.size=30", "--set", "demo.bad_fraction=0.25", "--set", f"demo.dir={tmp_path / 'corpus'}",
+        "--set", "demo.port=0", "--set", "fetch.timeout=1", "--set", "demo.slow_seconds=3",
+    ])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "served on http://127.0.0.1:" in out
+    assert "rows per status" in out and "failed_download" in out
+    assert (tmp_path / "d" / "catalog" / "_manifest.json").exists()
+
+
+def test_demo_build_prints_the_folder(capsys, tmp_path):
+    assert main(["demo", "build", "--size", "10", "--dir", str(tmp_path)]) == 0
+    folder = capsys.readouterr().out.strip()
+    assert folder.startswith(str(tmp_path)) and (tmp_path / folder.rsplit("/", 1)[1] / "COMPLETE").exists()
+
+
+def test_demo_rejects_a_timeout_longer_than_the_stall(capsys, tmp_path):
+    assert main(["curate", "--demo", "--runs-dir", str(tmp_path), "--set", "fetch.timeout=10",
+                 "--set", "demo.slow_seconds=5"]) == 2  # fmt: skip
+    assert "demo.slow_seconds" in capsys.readouterr().err

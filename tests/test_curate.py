@@ -1,0 +1,128 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.build import read_catalog, read_manifest
+from catalog.schema import SCHEMA_V1
+from pipeline.curate import curate, summary
+from pipeline.stages import stage_path
+from tests.conftest import make_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _table(catalog_dir):
+    return read_catalog(catalog_dir).sort_by("key")
+
+
+def test_every_url_is_one_row_with_the_right_status(sync_run, truth):
+    cfg, result = sync_run
+    cat = read_catalog(result.catalog_dir).to_pandas()
+    assert len(cat) == len(truth) and cat["key"].is_unique
+    merged = cat.merge(truth, on="key", validate="one_to_one")
+    for kind, rows in merged.groupby(merged["bad"].fillna("good")):
+        assert (rows["status"] == rows["expected_status"]).all(), (kind, rows[["status", "error"]])
+    failed = merged[merged["status"] != "ok"]
+    assert failed["error"].str.len().gt(0).all()
+    assert set(failed["repeats"]) == {0}
+    ok = merged[merged["status"] == "ok"]
+    assert ok["error"].isna().all() and (ok["repeats"] == 1).all()
+    assert ok["sha256"].str.len().eq(64).all() and ok["phash"].notna().all()
+    assert ok["bucket"].notna().all() and ok["width"].notna().all()
+    assert (ok["original_width"] >= ok["width"]).all()
+
+
+def test_catalog_is_plain_parquet_for_every_reader(sync_run):
+    cfg, result = sync_run
+    d = result.catalog_dir
+    assert pq.read_table(d).schema.names == SCHEMA_V1.names
+    assert pq.read_table(d).schema.field("score").type == SCHEMA_V1.field("score").type
+    assert list(pd.read_parquet(d).columns) == SCHEMA_V1.names
+    n = duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet')").fetchall()[0][0]
+    assert n == result.manifest["rows"]
+    assert duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet') where score is not null").fetchall()[0][0] == 0
+
+
+def test_manifest_and_file_metadata(sync_run):
+    cfg, result = sync_run
+    m = read_manifest(result.catalog_dir)
+    assert m["schema_version"] == 1 and m["rows"] == sum(m["counts"]["status"].values())
+    assert m["config"]["run"]["name"] == "sync" and len(m["config_hash"]) == 16
+    assert set(m["stages"]) >= {"fetch", "inspect", "catalog"}
+    assert m["stages"]["fetch"]["images_per_s"] > 0
+    meta = pq.read_schema(result.catalog_dir / m["parts"][0]).metadata
+    assert b"zxl.manifest" in meta
+    assert (result.run_dir / "config.yaml").read_text().startswith("# zxl resolved config, hash ")
+    text = summary(result)
+    assert "failed_download" in text and "img/s" in text and str(result.catalog_dir) in text
+
+
+def test_rerun_skips_every_shard_and_gives_the_same_catalog(sync_run):
+    cfg, first = sync_run
+    again = curate(cfg, log=lambda *_: None)
+    for stage in ("fetch", "inspect", "catalog"):
+        assert again.stage_stats[stage]["shards_run"] == 0
+        assert again.stage_stats[stage]["shards_skipped"] == 4
+    assert _table(again.catalog_dir).equals(_table(first.catalog_dir))
+
+
+def test_a_changed_setting_redoes_only_what_it_touches(sync_run, tmp_path):
+    import shutil
+
+    cfg, first = sync_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(first.run_dir, run_dir)
+    cfg2 = make_config(tmp_path, "copy", cfg.source.path, "inspect.phash_size=8", "inspect.max_image_pixels=100000000")
+    stage_path(run_dir, "fetch", 2).unlink()  # as if killed before shard 2's fetch finished
+    res = curate(cfg2, log=lambda *_: None)
+    assert res.stage_stats["fetch"]["shards_run"] == 1
+    assert res.stage_stats["inspect"]["shards_run"] == 4  # its setting changed
+    assert _table(res.catalog_dir).equals(_table(first.catalog_dir))
+
+
+def test_local_cluster_gives_the_same_catalog_as_sync(sync_run, tmp_path):
+    cfg, first = sync_run
+    cfg2 = make_config(tmp_path, "cluster", cfg.source.path, "run.scheduler=local", "run.workers=2")
+    res = curate(cfg2, log=lambda *_: None)
+    assert "LocalCluster with 2 workers" in res.executor
+    assert _table(res.catalog_dir).equals(_table(first.catalog_dir))
+
+
+def test_kill_mid_fetch_then_resume(sync_run, tmp_path):
+    """kill -9 while shards are being fetched; the rerun finishes the same catalog."""
+    cfg, first = sync_run
+    name = "killed"
+    args = [sys.executable, "-m", "zxl", "curate", "--no-progress", "--urls", cfg.source.path,
+            "--url-column", "file_url", "--id-column", "id", "--runs-dir", str(tmp_path), "--name", name,
+            "--scheduler", "sync", "--shard-size", "40", "--set", f"fetch.timeout={cfg.fetch.timeout}"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_shard = stage_path(tmp_path / name, "fetch", 0)
+    deadline = time.monotonic() + 120
+    while not first_shard.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first_shard.exists()
+    assert not (tmp_path / name / "catalog").exists()
+    leftovers = [p for p in (tmp_path / name / "stages").rglob("*.parquet") if ".tmp-" in p.name]
+    assert all(p.name.startswith(".") for p in leftovers)  # a temporary never has a final name
+    res = curate(make_config(tmp_path, name, cfg.source.path), log=lambda *_: None)
+    assert res.stage_stats["fetch"]["shards_skipped"] >= 1
+    assert _table(res.catalog_dir).equals(_table(first.catalog_dir))
+
+
+def test_a_bad_url_list_stops_before_any_work(tmp_path, urls_file):
+    from zxl.config import ConfigError
+
+    cfg = make_config(tmp_path, "bad", urls_file, "source.url_column=image_url")
+    with pytest.raises(ConfigError, match="image_url"):
+        curate(cfg, log=lambda *_: None)
+    assert not (tmp_path / "bad").exists()

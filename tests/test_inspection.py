@@ -1,0 +1,56 @@
+import io
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.inspection import inspect_image, phash
+from zxl.config import InspectConfig
+
+
+def _image(seed, size=(96, 64), mode="RGB"):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").convert(mode)
+
+
+def _signed(h: imagehash.ImageHash) -> int:
+    v = int(str(h), 16)
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_phash_is_bit_for_bit_imagehash(mode):
+    for seed in range(5):
+        img = _image(seed, mode=mode)
+        assert phash(img) == _signed(imagehash.phash(img))
+
+
+def test_phash_survives_resizing_but_not_a_new_picture():
+    a = _image(1, (400, 300)).filter(__import__("PIL.ImageFilter").ImageFilter.GaussianBlur(4))
+    b = a.resize((200, 150))
+    c = _image(2, (400, 300)).filter(__import__("PIL.ImageFilter").ImageFilter.GaussianBlur(4))
+    dist = lambda x, y: bin((phash(x) ^ phash(y)) & (2**64 - 1)).count("1")  # noqa: E731
+    assert dist(a, b) <= 6 < dist(a, c)
+
+
+def _jpeg(img):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_inspect_a_good_image():
+    data = _jpeg(_image(0, (1216, 832)))
+    row = inspect_image(data, InspectConfig())
+    assert row["status"] == "ok" and row["error"] is None
+    assert (row["width"], row["height"], row["bucket"]) == (1216, 832, "1216x832")
+    assert len(row["sha256"]) == 64 and isinstance(row["phash"], int)
+
+
+def test_truncated_and_oversized_images_fail_with_a_reason():
+    data = _jpeg(_image(0, (300, 200)))
+    row = inspect_image(data[: len(data) // 2], InspectConfig())
+    assert row["status"] == "failed_decode" and "truncated" in row["error"]
+    row = inspect_image(data, InspectConfig(max_image_pixels=1000))
+    assert row["status"] == "failed_decode" and "max_image_pixels" in row["error"]
