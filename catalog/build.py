@@ -85,7 +85,7 @@ def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
     counts = summarize(run_dir, n_shards)
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **manifest,
         "rows": counts.pop("rows"),
         "counts": counts,

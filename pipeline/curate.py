@@ -124,7 +124,9 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
 def summary(result: CurateResult) -> str:
     """The end-of-run report: rows per status, images/s per stage, where the catalog is."""
     m = result.manifest
-    lines = [f"catalog: {result.catalog_dir}  ({m['rows']} rows, {len(m['parts'])} parts, schema v{m['schema_version']})"]
+    lines = [
+        f"catalog: {result.catalog_dir}  ({m['rows']} rows, {len(m['parts'])} parts, schema v{m['schema_version']})"
+    ]
     lines.append("rows per status:")
     for status, n in m["counts"]["status"].items():
         lines.append(f"  {status:<16} {n:>8}")

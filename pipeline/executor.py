@@ -34,7 +34,7 @@ class Task:
         return (self.stage, self.shard)
 
 
-class ShardFailed(RuntimeError):
+class ShardFailedError(RuntimeError):
     pass
 
 
@@ -48,8 +48,9 @@ class Progress:
 
     def __init__(self, stage_rows: dict[str, int], enabled: bool):
         self.bars = {
-            stage: tqdm(total=n, desc=f"{stage:>8}", unit="img", position=i, leave=True, disable=not enabled,
-                        dynamic_ncols=True)  # fmt: skip
+            stage: tqdm(
+                total=n, desc=f"{stage:>8}", unit="img", position=i, leave=True, disable=not enabled, dynamic_ncols=True
+            )  # fmt: skip
             for i, (stage, n) in enumerate(stage_rows.items())
         }
         self.skipped = dict.fromkeys(stage_rows, 0)
@@ -98,7 +99,9 @@ class Executor:
         else:
             from zxl.config import ConfigError
 
-            raise ConfigError(f"run.scheduler must be local, sync or an address like tcp://host:8786, got '{scheduler}'")
+            raise ConfigError(
+                f"run.scheduler must be local, sync or an address like tcp://host:8786, got '{scheduler}'"
+            )
         with contextlib.suppress(Exception):
             self.dashboard = self.client.dashboard_link if self.cfg.dashboard_address or self.cluster is None else None
         return self
@@ -131,7 +134,7 @@ class Executor:
                     break
                 except Exception as e:  # noqa: BLE001 - the shard boundary: retry, then stop the run
                     if attempt == self.cfg.shard_retries:
-                        raise ShardFailed(_failure(task, attempt + 1, e)) from e
+                        raise ShardFailedError(_failure(task, attempt + 1, e)) from e
                     traceback.print_exc()
             progress.done(task, results[task.id])
         return results
@@ -155,7 +158,7 @@ class Executor:
                 task = by_future[fut.key]
                 if fut.status == "error":
                     exc = fut.exception()
-                    raise ShardFailed(_failure(task, self.cfg.shard_retries + 1, exc)) from exc
+                    raise ShardFailedError(_failure(task, self.cfg.shard_retries + 1, exc)) from exc
                 results[task.id] = fut.result()
                 progress.done(task, results[task.id])
         except BaseException:

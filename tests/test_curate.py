@@ -48,7 +48,9 @@ def test_catalog_is_plain_parquet_for_every_reader(sync_run):
     assert list(pd.read_parquet(d).columns) == SCHEMA_V1.names
     n = duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet')").fetchall()[0][0]
     assert n == result.manifest["rows"]
-    assert duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet') where score is not null").fetchall()[0][0] == 0
+    assert (
+        duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet') where score is not null").fetchall()[0][0] == 0
+    )
 
 
 def test_manifest_and_file_metadata(sync_run):

@@ -24,10 +24,23 @@ finished shards, so a killed run resumes where it stopped.
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", action="append", default=[], metavar="YAML",
-                   help="a preset from configs/ (repeatable; later files win)")  # fmt: skip
-    p.add_argument("--set", "-s", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="override one key, e.g. --set fetch.timeout=5 (repeatable; wins over --config)")  # fmt: skip
+    p.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="a preset from configs/ (repeatable; later files win)",
+    )
+    p.add_argument(
+        "--set",
+        "-s",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set fetch.timeout=5 (repeatable; wins over --config)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,22 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     src = cur.add_argument_group("input")
     src.add_argument("--urls", metavar="PATH", help="URL list: .parquet, .csv/.tsv or .jsonl (source.path)")
     src.add_argument("--url-column", metavar="COL", help="the column holding URLs (source.url_column, default url)")
-    src.add_argument("--id-column", metavar="COL",
-                     help="the source's own id column, used as the row key (source.id_column)")  # fmt: skip
-    src.add_argument("--demo", action="store_true",
-                     help="build the demo corpus, serve it on 127.0.0.1 and curate it")  # fmt: skip
+    src.add_argument(
+        "--id-column", metavar="COL", help="the source's own id column, used as the row key (source.id_column)"
+    )
+    src.add_argument("--demo", action="store_true", help="build the demo corpus, serve it on 127.0.0.1 and curate it")
     run = cur.add_argument_group("run")
     run.add_argument("--name", help="run name: output goes to <runs-dir>/<name>/ (run.name)")
     run.add_argument("--runs-dir", help="where run folders live (run.runs_dir, default runs)")
     run.add_argument("--workers", type=int, help="LocalCluster worker processes (run.workers; 0 = one per core)")
-    run.add_argument("--scheduler", metavar="S",
-                     help="local (default), sync (in-process, for debugging) or tcp://host:8786 (run.scheduler)")  # fmt: skip
+    run.add_argument(
+        "--scheduler",
+        metavar="S",
+        help="local (default), sync (in-process, for debugging) or tcp://host:8786 (run.scheduler)",
+    )
     run.add_argument("--shard-size", type=int, help="URLs per shard (run.shard_size)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     demo = sub.add_parser("demo", help="the bundled demo corpus").add_subparsers(dest="demo_command", metavar="ACTION")
-    for name, text in (("build", "generate the demo corpus (cached by size and seed)"),
-                       ("serve", "serve the demo corpus on 127.0.0.1 until interrupted")):  # fmt: skip
+    for name, text in (
+        ("build", "generate the demo corpus (cached by size and seed)"),
+        ("serve", "serve the demo corpus on 127.0.0.1 until interrupted"),
+    ):
         p = demo.add_parser(name, help=text, description=text)
         _add_config_args(p)
         p.add_argument("--size", type=int, help="rows, bad ones included (demo.size, default 600)")
@@ -73,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", help="cache folder (demo.dir)")
         if name == "serve":
             p.add_argument("--port", type=int, help="preferred port (demo.port); 0 = any free port")
-            p.add_argument("--urls-out", default=None, metavar="PATH",
-                           help="where to write the URL list (default <corpus>/urls.parquet)")  # fmt: skip
+            p.add_argument(
+                "--urls-out",
+                default=None,
+                metavar="PATH",
+                help="where to write the URL list (default <corpus>/urls.parquet)",
+            )
     return parser
 
 

@@ -180,7 +180,7 @@ def from_dict(cls: type, data: dict, root: type | None = None, prefix: str = "")
         key = prefix + str(name)
         if name not in names:
             while isinstance(value, dict) and len(value) == 1:  # name the whole dotted key
-                (sub, value), = value.items()
+                ((sub, value),) = value.items()
                 key = f"{key}.{sub}"
             raise _unknown_key(root, key)
         tp = hints[name]

@@ -26,6 +26,7 @@ Layout of a built corpus (``build_corpus``)::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -34,7 +35,6 @@ import shutil
 import struct
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -128,8 +128,11 @@ def serve_forever(server: DemoServer, urls_path: Path) -> None:
     server.write_urls(urls_path)
     server.start()
     print(f"serving the demo corpus on {server.base_url}", flush=True)
-    print(f"URL list: {urls_path}   (zxl curate --urls {urls_path} --set source.url_column=file_url "
-          "--set source.id_column=id)", flush=True)
+    print(
+        f"URL list: {urls_path}   (zxl curate --urls {urls_path} --set source.url_column=file_url "
+        "--set source.id_column=id)",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -1,0 +1,1 @@
+"""zxl benchmarks (``make bench``): figures measured side by side with a named baseline."""

@@ -1,0 +1,113 @@
+"""fetch: zxl's Dask fetch stage against the bare ``img2dataset`` command, same URLs, same settings.
+
+Both download the same demo URLs from one local server with the same resize, encode, thread and
+process settings; zxl runs its fetch tasks on a LocalCluster with as many workers as img2dataset
+gets processes. Each side runs ``repeats`` times, alternating, into fresh folders; the figure is
+successfully stored images per second of wall time, best run of each (start-up included on both
+sides: Dask's cluster, img2dataset's process pool and imports).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline import fetch as fetch_stage
+from pipeline import sources
+from pipeline.curate import stage_hashes
+from pipeline.executor import Executor, Progress, Task
+from zxl.config import CurateConfig, load_config
+from zxl.demo_corpus import build_corpus
+from zxl.demo_server import DemoServer
+
+CACHE = Path(".cache/bench")
+
+
+def _ours(cfg: CurateConfig, urls: Path) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    table = sources.read_url_list(cfg.source)
+    run_dir = Path(cfg.run.runs_dir) / cfg.run.name
+    n, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
+    h = stage_hashes(cfg, source_hash)["fetch"]
+    plan = [
+        Task("fetch", s, fetch_stage.fetch_shard, (str(run_dir), s, h, cfg.fetch, cfg.run.shard_size)) for s in range(n)
+    ]
+    with Executor(cfg.run) as ex:
+        ex.run(plan, Progress({"fetch": table.num_rows}, enabled=False))
+    seconds = time.perf_counter() - t0
+    ok = sum(
+        pq.read_table(run_dir / "stages" / "fetch" / f"{s:05d}.parquet", columns=["status"])["status"]
+        .to_pylist()
+        .count("ok")
+        for s in range(n)
+    )
+    return seconds, ok
+
+
+def _bare(cfg: CurateConfig, urls: Path, out: Path) -> tuple[float, int]:
+    f = cfg.fetch
+    cmd = [
+        str(Path(sys.executable).with_name("img2dataset")),
+        "--url_list", str(urls), "--input_format", "parquet", "--url_col", "file_url",
+        "--output_format", "webdataset", "--output_folder", str(out),
+        "--processes_count", str(cfg.run.workers), "--thread_count", str(f.thread_count),
+        "--number_sample_per_shard", str(cfg.run.shard_size), "--distributor", "multiprocessing",
+        "--image_size", str(f.image_size), "--resize_mode", f.resize_mode,
+        "--resize_only_if_bigger", str(f.resize_only_if_bigger), "--encode_format", f.encode_format,
+        "--encode_quality", str(f.encode_quality), "--skip_reencode", str(f.skip_reencode),
+        "--timeout", str(f.timeout), "--retries", str(f.retries), "--enable_wandb", "False",
+        "--save_additional_columns", "[id,tag_string_general,tag_string_character,rating,created_at]",
+    ]  # fmt: skip
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t0
+    ok = sum(pq.read_table(p, columns=["status"])["status"].to_pylist().count("success") for p in out.glob("*.parquet"))
+    return seconds, ok
+
+
+def run(quick: bool = False) -> dict:
+    n_urls = 500 if quick else 2000
+    repeats = 1 if quick else 2
+    workers = min(2, os.cpu_count() or 1)
+    corpus = build_corpus(CACHE, size=n_urls, seed=1, bad_fraction=0.0)
+    work = Path(tempfile.mkdtemp(prefix="zxl-bench-fetch-"))
+    ours, bare = [], []
+    try:
+        with DemoServer(corpus, port=0) as server:
+            urls = server.write_urls(work / "urls.parquet")
+            for r in range(repeats):
+                cfg = load_config(
+                    CurateConfig,
+                    overrides=[
+                        f"run.runs_dir={work}", f"run.name=ours{r}", "run.shard_size=250", f"run.workers={workers}",
+                        "run.progress=false", "run.dashboard_address=", f"source.path={urls}",
+                        "source.url_column=file_url", "source.id_column=id", "fetch.thread_count=16",
+                    ],
+                )  # fmt: skip
+                ours.append(_ours(cfg, urls))
+                bare.append(_bare(cfg, urls, work / f"bare{r}"))
+                rates = [ok / s for s, ok in (ours[-1], bare[-1])]
+                print(f"  run {r}: zxl {rates[0]:.1f} img/s, img2dataset {rates[1]:.1f} img/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = lambda runs: max(ok / s for s, ok in runs)  # noqa: E731
+    o, b = best(ours), best(bare)
+    return {
+        "name": f"fetch ({n_urls} URLs, {workers} procs × 16 threads)",
+        "ours": o,
+        "baseline": b,
+        "baseline_name": "img2dataset CLI, same settings",
+        "unit": "images/s",
+        "ratio": o / b,
+        "target": "≥ 0.9×",
+        "runs": {"ours": ours, "baseline": bare},
+        "stored": {"ours": ours[0][1], "baseline": bare[0][1]},
+    }
