@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from catalog.build import assemble_shard, write_catalog
 from catalog.schema import SCHEMA_VERSION
-from pipeline import fetch, inspection, sources
+from pipeline import executor, fetch, inspection, sources
 from pipeline.executor import Executor, Progress, Task
 from pipeline.stages import write_text_atomic
 from zxl import __version__
@@ -81,6 +81,7 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
 
 def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> CurateResult:
     """Run every stage; ``urls`` overrides reading ``cfg.source.path`` (used by ``--demo``)."""
+    executor.validate(cfg.run)
     fetch.validate(cfg.fetch)
     table = urls if urls is not None else sources.read_url_list(cfg.source)
     if urls is not None and cfg.source.url_column not in table.column_names:

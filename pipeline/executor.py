@@ -11,8 +11,8 @@ the pipeline, at the shard boundary.
 from __future__ import annotations
 
 import contextlib
-import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +65,21 @@ class Progress:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Configuration errors before any work starts, named by key."""
+    from zxl.config import ConfigError
+
+    if cfg.scheduler not in ("local", "sync") and not cfg.scheduler.startswith(SCHEDULER_SCHEMES):
+        raise ConfigError(
+            f"run.scheduler must be local, sync or an address like tcp://host:8786, got '{cfg.scheduler}'"
+        )
+    if cfg.workers < 0 or cfg.threads_per_worker < 1 or cfg.shard_retries < 0:
+        raise ConfigError("run.workers must be >= 0, run.threads_per_worker >= 1 and run.shard_retries >= 0")
 
 
 class Executor:
@@ -143,7 +158,7 @@ class Executor:
         from dask.distributed import as_completed
 
         futures, by_future = {}, {}
-        stamp = f"{time.time():.0f}"
+        stamp = uuid.uuid4().hex[:8]  # keys unique per run, so two runs can share a cluster
         for task in plan:
             deps = [futures[d] for d in task.deps]
             fut = self.client.submit(

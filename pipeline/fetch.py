@@ -157,7 +157,7 @@ def validate(cfg: FetchConfig) -> None:
         raise ConfigError(f"fetch.timeout must be positive, got {cfg.timeout}")
 
 
-def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int) -> pa.Table:
+def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) -> pa.Table:
     """img2dataset's per-shard parquet → our fetch table, in source order, one row per input."""
     by_key = {k: i for i, k in enumerate(i2d["zxl_key"].to_pylist())}
     cols = {c: i2d[c].to_pylist() for c in ("key", "status", "error_message", "width", "height",
@@ -177,6 +177,8 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int) -> pa.Table:
         error = cols["error_message"][i]
         if status != "ok" and not error:
             error = cols["status"][i] or "unknown failure"
+        elif status == "failed_download" and "timed out" in error:
+            error = f"{error} (no answer within fetch.timeout={timeout:g} s)"
         rows["shard_key"].append(cols["key"][i])
         rows["status"].append(status)
         rows["error"].append(None if status == "ok" else str(error))
@@ -211,6 +213,6 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
             os.replace(tmp / f"{name}{suffix}", shards_dir / f"{name}{suffix}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = _to_stage_rows(i2d, source, shard)
+    table = _to_stage_rows(i2d, source, shard, cfg.timeout)
     write_table_atomic(table, out, {"zxl.stage_hash": stage_hash})
     return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}

@@ -128,3 +128,22 @@ def test_a_bad_url_list_stops_before_any_work(tmp_path, urls_file):
     with pytest.raises(ConfigError, match="image_url"):
         curate(cfg, log=lambda *_: None)
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_existing_cluster_by_address(sync_run, tmp_path):
+    from dask.distributed import LocalCluster
+
+    cfg, first = sync_run
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        cfg2 = make_config(tmp_path, "remote", cfg.source.path, f"run.scheduler={cluster.scheduler_address}")
+        res = curate(cfg2, log=lambda *_: None)
+        assert res.executor == f"cluster at {cluster.scheduler_address} with 1 workers"
+    assert _table(res.catalog_dir).equals(_table(first.catalog_dir))
+
+
+def test_an_unknown_scheduler_is_a_config_error(tmp_path, urls_file):
+    from zxl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.scheduler"):
+        curate(make_config(tmp_path, "x", urls_file, "run.scheduler=yarn"), log=lambda *_: None)
+    assert not (tmp_path / "x").exists()
