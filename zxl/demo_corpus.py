@@ -4,10 +4,12 @@ Each *source picture* is a procedural drawing (gradient sky, hard-edged shapes, 
 a dotted texture, so sharpness, noise and blocking are all visible) that appears five times, as a
 known quality ladder, best first:
 
-    clean > noisy > jpeg_crushed > blurred > downscaled
+    clean > noisy > jpeg_crushed > downscaled > blurred
 
-(the order is the intended ranking; a scorer should put ``clean`` on top and the damaged copies
-below it). Every picture has one aspect ratio, drawn from the eleven recipe buckets and some odd
+(the order is the intended ranking, by construction: Gaussian noise of σ 28 leaves every edge in
+place; JPEG at quality 3–7 keeps the shapes but bands the gradients and blocks the detail; a
+quarter-size copy (long side 256–512 px) would need 3–5× upscaling to fill any training bucket;
+a Gaussian blur of radius short-side/60 wipes out every edge). Every picture has one aspect ratio, drawn from the eleven recipe buckets and some odd
 ones (1:3, 21:9 …), a long side between 256 and 2048 px, and a file format and pixel mode from
 JPEG/PNG/WebP × RGB/RGBA/L/P/CMYK. About ``bad_fraction`` of the rows are bad on purpose, one kind
 after another: a 404, a 500, a truncated JPEG, HTML served as an image, zero bytes, a
@@ -43,7 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
-LADDER = ("clean", "noisy", "jpeg_crushed", "blurred", "downscaled")
+LADDER = ("clean", "noisy", "jpeg_crushed", "downscaled", "blurred")  # best first
+CORPUS_VERSION = 2  # bump when the generator changes, so cached corpora are rebuilt
 BAD_KINDS = ("not_found", "server_error", "truncated_jpeg", "html", "zero_bytes", "bomb", "slow")
 EXPECTED_STATUS = {
     "not_found": "failed_download",
@@ -60,8 +63,9 @@ RECIPE_ASPECTS = [
     (1088, 960), (1152, 896), (1216, 832), (1280, 768), (1344, 768),
 ]  # fmt: skip
 ODD_ASPECTS = [(1, 3), (3, 1), (21, 9), (9, 21), (4, 3), (3, 4), (1, 2), (239, 100)]
-LONG_SIDES = [256, 512, 640, 768, 1024, 1152, 1344, 1536, 2048]
-LONG_SIDE_WEIGHTS = [0.04, 0.14, 0.12, 0.16, 0.2, 0.12, 0.1, 0.07, 0.05]
+# A picture's long side; its downscaled rung is a quarter of that, 256 px at least.
+LONG_SIDES = [512, 640, 768, 1024, 1152, 1344, 1536, 2048]
+LONG_SIDE_WEIGHTS = [0.12, 0.1, 0.14, 0.24, 0.14, 0.12, 0.08, 0.06]
 FORMAT_MODES = {  # format -> (modes, weights)
     "jpg": (["RGB", "L", "CMYK"], [0.8, 0.1, 0.1]),
     "png": (["RGB", "RGBA", "L", "P"], [0.4, 0.3, 0.1, 0.2]),
@@ -97,7 +101,7 @@ class Item:
 
 
 def corpus_dir(root: str | os.PathLike, size: int, seed: int, bad_fraction: float) -> Path:
-    return Path(root) / f"n{size}-s{seed}-b{bad_fraction:g}"
+    return Path(root) / f"v{CORPUS_VERSION}-n{size}-s{seed}-b{bad_fraction:g}"
 
 
 def plan(size: int, seed: int, bad_fraction: float) -> list[Item]:
@@ -175,7 +179,7 @@ def degrade(img: Image.Image, rung: str, item: Item, seed: int) -> tuple[Image.I
     """Apply a ladder rung; returns the image and the JPEG quality to save with."""
     rng = np.random.default_rng([seed, 2, item.index])
     if rung == "blurred":
-        return img.filter(ImageFilter.GaussianBlur(radius=max(2.0, min(img.size) / 120))), 92
+        return img.filter(ImageFilter.GaussianBlur(radius=max(3.0, min(img.size) / 60))), 92
     if rung == "noisy":
         a = np.asarray(img, dtype=np.int16) + rng.normal(0, 28, (img.height, img.width, 3)).astype(np.int16)
         return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB"), 92
