@@ -9,11 +9,14 @@ known quality ladder, best first:
 (the order is the intended ranking, by construction: Gaussian noise of σ 28 leaves every edge in
 place; JPEG at quality 3–7 keeps the shapes but bands the gradients and blocks the detail; a
 quarter-size copy (long side 256–512 px) would need 3–5× upscaling to fill any training bucket;
-a Gaussian blur of radius short-side/60 wipes out every edge). Every picture has one aspect ratio, drawn from the eleven recipe buckets and some odd
-ones (1:3, 21:9 …), a long side between 256 and 2048 px, and a file format and pixel mode from
-JPEG/PNG/WebP × RGB/RGBA/L/P/CMYK. About ``bad_fraction`` of the rows are bad on purpose, one kind
-after another: a 404, a 500, a truncated JPEG, HTML served as an image, zero bytes, a
-decompression bomb and a response slower than the fetch timeout.
+a Gaussian blur of radius short-side/60 wipes out every edge).
+
+Every picture has one aspect ratio, drawn from the eleven recipe buckets and some odd ones
+(1:3, 21:9 …), a long side between 512 and 2048 px (256 and up for the downscaled rungs), and a
+file format and pixel mode from JPEG/PNG/WebP × RGB/RGBA/L/P/CMYK. About ``bad_fraction`` of
+the rows are bad on purpose, one kind after another: a 404, a 500, a truncated JPEG, HTML
+served as an image, zero bytes, a decompression bomb and a response slower than the fetch
+timeout.
 
 Layout of a built corpus (``build_corpus``)::
 
