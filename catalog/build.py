@@ -36,12 +36,14 @@ def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
     source = pq.read_table(stage_path(run_dir, "source", shard), columns=["key", "url", "source_id"])
     fetch = pq.read_table(stage_path(run_dir, "fetch", shard))
     inspect = pq.read_table(stage_path(run_dir, "inspect", shard))
-    # All three are in source order, one row per input: check it rather than trust it.
-    for name, t in (("fetch", fetch), ("inspect", inspect)):
+    score = pq.read_table(stage_path(run_dir, "score", shard), columns=["key", "aesthetic"])
+    reduce = pq.read_table(stage_path(run_dir, "reduce", shard))
+    # All are in source order, one row per input: check it rather than trust it.
+    for name, t in (("fetch", fetch), ("inspect", inspect), ("score", score), ("reduce", reduce)):
         if t["key"].to_pylist() != source["key"].to_pylist():
             raise RuntimeError(f"stage {name} of shard {shard_name(shard)} does not match its source rows; rerun")
-    status = inspect["status"]
-    error = pc.coalesce(inspect["error"], fetch["error"])
+    status = reduce["status"]
+    error = pc.coalesce(reduce["error"], inspect["error"], fetch["error"])
     ok = pc.equal(status, "ok")
     columns = {
         "key": source["key"],
@@ -58,8 +60,10 @@ def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
         "original_width": fetch["original_width"],
         "original_height": fetch["original_height"],
         "bucket": inspect["bucket"],
-        # Until the weigh stage exists every usable image is seen once per epoch.
-        "repeats": pc.if_else(ok, pa.scalar(1, pa.int16()), pa.scalar(0, pa.int16())),
+        "aesthetic": score["aesthetic"],
+        "score": reduce["score"],
+        "duplicate_of": reduce["duplicate_of"],
+        "repeats": reduce["repeats"],
     }
     table = conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
     write_table_atomic(table, out, {"zxl.stage_hash": stage_hash})
@@ -72,23 +76,24 @@ def _counts(values: list) -> dict[str, int]:
 
 
 def summarize(run_dir: Path, n_shards: int) -> dict:
-    """Counts over every shard's catalog rows, reading only the columns counted."""
-    cols = ["status", "score", "rating", "year", "bucket"]
-    tables = [pq.read_table(stage_path(run_dir, "catalog", s), columns=cols) for s in range(n_shards)]
-    table = pa.concat_tables(tables)
-    return {"rows": table.num_rows, **{c: _counts(table[c].to_pylist()) for c in cols}}
+    """Counts over every shard's rows, reading only the columns counted: status over all rows,
+    the rest over the ok rows (the ones a trainer sees)."""
+    cols = ["status", "score", "rating", "year", "bucket", "repeats"]
+    table = pa.concat_tables(pq.read_table(stage_path(run_dir, "catalog", s), columns=cols) for s in range(n_shards))
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    counts = {"status": _counts(table["status"].to_pylist())}
+    counts.update({c: _counts(ok[c].to_pylist()) for c in cols[1:]})
+    return {"rows": table.num_rows, "ok_rows": ok.num_rows, "counts": counts}
 
 
 def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
     """Write ``catalog/`` from the per-shard tables; returns the manifest written."""
     run_dir = Path(run_dir)
-    counts = summarize(run_dir, n_shards)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **manifest,
-        "rows": counts.pop("rows"),
-        "counts": counts,
+        **summarize(run_dir, n_shards),
         "parts": [f"part-{shard_name(s)}.parquet" for s in range(n_shards)],
         "columns": SCHEMA_V1.names,
     }

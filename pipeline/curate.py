@@ -15,13 +15,14 @@ import pyarrow as pa
 
 from catalog.build import assemble_shard, write_catalog
 from catalog.schema import SCHEMA_VERSION
-from pipeline import executor, fetch, inspection, sources
+from pipeline import calibrate, executor, fetch, inspection, reduce, score, sources
 from pipeline.executor import Executor, Progress, Task
 from pipeline.stages import write_text_atomic
+from scorers.registry import scorer_class
 from zxl import __version__
 from zxl.config import CurateConfig, config_hash, dump_yaml, to_dict
 
-STAGES = ("fetch", "inspect", "catalog")
+STAGES = ("fetch", "inspect", "score", "catalog")
 
 
 @dataclass
@@ -35,7 +36,7 @@ class CurateResult:
 
 
 # Settings that change how fast a stage runs, not what it writes: changing them redoes nothing.
-SPEED_ONLY = {"fetch": {"thread_count"}}
+SPEED_ONLY = {"fetch": {"thread_count"}, "score": {"batch_size", "loader_threads", "device"}}
 
 
 def _section(cfg, stage: str) -> dict:
@@ -46,19 +47,43 @@ def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
     h_fetch = config_hash({"stage": "fetch", "cfg": _section(cfg.fetch, "fetch"), "shard_size": cfg.run.shard_size,
                            "up": source_hash})  # fmt: skip
     h_inspect = config_hash({"stage": "inspect", "cfg": _section(cfg.inspect, "inspect"), "up": h_fetch})
-    h_catalog = config_hash({"stage": "catalog", "schema": SCHEMA_VERSION, "up": h_inspect})
-    return {"source": source_hash, "fetch": h_fetch, "inspect": h_inspect, "catalog": h_catalog}
+    h_score = config_hash({"stage": "score", "cfg": _section(cfg.score, "score"), "up": h_inspect})
+    edges = calibrate.edges_from_catalog(cfg.calibrate.edges_from) if cfg.calibrate.edges_from else None
+    h_reduce = config_hash(
+        {
+            "stage": "reduce",
+            "cfg": [to_dict(cfg.calibrate), to_dict(cfg.dedup), to_dict(cfg.weigh)],
+            "edges": edges,
+            "up": h_score,
+        }
+    )
+    h_catalog = config_hash({"stage": "catalog", "schema": SCHEMA_VERSION, "up": h_reduce})
+    return {
+        "source": source_hash,
+        "fetch": h_fetch,
+        "inspect": h_inspect,
+        "score": h_score,
+        "reduce": h_reduce,
+        "catalog": h_catalog,
+    }
 
 
 def plan(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[Task]:
+    """The per-shard stages before the global step: fetch → inspect → score."""
     tasks = []
     rd = str(run_dir)
     for s in range(n_shards):
         tasks.append(Task("fetch", s, fetch.fetch_shard, (rd, s, hashes["fetch"], cfg.fetch, cfg.run.shard_size)))
-        tasks.append(Task("inspect", s, inspection.inspect_shard, (rd, s, hashes["inspect"], cfg.inspect),
-                          [("fetch", s)]))  # fmt: skip
-        tasks.append(Task("catalog", s, assemble_shard, (rd, s, hashes["catalog"]), [("inspect", s)]))
+        tasks.append(
+            Task("inspect", s, inspection.inspect_shard, (rd, s, hashes["inspect"], cfg.inspect), [("fetch", s)])
+        )
+        tasks.append(Task("score", s, score.score_shard, (rd, s, hashes["score"], cfg.score), [("inspect", s)]))
     return tasks
+
+
+def plan_catalog(run_dir: Path, n_shards: int, hashes: dict) -> list[Task]:
+    """After the global step: one catalog part per shard."""
+    return [Task("catalog", s, assemble_shard, (str(run_dir), s, hashes["catalog"])) for s in range(n_shards)]
 
 
 def _stage_stats(plan_: list[Task], results: dict) -> dict:
@@ -79,10 +104,18 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
     return stats
 
 
+def _models(cfg: CurateConfig) -> dict:
+    from scorers.registry import scorer_class
+
+    return {"scorer": cfg.score.scorer, **scorer_class(cfg.score.scorer).references(cfg.score)}
+
+
 def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> CurateResult:
     """Run every stage; ``urls`` overrides reading ``cfg.source.path`` (used by ``--demo``)."""
     executor.validate(cfg.run)
     fetch.validate(cfg.fetch)
+    reduce.validate(cfg)
+    scorer_class(cfg.score.scorer).check(cfg.score)
     table = urls if urls is not None else sources.read_url_list(cfg.source)
     if urls is not None and cfg.source.url_column not in table.column_names:
         raise ValueError(f"the URL table has no column '{cfg.source.url_column}' (source.url_column)")
@@ -100,10 +133,19 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
         progress = Progress(dict.fromkeys(STAGES, table.num_rows), cfg.run.progress)
         try:
             results = ex.run(tasks, progress)
+            t_reduce = time.time()
+            reduced = reduce.reduce_all(run_dir, n_shards, cfg, hashes["reduce"])
+            t_reduce = time.time() - t_reduce
+            catalog_tasks = plan_catalog(run_dir, n_shards, hashes)
+            results.update(ex.run(catalog_tasks, progress))
         finally:
             progress.close()
         description, dashboard = ex.description, ex.dashboard
-    stats = {"split": {"rows": table.num_rows, "seconds": round(split_seconds, 3)}, **_stage_stats(tasks, results)}
+    stats = {
+        "split": {"rows": table.num_rows, "seconds": round(split_seconds, 3)},
+        **_stage_stats(tasks + catalog_tasks, results),
+        "reduce": {"rows": table.num_rows, "seconds": round(t_reduce, 3), **reduced["seconds"]},
+    }
     t1 = time.time()
     manifest = write_catalog(
         run_dir,
@@ -113,8 +155,9 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
             "config": to_dict(cfg),
             "config_hash": config_hash(cfg),
             "stage_hashes": hashes,
-            "models": {},
-            "score_edges": None,
+            "models": _models(cfg),
+            "score_edges": reduced["score_edges"],
+            "dedup": reduced["dedup"],
             "stages": stats,
         },
     )
@@ -137,4 +180,13 @@ def summary(result: CurateResult) -> str:
         rate = f"{s['images_per_s']:.1f} img/s" if s["images_per_s"] else "-"
         skipped = f", {s['shards_skipped']} shards already done" if s["shards_skipped"] else ""
         lines.append(f"  {stage:<8} {s['rows']:>8} rows in {s['seconds']:>8.2f} s  {rate:>14}{skipped}")
+    r = result.stage_stats["reduce"]
+    lines.append(f"  {'reduce':<8} {r['rows']:>8} rows in {r['seconds']:>8.2f} s  (dedup, calibrate, weigh)")
+    scores = m["counts"]["score"]
+    lines.append(
+        f"{m['ok_rows']} rows to train on; score 1..9: "
+        + " ".join(f"{k}:{scores.get(str(k), 0)}" for k in range(1, 10))
+        + f"; repeats: {' '.join(f'{k}x{v}' for k, v in sorted(m['counts']['repeats'].items()))}"
+    )
+    lines.append(f"duplicates: {m['dedup']['duplicates']} ({m['dedup']['pairs_by_evidence']} pairs by evidence)")
     return "\n".join(lines)

@@ -42,8 +42,13 @@ class Scorer:
     def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         raise TypeError(f"scorer {self.name!r} makes no embeddings")
 
-    def references(self) -> dict[str, str]:
-        """The models this scorer loaded, by config key, for the manifest."""
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise ConfigError for a config this scorer cannot run, before any work starts."""
+
+    @classmethod
+    def references(cls, cfg) -> dict[str, str]:
+        """The models this scorer loads for ``cfg``, by config key, for the manifest."""
         return {}
 
     def score_images(self, images: list[Image.Image]) -> np.ndarray:

@@ -122,5 +122,6 @@ class TechnicalScorer(Scorer):
     def score(self, batch: np.ndarray) -> np.ndarray:
         return combine(np.atleast_2d(batch))
 
-    def references(self) -> dict[str, str]:
+    @classmethod
+    def references(cls, cfg) -> dict[str, str]:
         return {"score.scorer": "technical (no weights)"}

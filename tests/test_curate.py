@@ -29,15 +29,49 @@ def test_every_url_is_one_row_with_the_right_status(sync_run, truth):
     assert len(cat) == len(truth) and cat["key"].is_unique
     merged = cat.merge(truth, on="key", validate="one_to_one")
     for kind, rows in merged.groupby(merged["bad"].fillna("good")):
-        assert (rows["status"] == rows["expected_status"]).all(), (kind, rows[["status", "error"]])
+        if kind == "good":  # a ladder rung is kept, or a duplicate of its picture's kept copy
+            assert rows["status"].isin(["ok", "duplicate"]).all(), rows[["status", "error"]]
+        else:
+            assert (rows["status"] == rows["expected_status"]).all(), (kind, rows[["status", "error"]])
     failed = merged[merged["status"] != "ok"]
     assert failed["error"].str.len().gt(0).all()
     assert set(failed["repeats"]) == {0}
     ok = merged[merged["status"] == "ok"]
-    assert ok["error"].isna().all() and (ok["repeats"] == 1).all()
+    assert ok["error"].isna().all()
     assert ok["sha256"].str.len().eq(64).all() and ok["phash"].notna().all()
     assert ok["bucket"].notna().all() and ok["width"].notna().all()
     assert (ok["original_width"] >= ok["width"]).all()
+
+
+def test_every_ok_row_has_a_score_and_repeats_by_the_table(sync_run, truth):
+    cfg, result = sync_run
+    cat = read_catalog(result.catalog_dir).to_pandas()
+    ok = cat[cat["status"] == "ok"]
+    assert ok["aesthetic"].notna().all() and ok["score"].between(1, 9).all()
+    expected = ok["score"].map(lambda s: cfg.weigh.repeats.get(int(s), cfg.weigh.default))
+    assert (ok["repeats"] == expected).all()
+    assert (cat.loc[cat["status"] != "ok", "repeats"] == 0).all()
+    counts = ok["score"].value_counts()
+    assert counts.max() - counts.min() <= 2  # equal ninths of the kept rows
+    edges = result.manifest["score_edges"]["edges"]
+    assert len(edges) == 8 and edges == sorted(edges)
+
+
+def test_dedup_keeps_one_copy_per_picture_and_never_merges_two(sync_run, truth):
+    cfg, result = sync_run
+    cat = read_catalog(result.catalog_dir).to_pandas().merge(truth, on="key")
+    picture = cat.set_index("key")["picture"]
+    dups = cat[cat["status"] == "duplicate"]
+    assert len(dups) > 0 and dups["duplicate_of"].notna().all()
+    assert (picture[dups["key"]].to_numpy() == picture[dups["duplicate_of"]].to_numpy()).all()
+    kept = cat.set_index("key").loc[dups["duplicate_of"]]
+    assert (kept["status"] == "ok").all()
+    # the kept copy is the best-scored one of its group
+    best = cat[cat["status"].isin(["ok", "duplicate"])].copy()
+    best["group"] = best["duplicate_of"].fillna(best["key"])
+    top = best.loc[best.groupby("group")["aesthetic"].idxmax()]
+    assert (top["status"] == "ok").all()
+    assert result.manifest["dedup"]["duplicates"] == len(dups)
 
 
 def test_catalog_is_plain_parquet_for_every_reader(sync_run):
@@ -48,9 +82,8 @@ def test_catalog_is_plain_parquet_for_every_reader(sync_run):
     assert list(pd.read_parquet(d).columns) == SCHEMA_V1.names
     n = duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet')").fetchall()[0][0]
     assert n == result.manifest["rows"]
-    assert (
-        duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet') where score is not null").fetchall()[0][0] == 0
-    )
+    q = f"select count(*) from read_parquet('{d}/*.parquet') where status = 'ok' and score between 1 and 9"
+    assert duckdb.sql(q).fetchall()[0][0] == result.manifest["ok_rows"] > 0
 
 
 def test_manifest_and_file_metadata(sync_run):
@@ -70,7 +103,7 @@ def test_manifest_and_file_metadata(sync_run):
 def test_rerun_skips_every_shard_and_gives_the_same_catalog(sync_run):
     cfg, first = sync_run
     again = curate(cfg, log=lambda *_: None)
-    for stage in ("fetch", "inspect", "catalog"):
+    for stage in ("fetch", "inspect", "score", "catalog"):
         assert again.stage_stats[stage]["shards_run"] == 0
         assert again.stage_stats[stage]["shards_skipped"] == 4
     assert _table(again.catalog_dir).equals(_table(first.catalog_dir))

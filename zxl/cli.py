@@ -78,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--shard-size", type=int, help="URLs per shard (run.shard_size)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cur.add_argument(
+        "--score-edges-from",
+        metavar="CATALOG",
+        help="reuse an earlier catalog's score edges, so score_N means the same (calibrate.edges_from)",
+    )
+
+    sc = sub.add_parser(
+        "score",
+        help="score image files or folders with a scorer",
+        description="Print one raw aesthetic score per image (and score 1..9 given a catalog's edges).",
+    )
+    _add_config_args(sc)
+    sc.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    sc.add_argument("--scorer", help="technical | clip-mlp (score.scorer)")
+    sc.add_argument("--score-edges-from", metavar="CATALOG", help="also print score 1..9 by this catalog's edges")
+    sc.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
 
     demo = sub.add_parser("demo", help="the bundled demo corpus").add_subparsers(dest="demo_command", metavar="ACTION")
     for name, text in (
@@ -122,6 +138,8 @@ def _flags_to_config(args: argparse.Namespace) -> dict:
     put("demo", "seed", getattr(args, "seed", None))
     put("demo", "dir", getattr(args, "dir", None))
     put("demo", "port", getattr(args, "port", None))
+    put("score", "scorer", getattr(args, "scorer", None))
+    put("calibrate", "edges_from", getattr(args, "score_edges_from", None))
     return extra
 
 
@@ -156,6 +174,65 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ConfigError(f"no such file or folder: {p}")
+    return files
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.calibrate import apply_edges, edges_from_catalog
+    from pipeline.score import score_stream
+    from scorers.registry import build_scorer
+
+    cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
+    files = _image_files(args.paths)
+    edges = edges_from_catalog(cfg.calibrate.edges_from) if cfg.calibrate.edges_from else None
+    scorer = build_scorer(cfg.score)
+    rows = []
+    chunk = max(cfg.score.batch_size * 8, 64)
+    for start in range(0, len(files), chunk):
+        part = files[start : start + chunk]
+        results: dict[int, dict] = {}
+        blobs = []
+        for i, f in enumerate(part):
+            try:
+                blobs.append(f.read_bytes())
+            except OSError as e:
+                blobs.append(b"")
+                results[i] = {"error": f"cannot read the file: {e}"}
+        for idx, scores, _, errors in score_stream(scorer, blobs, cfg.score.batch_size, cfg.score.loader_threads):
+            for i, err in errors.items():
+                results.setdefault(i, {"error": err})
+            for n, i in enumerate(idx):
+                results[i] = {"aesthetic": round(float(scores[n]), 4), "error": None}
+        for i, f in enumerate(part):
+            row = {"path": str(f), "aesthetic": None, **results[i]}
+            if edges is not None and row["aesthetic"] is not None:
+                row["score"] = int(apply_edges([row["aesthetic"]], edges)[0])
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            value = f"{r['aesthetic']:9.4f}" if r["aesthetic"] is not None else "   failed"
+            tag = f"  score_{r['score']}" if "score" in r else ""
+            why = f"  ({r['error']})" if r["error"] else ""
+            print(f"{value}{tag}  {r['path']}{why}")
+    return 0 if all(r["aesthetic"] is not None for r in rows) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args)).demo
     corpus = _build_demo(cfg)
@@ -176,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help() if args.command is None else parser.parse_args([args.command, "--help"])
         return 2
     try:
-        return {"curate": cmd_curate, "demo": cmd_demo}[args.command](args)
+        return {"curate": cmd_curate, "demo": cmd_demo, "score": cmd_score}[args.command](args)
     except ConfigError as e:
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 2

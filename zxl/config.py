@@ -82,6 +82,44 @@ class InspectConfig:
 
 
 @dataclasses.dataclass
+class ScoreConfig:
+    """The embed + score stage (scorers/)."""
+
+    scorer: str = "technical"  # a name from scorers.registry: technical | clip-mlp
+    batch_size: int = 32  # images per model call
+    loader_threads: int = 4  # decode + prepare threads per worker, overlapping the model
+    device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp32 | fp16 | bf16
+    clip_model: str = "ViT-L-14"  # an open_clip architecture name
+    clip_weights: str = ""  # open_clip checkpoint: a local file, or a pretrained tag / hf-hub: id
+    head_weights: str = ""  # aesthetic head: a local .pth/.safetensors, or org/name/file on the hub
+    head_layout: str = "auto"  # auto | laion (improved-aesthetic-predictor) | waifu-v3
+
+
+@dataclasses.dataclass
+class CalibrateConfig:
+    """Raw aesthetic score → score 1..9, one global reduction over the kept rows."""
+
+    method: str = "quantile"  # quantile | fixed
+    fractions: list[float] = dataclasses.field(default_factory=list)  # 8 cumulative fractions; [] = ninths
+    edges: list[float] = dataclasses.field(default_factory=list)  # 8 raw-score edges for method=fixed
+    edges_from: str = ""  # a catalog whose edges to reuse, so score_7 means the same in both
+
+
+@dataclasses.dataclass
+class DedupConfig:
+    exact: bool = True  # same sha256 of the stored bytes
+    phash_distance: int = 5  # near: Hamming distance of the 64-bit phash <= this; -1 turns it off
+    embedding_cosine: float = 0.95  # near: cosine of the scorer's embeddings >= this; 0 turns it off
+
+
+@dataclasses.dataclass
+class WeighConfig:
+    repeats: dict[int, int] = dataclasses.field(default_factory=lambda: {9: 3, 8: 2})  # score -> repeats
+    default: int = 1  # repeats for any other score (and for rows without one)
+
+
+@dataclasses.dataclass
 class DemoConfig:
     """The bundled demo corpus: generated from a seed, served on 127.0.0.1."""
 
@@ -100,6 +138,10 @@ class CurateConfig:
     source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
     fetch: FetchConfig = dataclasses.field(default_factory=FetchConfig)
     inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+    calibrate: CalibrateConfig = dataclasses.field(default_factory=CalibrateConfig)
+    dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
+    weigh: WeighConfig = dataclasses.field(default_factory=WeighConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
 
 
@@ -144,7 +186,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' wants a mapping, got {value!r}")
-        return dict(value)
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, f"{key}.{k}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -152,6 +195,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ConfigError(f"config key '{key}' wants an integer, got {value!r}")

@@ -23,6 +23,7 @@ _TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
         try:
             s.bind((host, port))
         except OSError:

@@ -1,0 +1,119 @@
+"""The global step between the per-shard stages and the catalog: dedup → calibrate → weigh.
+
+It reads only the few columns it needs from every shard (key, status, aesthetic, sha256, phash,
+size, and the embeddings when the scorer made them), decides for all rows at once, and writes
+``stages/reduce/NNNNN.parquet`` per shard (key, status, score, duplicate_of, repeats).
+
+Dedup runs before calibration on purpose: the kept copy of a group is chosen by raw score, and
+the score edges are then quantiles of the rows that will actually be trained on, so score_9 is
+the top ninth of the training set rather than of a corpus full of reposts. Duplicates still get
+a score from the same edges, for the record; their repeats are 0.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import calibrate, dedup, weigh
+from pipeline.score import read_embeddings
+from pipeline.stages import stage_path, write_table_atomic
+from zxl.config import CurateConfig
+
+REDUCE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("score", pa.int8()),
+        ("duplicate_of", pa.string()),
+        ("repeats", pa.int16()),
+    ]
+)
+
+
+def _load(run_dir: Path, n_shards: int) -> tuple[pa.Table, list[int]]:
+    parts, sizes = [], []
+    for s in range(n_shards):
+        score = pq.read_table(stage_path(run_dir, "score", s), columns=["key", "status", "error", "aesthetic"])
+        inspect = pq.read_table(stage_path(run_dir, "inspect", s), columns=["sha256", "phash", "width", "height"])
+        parts.append(pa.Table.from_arrays(score.columns + inspect.columns, score.column_names + inspect.column_names))
+        sizes.append(score.num_rows)
+    return pa.concat_tables(parts), sizes
+
+
+def reduce_all(run_dir: Path, n_shards: int, cfg: CurateConfig, stage_hash: str) -> dict:
+    """Decide dedup, scores and repeats for every row; returns what the manifest records."""
+    t0 = time.time()
+    table, sizes = _load(run_dir, n_shards)
+    keys = np.asarray(table["key"].to_pylist(), object)
+    status = np.asarray(table["status"].to_pylist(), object)
+    aesthetic = table["aesthetic"].to_numpy(zero_copy_only=False).astype(np.float64)
+    ok = status == "ok"
+    pixels = (table["width"].fill_null(0).to_numpy() * table["height"].fill_null(0).to_numpy()).astype(np.int64)
+    rows = np.flatnonzero(ok)
+
+    embeddings = None
+    emb_keys, emb = read_embeddings(run_dir, n_shards)
+    if emb is not None:
+        where = {k: i for i, k in enumerate(keys[rows])}
+        local = np.array([where.get(k, -1) for k in emb_keys])
+        embeddings = (local[local >= 0], emb[local >= 0])
+    dup_local, evidence = dedup.find_duplicates(
+        keys[rows],
+        aesthetic[rows],
+        pixels[rows],
+        np.asarray(table["sha256"].to_pylist(), object)[rows],
+        table["phash"].to_numpy(zero_copy_only=False)[rows].astype(np.int64),
+        cfg.dedup,
+        embeddings,
+    )
+    duplicate_of = np.full(len(keys), None, object)
+    duplicate_of[rows] = dup_local
+    is_dup = np.array([d is not None for d in duplicate_of])
+    status = np.where(is_dup, "duplicate", status)
+    error = np.asarray(table["error"].to_pylist(), object)
+    error[is_dup] = [f"duplicate of {d}" for d in duplicate_of[is_dup]]
+    t1 = time.time()
+
+    kept = (status == "ok") & np.isfinite(aesthetic)
+    edges = calibrate.choose_edges(cfg.calibrate, aesthetic[kept])
+    score = calibrate.apply_edges(aesthetic, edges["edges"])
+    reps = weigh.repeats(status, score, cfg.weigh)
+    t2 = time.time()
+
+    start = 0
+    for s, n in enumerate(sizes):
+        sl = slice(start, start + n)
+        start += n
+        part = pa.table(
+            {
+                "key": keys[sl].tolist(),
+                "status": status[sl].tolist(),
+                "error": error[sl].tolist(),
+                "score": pa.array(score[sl], pa.int8(), mask=score[sl] == 0),
+                "duplicate_of": duplicate_of[sl].tolist(),
+                "repeats": reps[sl],
+            },
+            schema=REDUCE_SCHEMA,
+        )
+        write_table_atomic(part, stage_path(run_dir, "reduce", s), {"zxl.stage_hash": stage_hash})
+    return {
+        "score_edges": edges,
+        "dedup": {"duplicates": int(is_dup.sum()), "pairs_by_evidence": evidence},
+        "seconds": {
+            "dedup": round(t1 - t0, 3),
+            "calibrate_weigh": round(t2 - t1, 3),
+            "write": round(time.time() - t2, 3),
+        },
+    }
+
+
+def validate(cfg: CurateConfig) -> None:
+    calibrate.validate(cfg.calibrate)
+    dedup.validate(cfg.dedup)
+    weigh.validate(cfg.weigh)

@@ -1,0 +1,133 @@
+"""embed + score: every ok image of a shard through the configured scorer.
+
+Decoding and ``prepare`` (resize, crop, normalize — or the technical scorer's measurements) run in
+``score.loader_threads`` threads and stay at most two batches ahead of the model, so the model
+never waits on JPEG decoding and memory stays bounded. The scorer is built once per worker
+process (``scorers.registry.get_scorer``). Outputs: ``stages/score/NNNNN.parquet`` (key, status,
+error, aesthetic) and, for scorers that embed, ``embeddings/NNNNN.parquet`` (key + float16
+vector), written before the stage file so a finished stage always has its embeddings.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.inspection import read_tar_images
+from pipeline.stages import is_done, shard_name, stage_path, write_table_atomic
+from scorers.registry import get_scorer
+from zxl.config import ScoreConfig
+
+SCORE_SCHEMA = pa.schema(
+    [("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("aesthetic", pa.float32())]
+)
+
+
+def embeddings_path(run_dir: Path, shard: int) -> Path:
+    return Path(run_dir) / "embeddings" / f"{shard_name(shard)}.parquet"
+
+
+def _decode_and_prepare(scorer, data: bytes):
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return scorer.prepare(im), None
+    except Exception as e:  # noqa: BLE001 - one unreadable image is that row's error
+        return None, f"scorer {scorer.name} cannot read the image: {type(e).__name__}: {e}"
+
+
+def score_stream(scorer, blobs: list[bytes], batch_size: int, threads: int):
+    """Yield (indices, scores, embeddings or None, errors) per batch, prepare overlapping the model."""
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="zxl-prepare") as pool:
+        pending: deque = deque()
+        i = 0
+
+        def refill():
+            nonlocal i
+            while i < len(blobs) and len(pending) < 2 * batch_size:
+                pending.append((i, pool.submit(_decode_and_prepare, scorer, blobs[i])))
+                i += 1
+
+        refill()
+        while pending:
+            idx, items, errors = [], [], {}
+            while pending and len(idx) < batch_size:
+                j, fut = pending.popleft()
+                item, err = fut.result()
+                if err is None:
+                    idx.append(j)
+                    items.append(item)
+                else:
+                    errors[j] = err
+            refill()  # the next batch decodes while this one runs
+            if not items:
+                yield [], np.zeros(0, np.float32), None, errors
+                continue
+            batch = scorer.collate(items)
+            if scorer.embeds:
+                emb = scorer.embed(batch)
+                yield idx, scorer.score_embeddings(emb), emb, errors
+            else:
+                yield idx, scorer.score(batch), None, errors
+
+
+def score_shard(run_dir: str, shard: int, stage_hash: str, cfg: ScoreConfig) -> dict:
+    run_dir = Path(run_dir)
+    out = stage_path(run_dir, "score", shard)
+    if is_done(out, stage_hash):
+        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    start = time.time()
+    inspect = pq.read_table(stage_path(run_dir, "inspect", shard), columns=["key", "status", "error"])
+    fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])
+    keys, status, error = (inspect[c].to_pylist() for c in ("key", "status", "error"))
+    aesthetic: list[float | None] = [None] * len(keys)
+    ok = [i for i, s in enumerate(status) if s == "ok"]
+    emb_keys, emb_rows = [], []
+    if ok:
+        scorer = get_scorer(cfg)
+        images = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py())
+        shard_keys = fetch["shard_key"].to_pylist()
+        blobs = [images.get(shard_keys[i], b"") for i in ok]
+        for idx, scores, emb, errors in score_stream(scorer, blobs, cfg.batch_size, cfg.loader_threads):
+            for j, err in errors.items():
+                status[ok[j]], error[ok[j]] = "failed_decode", err
+            for n, j in enumerate(idx):
+                aesthetic[ok[j]] = float(scores[n])
+                if emb is not None:
+                    emb_keys.append(keys[ok[j]])
+                    emb_rows.append(emb[n])
+    meta = {"zxl.stage_hash": stage_hash, "zxl.scorer": cfg.scorer}
+    if emb_rows:
+        vectors = np.stack(emb_rows).astype(np.float16)
+        dim = vectors.shape[1]
+        flat = pa.array(vectors.ravel(), pa.float16())
+        emb_table = pa.table({"key": emb_keys, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
+        write_table_atomic(emb_table, embeddings_path(run_dir, shard), meta)
+    else:
+        embeddings_path(run_dir, shard).unlink(missing_ok=True)
+    table = pa.table({"key": keys, "status": status, "error": error, "aesthetic": aesthetic}, schema=SCORE_SCHEMA)
+    write_table_atomic(table, out, meta)
+    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+
+
+def read_embeddings(run_dir: Path, n_shards: int) -> tuple[list[str], np.ndarray | None]:
+    """All shards' embeddings as (keys, float32 [N, D]); (…, None) when the scorer made none."""
+    keys, parts = [], []
+    for s in range(n_shards):
+        p = embeddings_path(run_dir, s)
+        if p.exists():
+            t = pq.read_table(p)
+            keys.extend(t["key"].to_pylist())
+            col = t["embedding"].combine_chunks()
+            parts.append(col.values.to_numpy(zero_copy_only=False).reshape(len(t), col.type.list_size))
+    if not parts:
+        return [], None
+    return keys, np.concatenate(parts).astype(np.float32)

@@ -1,0 +1,161 @@
+"""``clip-mlp``: open_clip image embeddings, L2-normalized, into an aesthetic MLP head.
+
+The recipe's scorer is CLIP ViT-L/14 (OpenAI weights) with LAION's improved aesthetic predictor
+(``configs/curate/zero-xl.yaml``); any open_clip architecture and any head of the two published
+layouts (``scorers/heads.py``) work the same way. This is a thin adapter: open_clip builds the
+model and its preprocessing, the head is a plain ``nn.Sequential``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from scorers.base import Scorer
+from scorers.heads import build_head, input_dim
+from zxl.config import ConfigError, ScoreConfig
+from zxl.models import load_state_dict, resolve
+
+HOW_CLIP = (
+    "For the recipe: download open_clip's ViT-L-14 'openai' weights (open_clip_pytorch_model.bin from "
+    "huggingface.co/timm/vit_large_patch14_clip_224.openai) and set score.clip_weights to that file."
+)
+HOW_HEAD = (
+    "For the recipe: download sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/"
+    "improved-aesthetic-predictor and set score.head_weights to that file."
+)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"score.device is '{name}' but this machine has no CUDA device; use auto or cpu")
+    return dev
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in table:
+        raise ConfigError(f"score.precision must be auto, fp32, fp16 or bf16, got '{name}'")
+    return table[name]
+
+
+def model_name(cfg: ScoreConfig) -> str:
+    """open_clip's name for ``score.clip_model``: a built-in name, or a model-config JSON file
+    (open_clip's own format), which is registered under its file stem."""
+    import open_clip
+
+    ref = cfg.clip_model
+    if ref.endswith(".json"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"score.clip_model: model config not found at {path.resolve()}")
+        open_clip.add_model_config(path)
+        return path.stem
+    if ref not in open_clip.list_models():
+        raise ConfigError(
+            f"score.clip_model: '{ref}' is not an open_clip architecture (see open_clip.list_models()) "
+            "nor a model-config .json file"
+        )
+    return ref
+
+
+def _clip_pretrained(cfg: ScoreConfig) -> str | None:
+    """What to pass open_clip as ``pretrained``: a local file, or a tag it knows how to fetch."""
+    import open_clip
+
+    ref = cfg.clip_weights
+    if not ref:
+        raise ConfigError(f"score.clip_weights is empty: the clip-mlp scorer needs CLIP weights. {HOW_CLIP}")
+    if Path(ref).expanduser().exists():
+        return str(Path(ref).expanduser())
+    tags = open_clip.list_pretrained_tags_by_model(model_name(cfg))
+    if ref in tags or ref.startswith("hf-hub:"):
+        return ref
+    raise ConfigError(
+        f"score.clip_weights: '{ref}' is neither a file (tried {Path(ref).expanduser().resolve()}) nor one of "
+        f"open_clip's pretrained tags for {cfg.clip_model} ({', '.join(tags) or 'none'}). {HOW_CLIP}"
+    )
+
+
+class ClipMlpScorer(Scorer):
+    name = "clip-mlp"
+    embeds = True
+
+    def __init__(self, cfg: ScoreConfig, load_weights: bool = True, head_state: dict | None = None):
+        import open_clip
+
+        name = model_name(cfg)
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.precision, self.device)
+        pretrained = _clip_pretrained(cfg) if load_weights else None
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=self.device, weights_only=True
+            )
+        except Exception as e:  # noqa: BLE001 - a download or load failure names the key
+            raise ConfigError(f"score.clip_weights: open_clip cannot load '{pretrained}': {e}. {HOW_CLIP}") from None
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.preprocess = preprocess
+        if head_state is None:
+            path = resolve(cfg.head_weights, "score.head_weights", "aesthetic head", HOW_HEAD)
+            head_state = load_state_dict(path, "score.head_weights")
+        self.head = build_head(head_state, cfg.head_layout).to(self.device)
+        dim = self.model.visual.output_dim
+        if input_dim(self.head) != dim:
+            raise ConfigError(
+                f"score.head_weights: the head takes {input_dim(self.head)}-d embeddings but {cfg.clip_model} "
+                f"gives {dim}-d ones; use a head trained on {cfg.clip_model} or the CLIP the head was trained on"
+            )
+
+    @classmethod
+    def check(cls, cfg: ScoreConfig) -> None:
+        _clip_pretrained(cfg)
+        resolve(cfg.head_weights, "score.head_weights", "aesthetic head", HOW_HEAD)
+        pick_dtype(cfg.precision, pick_device(cfg.device))
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB":
+            image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() else image.convert("RGB")
+        return self.preprocess(image)
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(items)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        x = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.to(memory_format=torch.channels_last)
+        with self._autocast():
+            emb = self.model.encode_image(x).float()
+        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        e = torch.as_tensor(np.asarray(embeddings, np.float32), device=self.device)
+        return self.head(e).squeeze(-1).float().cpu().numpy()
+
+    @classmethod
+    def references(cls, cfg: ScoreConfig) -> dict[str, str]:
+        return {
+            "score.clip_model": cfg.clip_model,
+            "score.clip_weights": cfg.clip_weights,
+            "score.head_weights": cfg.head_weights,
+        }
