@@ -10,7 +10,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from zxl.config import CurateConfig, load_config  # noqa: E402
+from zxl.config import CurateConfig, ScoreConfig, load_config  # noqa: E402
 from zxl.demo_corpus import build_corpus  # noqa: E402
 from zxl.demo_server import DemoServer  # noqa: E402
 
@@ -70,3 +70,40 @@ def sync_run(urls_file, tmp_path_factory):
 
     cfg = make_config(tmp_path_factory.mktemp("runs"), "sync", urls_file)
     return cfg, curate(cfg, log=lambda *_: None)
+
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny open_clip ViT (random weights, saved like a real checkpoint) and a LAION-layout head."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from scorers.heads import laion_state_dict
+
+    d = tmp_path_factory.mktemp("clip")
+    (d / "zxl-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(d / "zxl-tiny-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("zxl-tiny-clip", pretrained=None)
+    torch.save(model.state_dict(), d / "clip.pt")
+    head = laion_state_dict(dim=32, seed=1)
+    torch.save(head, d / "head.pth")
+    save_file(head, str(d / "head.safetensors"))
+    return d
+
+
+def clip_cfg(d, head="head.pth", **kw) -> ScoreConfig:
+    return ScoreConfig(
+        scorer="clip-mlp", clip_model=str(d / "zxl-tiny-clip.json"), clip_weights=str(d / "clip.pt"),
+        head_weights=str(d / head), batch_size=4, **kw,
+    )  # fmt: skip

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from zxl.cli import main
@@ -54,3 +56,29 @@ def test_demo_rejects_a_timeout_longer_than_the_stall(capsys, tmp_path):
     assert main(["curate", "--demo", "--runs-dir", str(tmp_path), "--set", "fetch.timeout=10",
                  "--set", "demo.slow_seconds=5"]) == 2  # fmt: skip
     assert "demo.slow_seconds" in capsys.readouterr().err
+
+
+def test_score_a_folder(capsys, tmp_path, corpus, truth, sync_run):
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    src = pq.read_table(corpus / "source.parquet").to_pandas().merge(truth, on="id")
+    good = src[src["bad"].isna()].head(12)
+    for row in good.itertuples():
+        (tmp_path / "pics" / row.variant).mkdir(parents=True, exist_ok=True)
+        shutil.copy(corpus / "files" / row.file_url.lstrip("/"), tmp_path / "pics" / row.variant)
+    assert main(["score", str(tmp_path / "pics"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and all(isinstance(r["aesthetic"], float) and r["error"] is None for r in rows)
+    assert main(["score", rows[0]["path"], "--score-edges-from", str(sync_run[1].catalog_dir)]) == 0
+    assert re.search(r"^\s*[\d.]+  score_[1-9]  ", capsys.readouterr().out)
+
+
+def test_score_reports_unreadable_images(capsys, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert main(["score", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out and "broken.jpg" in out and "cannot read the image" in out
+    assert main(["score", str(tmp_path / "missing")]) == 2

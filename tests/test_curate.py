@@ -180,3 +180,26 @@ def test_an_unknown_scheduler_is_a_config_error(tmp_path, urls_file):
     with pytest.raises(ConfigError, match="run.scheduler"):
         curate(make_config(tmp_path, "x", urls_file, "run.scheduler=yarn"), log=lambda *_: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_clip_mlp_on_a_cluster_writes_float16_embeddings(sync_run, tmp_path, tiny_clip, truth):
+    """The real-model path with a tiny open_clip: scores, embeddings per shard, embedding dedup."""
+    cfg, first = sync_run
+    d = tiny_clip
+    cfg2 = make_config(
+        tmp_path, "clip", cfg.source.path, "run.scheduler=local", "run.workers=2",
+        "score.scorer=clip-mlp", f"score.clip_model={d / 'zxl-tiny-clip.json'}",
+        f"score.clip_weights={d / 'clip.pt'}", f"score.head_weights={d / 'head.safetensors'}",
+        "dedup.embedding_cosine=0.999",
+    )  # fmt: skip
+    res = curate(cfg2, log=lambda *_: None)
+    emb = pq.read_table(res.run_dir / "embeddings" / "00000.parquet")
+    assert str(emb.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
+    inspect0 = pq.read_table(stage_path(res.run_dir, "inspect", 0)).to_pandas()
+    assert set(emb["key"].to_pylist()) == set(inspect0.loc[inspect0["status"] == "ok", "key"])
+    m = res.manifest
+    assert m["models"]["scorer"] == "clip-mlp" and m["models"]["score.head_weights"].endswith("head.safetensors")
+    cat = read_catalog(res.catalog_dir).to_pandas()
+    ok = cat[cat["status"] == "ok"]
+    assert ok["score"].between(1, 9).all() and ok["aesthetic"].notna().all()
+    assert set(m["dedup"]["pairs_by_evidence"]) == {"exact", "phash", "embedding"}
