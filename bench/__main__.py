@@ -16,9 +16,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import fetch
+from bench import fetch, scoring
 
-ENTRIES = {"fetch": fetch.run}
+ENTRIES = {
+    "fetch": fetch.run,
+    "technical": scoring.technical,
+    "clip": scoring.clip_batched,
+    "dedup": scoring.dedup_growth,
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -83,21 +83,24 @@ def phash_pairs(phash: np.ndarray, k: int, pairs: Pairs) -> None:
     first_row[inverse[::-1]] = np.arange(len(h))[::-1]  # a representative row per unique hash
     radius = k // len(SUBSTRINGS)
     for offset, width in SUBSTRINGS:
-        sub = (uniq >> np.uint64(offset)) & np.uint64((1 << width) - 1)
+        sub = ((uniq >> np.uint64(offset)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        # A direct-address table over the 2^width substring values: rows with value v are
+        # order[start[v]:start[v + 1]], so a probe is two array reads, not a binary search.
         order = np.argsort(sub, kind="stable")
-        sorted_sub = sub[order]
-        masks = _flip_masks(width, radius)
-        for start in range(0, len(uniq), CHUNK):
-            q_idx = np.arange(start, min(start + CHUNK, len(uniq)))
+        start = np.zeros((1 << width) + 1, np.int64)
+        np.cumsum(np.bincount(sub, minlength=1 << width), out=start[1:])
+        masks = _flip_masks(width, radius).astype(np.int64)
+        for first in range(0, len(uniq), CHUNK):
+            q_idx = np.arange(first, min(first + CHUNK, len(uniq)))
             for mask in masks:
                 probe = sub[q_idx] ^ mask
-                lo = np.searchsorted(sorted_sub, probe, "left")
-                hi = np.searchsorted(sorted_sub, probe, "right")
+                lo, hi = start[probe], start[probe + 1]
                 counts = hi - lo
-                if not counts.any():
+                total = int(counts.sum())
+                if not total:
                     continue
                 qi = np.repeat(q_idx, counts)
-                pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+                pos = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
                 cand = order[pos]
                 keep = cand > qi  # each unordered pair once, never a hash with itself
                 qi, cand = qi[keep], cand[keep]
@@ -116,21 +119,28 @@ def embedding_pairs(emb: np.ndarray, tau: float, pairs: Pairs, rows: np.ndarray,
     p_one = (1 - np.arccos(np.clip(tau, -1, 1)) / np.pi) ** bits
     tables = int(min(64, max(4, np.ceil(np.log(0.005) / np.log(max(1e-9, 1 - p_one))))))
     rng = np.random.default_rng(seed)
+    planes = rng.standard_normal((emb.shape[1], bits * tables)).astype(np.float32)
+    signs = (emb @ planes > 0).reshape(n, tables, bits)  # every table's hyperplanes in one product
     weights = 1 << np.arange(bits, dtype=np.int64)
-    for _ in range(tables):
-        planes = rng.standard_normal((emb.shape[1], bits)).astype(np.float32)
-        codes = ((emb @ planes) > 0).astype(np.int64) @ weights
+    for t in range(tables):
+        codes = signs[:, t, :].astype(np.int64) @ weights
         order = np.argsort(codes, kind="stable")
         c = codes[order]
         starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
         sizes = np.diff(np.r_[starts, n])
         for size in np.unique(sizes[sizes > 1]):
-            # every bucket of this size at once: [n_buckets, size] row indices
-            members = order[starts[sizes == size][:, None] + np.arange(size)[None, :]]
+            # every bucket of this size at once: members [n_buckets, size], their Gram matrices
+            # [n_buckets, size, size] (each vector read once per table, not once per pair)
             ii, jj = np.triu_indices(size, 1)
-            a, b = members[:, ii].ravel(), members[:, jj].ravel()
-            close = np.einsum("ij,ij->i", emb[a], emb[b]) >= tau
-            pairs.add(rows[a[close]], rows[b[close]])
+            all_members = order[starts[sizes == size][:, None] + np.arange(size)[None, :]]
+            step = max(1, CHUNK // (size * size))
+            for lo in range(0, len(all_members), step):
+                members = all_members[lo : lo + step]
+                v = emb[members]
+                gram = np.matmul(v, v.transpose(0, 2, 1))[:, ii, jj]
+                close = gram >= tau
+                a, b = members[:, ii][close], members[:, jj][close]
+                pairs.add(rows[a], rows[b])
 
 
 def find_duplicates(

@@ -1,8 +1,9 @@
 """``technical``: an aesthetic-free, weight-free quality score from what a curator can see.
 
 It needs no model, so it is the demo's scorer and the offline fallback. All terms are measured on
-the grey image (ITU-R BT.601 luma, 0..255) of the *stored* image; the pixel-level terms on a
-centre crop of at most 768×768 px aligned to the 8-px JPEG grid.
+the grey image (ITU-R BT.601 luma, 0..255) of the *stored* image: the pixel-level terms (noise,
+sharpness, blocking) on a centre crop of at most 768×768 px aligned to the 8-px JPEG grid, the
+global ones (exposure, contrast, colour) on a copy reduced to about 256 px.
 
     noise     σ_n = median(|I ∗ N|) / (0.6745 · 6),  N = [[1,−2,1],[−2,4,−2],[1,−2,1]]
               (Immerkær 1996, "Fast noise variance estimation", with the median in place of the
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from pipeline.buckets import nearest_bucket
 from scorers.base import Scorer
@@ -47,7 +47,6 @@ STD_LUMA = np.array(
      49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
     np.float64,
 )  # fmt: skip
-_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -69,14 +68,20 @@ def features(image: Image.Image) -> np.ndarray:
     quality = jpeg_quality(image)
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() else image.convert("RGB")
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    grey = rgb @ _LUMA
-    h, w = grey.shape
-    y0, x0 = max(0, (h - CROP) // 2) // 8 * 8, max(0, (w - CROP) // 2) // 8 * 8
-    crop = grey[y0 : y0 + CROP, x0 : x0 + CROP]
+    w, h = image.size
+    # Pixel-level terms on a grid-aligned centre crop at full resolution ...
+    x0, y0 = max(0, (w - CROP) // 2) // 8 * 8, max(0, (h - CROP) // 2) // 8 * 8
+    crop = np.asarray(image.crop((x0, y0, min(w, x0 + CROP), min(h, y0 + CROP))).convert("L"), np.float32)
+    # ... global ones (exposure, contrast, colour) on a copy of at most ~256 px.
+    factor = max(1, max(w, h) // 256)
+    small = np.asarray((image.reduce(factor) if factor > 1 else image).convert("RGB"), np.float32)
 
-    noise = float(np.median(np.abs(ndimage.convolve(crop, _NOISE_KERNEL, mode="reflect")))) / (0.6745 * 6)
-    sharpness = max(0.0, float(np.var(ndimage.laplace(crop))) - 20 * noise**2)
+    # N = [1,-2,1]ᵀ[1,-2,1] is separable: second differences along x, then along y.
+    d2 = crop[:, :-2] - 2 * crop[:, 1:-1] + crop[:, 2:]
+    d2 = d2[:-2] - 2 * d2[1:-1] + d2[2:]
+    noise = float(np.median(np.abs(d2))) / (0.6745 * 6) if d2.size else 0.0
+    lap = crop[1:-1, :-2] + crop[1:-1, 2:] + crop[:-2, 1:-1] + crop[2:, 1:-1] - 4 * crop[1:-1, 1:-1]
+    sharpness = max(0.0, float(lap.var()) - 20 * noise**2) if lap.size else 0.0
     dx, dy = np.abs(np.diff(crop, axis=1)), np.abs(np.diff(crop, axis=0))
     on_x, on_y = (np.arange(dx.shape[1]) % 8) == 7, (np.arange(dy.shape[0]) % 8) == 7
     if on_x.any() and on_y.any() and (~on_x).any() and (~on_y).any():
@@ -85,8 +90,9 @@ def features(image: Image.Image) -> np.ndarray:
         blocking = 0.0
     bw, bh = nearest_bucket(w, h)
     resolution = min(1.0, 1.0 / max(bw / w, bh / h))
-    rg = rgb[..., 0] - rgb[..., 1]
-    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    grey = small @ _LUMA
+    rg = small[..., 0] - small[..., 1]
+    yb = 0.5 * (small[..., 0] + small[..., 1]) - small[..., 2]
     colour = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
     return np.array(
         [sharpness, noise, blocking, quality, resolution, grey.mean() / 255, grey.std() / 255, colour], np.float64

@@ -257,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a failed shard after its retries: say so without a traceback
+        from pipeline.executor import ShardFailedError
+
+        if not isinstance(e, ShardFailedError):
+            raise
+        print(f"zxl {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
