@@ -38,8 +38,18 @@ def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
     inspect = pq.read_table(stage_path(run_dir, "inspect", shard))
     score = pq.read_table(stage_path(run_dir, "score", shard), columns=["key", "aesthetic"])
     reduce = pq.read_table(stage_path(run_dir, "reduce", shard))
+    tag = pq.read_table(stage_path(run_dir, "tag", shard))
+    caption = pq.read_table(stage_path(run_dir, "caption", shard))
     # All are in source order, one row per input: check it rather than trust it.
-    for name, t in (("fetch", fetch), ("inspect", inspect), ("score", score), ("reduce", reduce)):
+    stages = (
+        ("fetch", fetch),
+        ("inspect", inspect),
+        ("score", score),
+        ("reduce", reduce),
+        ("tag", tag),
+        ("caption", caption),
+    )
+    for name, t in stages:
         if t["key"].to_pylist() != source["key"].to_pylist():
             raise RuntimeError(f"stage {name} of shard {shard_name(shard)} does not match its source rows; rerun")
     status = reduce["status"]
@@ -63,6 +73,12 @@ def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
         "aesthetic": score["aesthetic"],
         "score": reduce["score"],
         "duplicate_of": reduce["duplicate_of"],
+        "rating": tag["rating"],
+        "rating_source": tag["rating_source"],
+        "year": tag["year"],
+        "tags": tag["tags"],
+        "characters": tag["characters"],
+        "caption": caption["caption"],
         "repeats": reduce["repeats"],
     }
     table = conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
@@ -83,7 +99,9 @@ def summarize(run_dir: Path, n_shards: int) -> dict:
     ok = table.filter(pc.equal(table["status"], "ok"))
     counts = {"status": _counts(table["status"].to_pylist())}
     counts.update({c: _counts(ok[c].to_pylist()) for c in cols[1:]})
-    return {"rows": table.num_rows, "ok_rows": ok.num_rows, "counts": counts}
+    captioned = sum(pq.read_table(stage_path(run_dir, "catalog", s), columns=["caption"])["caption"].null_count
+                    for s in range(n_shards))  # fmt: skip
+    return {"rows": table.num_rows, "ok_rows": ok.num_rows, "captioned": table.num_rows - captioned, "counts": counts}
 
 
 def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from captioners import registry as captioner_registry
 from catalog.build import assemble_shard, write_catalog
 from catalog.schema import SCHEMA_VERSION
-from pipeline import calibrate, executor, fetch, inspection, reduce, score, sources
+from pipeline import calibrate, caption, executor, fetch, inspection, reduce, score, sources, tag
 from pipeline.executor import Executor, Progress, Task
 from pipeline.stages import write_text_atomic
 from scorers.registry import scorer_class
+from taggers import registry as tagger_registry
 from zxl import __version__
 from zxl.config import CurateConfig, config_hash, dump_yaml, to_dict
 
-STAGES = ("fetch", "inspect", "score", "catalog")
+STAGES = ("fetch", "inspect", "score", "tag", "caption", "catalog")
 
 
 @dataclass
@@ -36,7 +38,12 @@ class CurateResult:
 
 
 # Settings that change how fast a stage runs, not what it writes: changing them redoes nothing.
-SPEED_ONLY = {"fetch": {"thread_count"}, "score": {"batch_size", "loader_threads", "device"}}
+SPEED_ONLY = {
+    "fetch": {"thread_count"},
+    "score": {"batch_size", "loader_threads", "device"},
+    "tag": {"batch_size", "device"},
+    "caption": {"batch_size", "device"},
+}
 
 
 def _section(cfg, stage: str) -> dict:
@@ -57,8 +64,12 @@ def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
             "up": h_score,
         }
     )
-    h_catalog = config_hash({"stage": "catalog", "schema": SCHEMA_VERSION, "up": h_reduce})
+    h_tag = config_hash({"stage": "tag", "cfg": _section(cfg.tag, "tag"), "up": h_inspect})
+    h_caption = config_hash({"stage": "caption", "cfg": _section(cfg.caption, "caption"), "up": [h_reduce, h_tag]})
+    h_catalog = config_hash({"stage": "catalog", "schema": SCHEMA_VERSION, "up": [h_reduce, h_tag, h_caption]})
     return {
+        "tag": h_tag,
+        "caption": h_caption,
         "source": source_hash,
         "fetch": h_fetch,
         "inspect": h_inspect,
@@ -78,12 +89,17 @@ def plan(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[
             Task("inspect", s, inspection.inspect_shard, (rd, s, hashes["inspect"], cfg.inspect), [("fetch", s)])
         )
         tasks.append(Task("score", s, score.score_shard, (rd, s, hashes["score"], cfg.score), [("inspect", s)]))
+        tasks.append(Task("tag", s, tag.tag_shard, (rd, s, hashes["tag"], cfg.tag), [("inspect", s)]))
     return tasks
 
 
-def plan_catalog(run_dir: Path, n_shards: int, hashes: dict) -> list[Task]:
-    """After the global step: one catalog part per shard."""
-    return [Task("catalog", s, assemble_shard, (str(run_dir), s, hashes["catalog"])) for s in range(n_shards)]
+def plan_catalog(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[Task]:
+    """After the global step: captions (they need the scores), then one catalog part per shard."""
+    rd, tasks = str(run_dir), []
+    for s in range(n_shards):
+        tasks.append(Task("caption", s, caption.caption_shard, (rd, s, hashes["caption"], cfg.caption)))
+        tasks.append(Task("catalog", s, assemble_shard, (rd, s, hashes["catalog"]), [("caption", s)]))
+    return tasks
 
 
 def _stage_stats(plan_: list[Task], results: dict) -> dict:
@@ -107,7 +123,15 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
 def _models(cfg: CurateConfig) -> dict:
     from scorers.registry import scorer_class
 
-    return {"scorer": cfg.score.scorer, **scorer_class(cfg.score.scorer).references(cfg.score)}
+    refs = {"scorer": cfg.score.scorer, **scorer_class(cfg.score.scorer).references(cfg.score)}
+    refs["taggers"] = list(cfg.tag.taggers)
+    for name in cfg.tag.taggers:
+        refs.update(tagger_registry.tagger_class(name).references(cfg.tag))
+    refs["captioner"] = cfg.caption.captioner
+    cls = captioner_registry.captioner_class(cfg.caption.captioner)
+    if cls is not None:
+        refs.update(cls.references(cfg.caption))
+    return refs
 
 
 def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> CurateResult:
@@ -116,6 +140,8 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
     fetch.validate(cfg.fetch)
     reduce.validate(cfg)
     scorer_class(cfg.score.scorer).check(cfg.score)
+    tagger_registry.check(cfg.tag)
+    captioner_registry.check(cfg.caption)
     table = urls if urls is not None else sources.read_url_list(cfg.source)
     if urls is not None and cfg.source.url_column not in table.column_names:
         raise ValueError(f"the URL table has no column '{cfg.source.url_column}' (source.url_column)")
@@ -136,7 +162,7 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
             t_reduce = time.time()
             reduced = reduce.reduce_all(run_dir, n_shards, cfg, hashes["reduce"])
             t_reduce = time.time() - t_reduce
-            catalog_tasks = plan_catalog(run_dir, n_shards, hashes)
+            catalog_tasks = plan_catalog(run_dir, n_shards, hashes, cfg)
             results.update(ex.run(catalog_tasks, progress))
         finally:
             progress.close()
@@ -158,6 +184,7 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
             "models": _models(cfg),
             "score_edges": reduced["score_edges"],
             "dedup": reduced["dedup"],
+            "tag_problems": tag.problem_counts(run_dir, n_shards),
             "stages": stats,
         },
     )

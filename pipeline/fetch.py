@@ -127,7 +127,7 @@ def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str
         resizer=resizer,
         thread_count=cfg.thread_count,
         save_caption=False,
-        extract_exif=False,
+        extract_exif=cfg.extract_exif,
         output_folder=str(output_folder),
         column_list=column_list,
         timeout=cfg.timeout,

@@ -95,6 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--score-edges-from", metavar="CATALOG", help="also print score 1..9 by this catalog's edges")
     sc.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
 
+    tg = sub.add_parser(
+        "tag",
+        help="tag image files or folders (rating, general and character tags, EXIF year)",
+        description="Run the image taggers of the config (tag.taggers; metadata needs a source table, so it "
+        "is skipped here) over images.",
+    )
+    _add_config_args(tg)
+    tg.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    tg.add_argument("--wd-model", help="a WD tagger folder or hub repo (tag.wd_model); implies --tagger wd")
+    tg.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
+
+    cp = sub.add_parser(
+        "caption",
+        help="caption image files or folders",
+        description="Caption images with caption.captioner. The template captioner writes from tags: those of "
+        "a kohya-style sidecar (image.txt, comma-separated) or, with tag.wd_model set, the WD tagger's.",
+    )
+    _add_config_args(cp)
+    cp.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    cp.add_argument("--captioner", help="template (caption.captioner)")
+    cp.add_argument("--wd-model", help="tag the images with this WD tagger first (tag.wd_model)")
+    cp.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
+
     demo = sub.add_parser("demo", help="the bundled demo corpus").add_subparsers(dest="demo_command", metavar="ACTION")
     for name, text in (
         ("build", "generate the demo corpus (cached by size and seed)"),
@@ -139,6 +162,10 @@ def _flags_to_config(args: argparse.Namespace) -> dict:
     put("demo", "dir", getattr(args, "dir", None))
     put("demo", "port", getattr(args, "port", None))
     put("score", "scorer", getattr(args, "scorer", None))
+    put("caption", "captioner", getattr(args, "captioner", None))
+    if getattr(args, "wd_model", None):
+        put("tag", "wd_model", args.wd_model)
+        put("tag", "taggers", ["wd"])
     put("calibrate", "edges_from", getattr(args, "score_edges_from", None))
     return extra
 
@@ -233,6 +260,116 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0 if all(r["aesthetic"] is not None for r in rows) else 1
 
 
+def _open_images(files: list[Path]) -> tuple[list, dict[int, str]]:
+    from PIL import Image
+
+    images, errors = [], {}
+    for i, f in enumerate(files):
+        try:
+            im = Image.open(f)
+            im.load()
+            images.append(im)
+        except Exception as e:  # noqa: BLE001 - one unreadable file is that row's error
+            images.append(None)
+            errors[i] = f"cannot read the image: {type(e).__name__}: {e}"
+    return images, errors
+
+
+def _image_tags(cfg: CurateConfig, files: list[Path], images: list):
+    """The configured image taggers' merged output, or None when none is configured."""
+    import pandas as pd
+
+    from pipeline.tag import tag_rows
+
+    taggers = [t for t in cfg.tag.taggers if t != "metadata"]
+    if not taggers:
+        return None
+    cfg.tag.taggers = taggers
+    rows = pd.DataFrame({"key": [str(f) for f in files]})
+    merged, _ = tag_rows(cfg.tag, rows, lambda: images)
+    return merged
+
+
+def _print_rows(rows: list[dict], as_json: bool, fields: list[str]) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['path']}: failed ({r['error']})")
+            continue
+        shown = "; ".join(
+            f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k in fields if (v := r.get(k)) not in (None, [])
+        )
+        print(f"{r['path']}: {shown}")
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from taggers.registry import check
+
+    cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
+    if [t for t in cfg.tag.taggers if t != "metadata"] == []:
+        raise ConfigError("zxl tag needs an image tagger: pass --wd-model FOLDER (or set tag.taggers: [wd])")
+    check(cfg.tag)
+    files = _image_files(args.paths)
+    images, errors = _open_images(files)
+    merged = _image_tags(cfg, files, images)
+    from pipeline.tag import exif_year_of
+
+    rows = []
+    for i, f in enumerate(files):
+        row = {"path": str(f), "error": errors.get(i)}
+        if i not in errors:
+            m = merged.iloc[i]
+            row.update(rating=m["rating"], tags=m["tags"], characters=m["characters"],
+                       year=exif_year_of(images[i]))  # fmt: skip
+        rows.append(row)
+    _print_rows(rows, args.json, ["rating", "year", "characters", "tags"])
+    return 0 if not errors else 1
+
+
+def _sidecar_tags(image: Path) -> list[str] | None:
+    txt = image.with_suffix(".txt")
+    if not txt.is_file():
+        return None
+    return [
+        t.strip().replace(" ", "_") for t in txt.read_text(errors="replace").replace("\n", ",").split(",") if t.strip()
+    ]
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from captioners.registry import check, get_captioner
+
+    cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
+    check(cfg.caption)
+    captioner = get_captioner(cfg.caption)
+    if captioner is None:
+        raise ConfigError("caption.captioner is none: choose a captioner, e.g. --captioner template")
+    files = _image_files(args.paths)
+    images, errors = _open_images(files)
+    tagged = _image_tags(cfg, files, images) if cfg.tag.wd_model else None
+    tags = [(_sidecar_tags(f) if tagged is None else tagged["tags"].iloc[i]) for i, f in enumerate(files)]
+    chars = [None if tagged is None else tagged["characters"].iloc[i] for i in range(len(files))]
+    ok = [i for i in range(len(files)) if i not in errors]
+    rows_df = pd.DataFrame({"tags": [tags[i] for i in ok], "characters": [chars[i] for i in ok]})
+    texts = captioner.caption([images[i] for i in ok] if captioner.needs_images else None, rows_df) if ok else []
+    rows = [{"path": str(f), "caption": None, "error": errors.get(i)} for i, f in enumerate(files)]
+    for i, text in zip(ok, texts, strict=True):
+        rows[i]["caption"] = text or None
+        if not text:
+            rows[i]["error"] = (
+                "no caption: no tags to write from (add image.txt or --wd-model)"
+                if not tags[i]
+                else (f"captioner {captioner.name} returned nothing")
+            )
+    _print_rows(rows, args.json, ["caption"])
+    return 0 if all(r["caption"] for r in rows) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args)).demo
     corpus = _build_demo(cfg)
@@ -253,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help() if args.command is None else parser.parse_args([args.command, "--help"])
         return 2
     try:
-        return {"curate": cmd_curate, "demo": cmd_demo, "score": cmd_score}[args.command](args)
+        commands = {"curate": cmd_curate, "demo": cmd_demo, "score": cmd_score, "tag": cmd_tag, "caption": cmd_caption}
+        return commands[args.command](args)
     except ConfigError as e:
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 2

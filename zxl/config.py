@@ -70,6 +70,7 @@ class FetchConfig:
     encode_format: str = "jpg"
     encode_quality: int = 95
     skip_reencode: bool = True  # a JPEG that needs no resize is stored byte for byte
+    extract_exif: bool = True  # keep the original's EXIF (img2dataset's column): the year fallback
     min_image_size: int = 0
     max_aspect_ratio: float = float("inf")
     max_image_pixels: int = 89_478_485  # decoder limit (Pillow's default): larger is a bomb
@@ -120,6 +121,42 @@ class WeighConfig:
 
 
 @dataclasses.dataclass
+class TagConfig:
+    """Rating, year, general and character tags (taggers/)."""
+
+    taggers: list[str] = dataclasses.field(default_factory=lambda: ["metadata"])  # first with a value wins
+    # metadata: the source columns holding each field (a booru export by default)
+    rating_column: str = "rating"
+    created_at_column: str = "created_at"
+    general_column: str = "tag_string_general"
+    character_column: str = "tag_string_character"
+    separator: str = " "  # between tags in a tag string (booru: a space; many CSVs: ", ")
+    exif_year: bool = True  # no date in the source: take the year of EXIF DateTimeOriginal
+    # wd: a SmilingWolf WD tagger (a folder or hub repo with model.onnx and selected_tags.csv)
+    wd_model: str = ""
+    wd_general_threshold: float = 0.35  # v2 models; each v3 model publishes its own P=R threshold
+    wd_character_threshold: float = 0.85
+    wd_mcut: bool = False  # Maximum Cut Thresholding instead of the fixed thresholds
+    batch_size: int = 32
+    device: str = "auto"  # auto (CUDA execution provider when there is one) | cpu | cuda
+
+
+@dataclasses.dataclass
+class CaptionConfig:
+    """Natural-language captions for the best-scored images (captioners/)."""
+
+    captioner: str = "template"  # template | hf | none
+    min_score: int = 8  # only ok rows with score >= this are captioned
+    model: str = ""  # hf: a local folder or a hub repo id
+    family: str = "auto"  # hf: auto | florence2 | blip2 | llava | qwen2-vl
+    prompt: str = ""  # hf: empty = the family's own prompt
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "auto"  # auto (fp16 on cuda) | fp32 | fp16 | bf16
+
+
+@dataclasses.dataclass
 class DemoConfig:
     """The bundled demo corpus: generated from a seed, served on 127.0.0.1."""
 
@@ -142,6 +179,8 @@ class CurateConfig:
     calibrate: CalibrateConfig = dataclasses.field(default_factory=CalibrateConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     weigh: WeighConfig = dataclasses.field(default_factory=WeighConfig)
+    tag: TagConfig = dataclasses.field(default_factory=TagConfig)
+    caption: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
 
 

@@ -16,14 +16,16 @@ Every picture has one aspect ratio, drawn from the eleven recipe buckets and som
 file format and pixel mode from JPEG/PNG/WebP × RGB/RGBA/L/P/CMYK. About ``bad_fraction`` of
 the rows are bad on purpose, one kind after another: a 404, a 500, a truncated JPEG, HTML
 served as an image, zero bytes, a decompression bomb and a response slower than the fetch
-timeout.
+timeout. About 4% of the pictures carry a metadata mistake of a real export: the pre-2022
+rating "safe", an unknown rating, an unparseable or missing date, tags joined by commas.
 
 Layout of a built corpus (``build_corpus``)::
 
     <dir>/source.parquet   id, file_url (a path; the server adds the host), tag_string_general,
                            tag_string_character, rating (g/s/q/e), created_at (+09:00),
                            image_width, image_height, md5
-    <dir>/truth.parquet    id, picture, variant, bad (kind or null), expected_status, format, mode
+    <dir>/truth.parquet    id, picture, variant, bad (kind or null), expected_status, format, mode,
+                           meta_issue (kind or null)
     <dir>/special.json     paths the server answers specially (500, slow)
     <dir>/files/...        the bytes the server serves, by file_url path
     <dir>/COMPLETE         written last: a folder without it is rebuilt
@@ -49,7 +51,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
 LADDER = ("clean", "noisy", "jpeg_crushed", "downscaled", "blurred")  # best first
-CORPUS_VERSION = 2  # bump when the generator changes, so cached corpora are rebuilt
+CORPUS_VERSION = 3  # bump when the generator changes, so cached corpora are rebuilt
 BAD_KINDS = ("not_found", "server_error", "truncated_jpeg", "html", "zero_bytes", "bomb", "slow")
 EXPECTED_STATUS = {
     "not_found": "failed_download",
@@ -84,6 +86,7 @@ GENERAL_TAGS = (
 ).split()
 CHARACTERS = "aoi_(zxl) midori_(zxl) kuro_(zxl) hikari_(zxl) sora_(zxl) ren_(zxl)".split()
 RATINGS, RATING_WEIGHTS = ["g", "s", "q", "e"], [0.55, 0.25, 0.12, 0.08]
+META_ISSUES = ("old_rating", "bad_rating", "bad_date", "no_date", "comma_tags")
 BOMB_SIDE = 20_000  # 400 M pixels claimed by a ~50 kB PNG
 
 
@@ -243,7 +246,7 @@ def render(item: Item, seed: int) -> bytes | None:
     return encode(img, item.fmt, item.mode, quality)
 
 
-def _meta(item: Item, seed: int, md5: str) -> dict:
+def _meta(item: Item, seed: int, md5: str) -> tuple[dict, str | None]:
     rng = np.random.default_rng([seed, 3, item.picture if item.picture >= 0 else 100_000 + item.index])
     tags = sorted(set(rng.choice(GENERAL_TAGS, size=int(rng.integers(4, 14)), replace=False).tolist()))
     chars = sorted(set(rng.choice(CHARACTERS, size=int(rng.integers(0, 3)), replace=False).tolist()))
@@ -252,7 +255,7 @@ def _meta(item: Item, seed: int, md5: str) -> dict:
     hh, mm, ss = int(rng.integers(0, 24)), int(rng.integers(0, 60)), int(rng.integers(0, 60))
     if rng.random() < 0.1:  # near midnight on new year: the year depends on the offset
         month, day, hh = 1, 1, 0
-    return {
+    meta = {
         "id": 1_000_000 + item.index,
         "file_url": f"/data/{md5[:2]}/{md5[2:4]}/{md5}.{item.fmt}",
         "tag_string_general": " ".join(tags),
@@ -263,6 +266,19 @@ def _meta(item: Item, seed: int, md5: str) -> dict:
         "image_height": item.height,
         "md5": md5,
     }
+    # A few rows carry the metadata mistakes real exports have (``META_ISSUES``).
+    issue = META_ISSUES[int(rng.integers(len(META_ISSUES)))] if rng.random() < 0.04 else None
+    if issue == "old_rating":
+        meta["rating"] = "safe"
+    elif issue == "bad_rating":
+        meta["rating"] = "unrated"
+    elif issue == "bad_date":
+        meta["created_at"] = "last tuesday"
+    elif issue == "no_date":
+        meta["created_at"] = None
+    elif issue == "comma_tags":
+        meta["tag_string_general"] = ", ".join(tags)
+    return meta, issue
 
 
 def _build_one(args: tuple[Item, int]) -> tuple[Item, bytes | None, str]:
@@ -296,7 +312,7 @@ def build_corpus(
     else:
         results = [_build_one(j) for j in jobs]
     for item, data, md5 in results:
-        meta = _meta(item, seed, md5)
+        meta, issue = _meta(item, seed, md5)
         rows.append(meta)
         truth.append(
             {
@@ -307,6 +323,7 @@ def build_corpus(
                 "expected_status": EXPECTED_STATUS.get(item.bad, "ok"),
                 "format": item.fmt,
                 "mode": item.mode,
+                "meta_issue": issue,
             }
         )
         if data is not None:

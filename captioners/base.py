@@ -1,0 +1,30 @@
+"""The captioner protocol: ``caption(images, rows) -> list[str]``.
+
+``rows`` is a DataFrame of the rows to caption (their ``tags``, ``characters``, ``rating`` …);
+``images`` one decoded image per row for captioners with ``needs_images`` (None otherwise). The
+result has one string per row, same order; an empty string means the captioner had nothing to
+say for that row, and the stage records why.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pandas as pd
+from PIL import Image
+
+
+class Captioner:
+    name: ClassVar[str]
+    needs_images: ClassVar[bool] = False
+
+    def caption(self, images: list[Image.Image] | None, rows: pd.DataFrame) -> list[str]:
+        raise NotImplementedError  # every member defines it; the base only states the contract
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise ConfigError for a config this captioner cannot run, before any work starts."""
+
+    @classmethod
+    def references(cls, cfg) -> dict[str, str]:
+        return {}

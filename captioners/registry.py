@@ -1,0 +1,39 @@
+"""Captioner names → classes, in one place; one loaded captioner per worker process."""
+
+from __future__ import annotations
+
+import importlib
+
+from captioners.base import Captioner
+from zxl.config import CaptionConfig, ConfigError, config_hash
+
+CAPTIONERS = {"template": "captioners.template:TemplateCaptioner"}
+OFF = "none"
+_LOADED: dict[str, Captioner] = {}
+
+
+def captioner_class(name: str) -> type[Captioner] | None:
+    if name == OFF:
+        return None
+    try:
+        module, cls = CAPTIONERS[name].split(":")
+    except KeyError:
+        raise ConfigError(f"caption.captioner must be one of {', '.join([*CAPTIONERS, OFF])}, got '{name}'") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def check(cfg: CaptionConfig) -> None:
+    cls = captioner_class(cfg.captioner)
+    if not 1 <= cfg.min_score <= 10:
+        raise ConfigError(f"caption.min_score must be 1..9 (10 captions nothing), got {cfg.min_score}")
+    if cls is not None:
+        cls.check(cfg)
+
+
+def get_captioner(cfg: CaptionConfig) -> Captioner | None:
+    key = config_hash(cfg)
+    if key not in _LOADED:
+        _LOADED.clear()
+        cls = captioner_class(cfg.captioner)
+        _LOADED[key] = cls(cfg) if cls is not None else None
+    return _LOADED[key]

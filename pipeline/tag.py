@@ -1,0 +1,139 @@
+"""tag: rating, year, general and character tags for every row of a shard.
+
+The configured taggers run in priority order (``taggers.registry.merge``); model taggers see the
+shard's stored images (ok rows only), the metadata tagger every row's source columns. A row with
+no year from its source takes the year of the original file's EXIF DateTimeOriginal, which
+img2dataset kept in ``shards/NNNNN.parquet`` (``fetch.extract_exif``). Bad values never stop
+a shard: they become nulls, the row's ``problem`` says why, and the counts per kind of problem
+go into the stage file's metadata (``zxl.problems``) and from there into the manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.inspection import read_tar_images
+from pipeline.stages import is_done, shard_name, stage_path, write_table_atomic
+from taggers.registry import get_taggers, merge
+from zxl.config import TagConfig
+
+TAG_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("rating", pa.string()),
+        ("rating_source", pa.string()),
+        ("year", pa.int16()),
+        ("tags", pa.list_(pa.string())),
+        ("characters", pa.list_(pa.string())),
+        ("problem", pa.string()),
+    ]
+)
+EXIF_DATE = re.compile(r"^\s*(\d{4}):(\d\d):(\d\d)")
+
+
+def exif_years(run_dir: Path, shard: int) -> dict[str, int]:
+    """zxl key → year of EXIF DateTimeOriginal (or DateTime), from img2dataset's shard parquet."""
+    path = run_dir / "shards" / f"{shard_name(shard)}.parquet"
+    if not path.exists() or "exif" not in pq.read_schema(path).names:
+        return {}
+    t = pq.read_table(path, columns=["zxl_key", "exif"])
+    years = {}
+    for key, blob in zip(t["zxl_key"].to_pylist(), t["exif"].to_pylist(), strict=True):
+        if not blob:
+            continue
+        try:
+            exif = json.loads(blob)
+        except ValueError:
+            continue
+        for field in ("EXIF DateTimeOriginal", "Image DateTime"):
+            m = EXIF_DATE.match(str(exif.get(field, "")))
+            if m and 1990 <= int(m.group(1)) <= 2100:
+                years[key] = int(m.group(1))
+                break
+    return years
+
+
+def exif_year_of(image) -> int | None:
+    """The year of an opened image's EXIF DateTimeOriginal (or DateTime), if it has one."""
+    try:
+        exif = image.getexif()
+        value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)  # DateTimeOriginal, DateTime
+    except Exception:  # noqa: BLE001 - broken EXIF is no year
+        return None
+    m = EXIF_DATE.match(str(value or ""))
+    return int(m.group(1)) if m and 1990 <= int(m.group(1)) <= 2100 else None
+
+
+def problem_kind(problem: str) -> str:
+    """'metadata: rating: unknown rating 'x'' → 'metadata: rating: unknown rating …' (for counting)."""
+    return re.sub(r"'[^']*'|\d{4}", "…", problem)
+
+
+def _decode(data: bytes | None) -> Image.Image | None:
+    if not data:
+        return None
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return im
+    except Exception:  # noqa: BLE001 - inspect already vetted these; a failure here is just no image
+        return None
+
+
+def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[list, Counter]:
+    """Run the taggers over a DataFrame; ``images_for()`` decodes the rows' images on demand."""
+    taggers = get_taggers(cfg)
+    images = images_for() if any(t.needs_images for t in taggers) else None
+    merged = merge([(t.source, t.tag(images if t.needs_images else None, rows)) for t in taggers], len(rows))
+    counts = Counter()
+    for p in merged["problem"].dropna():
+        for part in p.split("; "):
+            counts[problem_kind(part)] += 1
+    return merged, counts
+
+
+def tag_shard(run_dir: str, shard: int, stage_hash: str, cfg: TagConfig) -> dict:
+    run_dir = Path(run_dir)
+    out = stage_path(run_dir, "tag", shard)
+    if is_done(out, stage_hash):
+        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    start = time.time()
+    rows = pq.read_table(stage_path(run_dir, "source", shard)).to_pandas()
+    inspect = pq.read_table(stage_path(run_dir, "inspect", shard), columns=["status"])
+    fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])
+
+    def images_for():
+        status = inspect["status"].to_pylist()
+        blobs = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py()) if rows.shape[0] else {}
+        return [
+            _decode(blobs.get(k)) if s == "ok" else None
+            for k, s in zip(fetch["shard_key"].to_pylist(), status, strict=True)
+        ]
+
+    merged, counts = tag_rows(cfg, rows, images_for)
+    if cfg.exif_year:
+        years = exif_years(run_dir, shard)
+        filled = [y if y is not None else years.get(k) for y, k in zip(merged["year"], rows["key"], strict=True)]
+        merged["year"] = pd.Series(filled, dtype=object)
+    merged.insert(0, "key", rows["key"].tolist())
+    table = pa.Table.from_pandas(merged[TAG_SCHEMA.names], schema=TAG_SCHEMA, preserve_index=False)
+    write_table_atomic(table, out, {"zxl.stage_hash": stage_hash, "zxl.problems": json.dumps(dict(counts))})
+    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time(), "problems": dict(counts)}
+
+
+def problem_counts(run_dir: Path, n_shards: int) -> dict[str, int]:
+    total = Counter()
+    for s in range(n_shards):
+        meta = pq.read_schema(stage_path(run_dir, "tag", s)).metadata or {}
+        total.update(json.loads(meta.get(b"zxl.problems", b"{}")))
+    return dict(total.most_common())

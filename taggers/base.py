@@ -1,0 +1,48 @@
+"""The tagger protocol: one family, one signature.
+
+``tag(images, rows) -> pd.DataFrame`` takes the rows of a shard (the source columns travel with
+them) and, for taggers with ``needs_images``, one decoded image per row (None where there is
+none), and returns the columns it fills, one row per input row, same order:
+
+    rating      general | sensitive | questionable | explicit, or None
+    year        int or None
+    tags        list of general tags, or None
+    characters  list of character tags, or None
+    problem     why a value is missing although the row had one to give (None when all is well)
+
+``source`` names the tagger in ``rating_source`` (a model tagger names its model).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pandas as pd
+from PIL import Image
+
+COLUMNS = ("rating", "year", "tags", "characters", "problem")
+RATINGS = ("general", "sensitive", "questionable", "explicit")
+
+
+class Tagger:
+    name: ClassVar[str]
+    needs_images: ClassVar[bool] = False
+
+    @property
+    def source(self) -> str:
+        return self.name
+
+    def tag(self, images: list[Image.Image | None] | None, rows: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError  # every member defines it; the base only states the contract
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise ConfigError for a config this tagger cannot run, before any work starts."""
+
+    @classmethod
+    def references(cls, cfg) -> dict[str, str]:
+        return {}
+
+
+def empty(n: int) -> pd.DataFrame:
+    return pd.DataFrame({c: [None] * n for c in COLUMNS})

@@ -1,0 +1,155 @@
+"""``wd``: SmilingWolf's WD tagger family through onnxruntime (RECIPE.md "Source metadata and taggers").
+
+A model is a folder (or hub repo) with ``model.onnx`` and ``selected_tags.csv``
+(tag_id, name, category, count). Preprocessing, as the models were trained: composite alpha on
+white, pad to a white square (centred), resize to the model's input side (448) with bicubic
+filtering, RGB → BGR, float32 0–255, NHWC. The outputs are per-row probabilities of
+``selected_tags.csv``: category 9 is the four ratings (the argmax wins), 0 general tags
+(``tag.wd_general_threshold``: 0.35 for v2 models, each v3 model's P=R threshold), 4 characters
+(``tag.wd_character_threshold``, 0.85). With ``tag.wd_mcut`` the thresholds come from Maximum Cut
+Thresholding (Largeron et al. 2012) per image instead (at least 0.15 for characters). Tags keep
+their booru spelling (underscores), like the metadata tagger's. CUDA execution when onnxruntime
+has it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from taggers.base import RATINGS, Tagger, empty
+from zxl.config import ConfigError, TagConfig
+from zxl.models import resolve
+
+HOW = (
+    "Download model.onnx and selected_tags.csv from a SmilingWolf WD tagger repository "
+    "(e.g. huggingface.co/SmilingWolf/wd-eva02-large-tagger-v3) into one folder and set tag.wd_model to it."
+)
+
+
+def model_files(ref: str) -> tuple[Path, Path]:
+    """(model.onnx, selected_tags.csv) for a folder or a hub repo id."""
+    if not ref:
+        raise ConfigError(f"tag.wd_model is empty: the wd tagger needs a model. {HOW}")
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        files = folder / "model.onnx", folder / "selected_tags.csv"
+        for f in files:
+            if not f.is_file():
+                raise ConfigError(f"tag.wd_model: {f} is missing. {HOW}")
+        return files
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return (
+            resolve(f"{ref}/model.onnx", "tag.wd_model", "WD tagger model", HOW),
+            resolve(f"{ref}/selected_tags.csv", "tag.wd_model", "WD tagger labels", HOW),
+        )
+    raise ConfigError(f"tag.wd_model: no folder at {folder.resolve()}. {HOW}")
+
+
+def load_labels(path: Path) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"name", "category"} <= set(rows[0]):
+        raise ConfigError(f"tag.wd_model: {path} has no name and category columns")
+    return [r["name"] for r in rows], np.array([int(r["category"]) for r in rows])
+
+
+def prepare(image: Image.Image, size: int) -> np.ndarray:
+    """One image → float32 [size, size, 3], BGR, 0..255 (the WD models' own preprocessing)."""
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    canvas.alpha_composite(rgba)
+    rgb = canvas.convert("RGB")
+    side = max(rgb.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(square, np.float32)[:, :, ::-1]
+
+
+def mcut(probs: np.ndarray) -> float:
+    """Maximum Cut Thresholding: the midpoint of the largest gap between sorted probabilities."""
+    if probs.size < 2:
+        return 0.5
+    p = np.sort(probs)[::-1]
+    t = int(np.argmax(p[:-1] - p[1:]))
+    return float((p[t] + p[t + 1]) / 2)
+
+
+class WDTagger(Tagger):
+    name = "wd"
+    needs_images = True
+
+    def __init__(self, cfg: TagConfig):
+        import onnxruntime as ort
+
+        self.cfg = cfg
+        model_path, labels_path = model_files(cfg.wd_model)
+        self.names, categories = load_labels(labels_path)
+        self.rating_idx = np.flatnonzero(categories == 9)
+        self.general_idx = np.flatnonzero(categories == 0)
+        self.character_idx = np.flatnonzero(categories == 4)
+        rating_names = [self.names[i] for i in self.rating_idx]
+        if sorted(rating_names) != sorted(RATINGS):
+            raise ConfigError(f"tag.wd_model: the rating labels (category 9) are {rating_names}, not {list(RATINGS)}")
+        available = ort.get_available_providers()
+        want_cuda = cfg.device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        if cfg.device == "cuda" and not want_cuda:
+            raise ConfigError("tag.device is cuda but onnxruntime has no CUDA execution provider here")
+        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(model_path), providers=providers)
+        except Exception as e:  # noqa: BLE001 - a corrupt model names the key
+            raise ConfigError(f"tag.wd_model: onnxruntime cannot load {model_path}: {e}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        self.size = int(inp.shape[1]) if isinstance(inp.shape[1], int) else 448
+        n_out = self.session.get_outputs()[0].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.names):
+            raise ConfigError(
+                f"tag.wd_model: the model has {n_out} outputs but selected_tags.csv {len(self.names)} rows"
+            )
+        self.model_name = Path(cfg.wd_model).name or cfg.wd_model
+
+    @property
+    def source(self) -> str:
+        return f"wd:{self.model_name}"
+
+    @classmethod
+    def check(cls, cfg: TagConfig) -> None:
+        model_files(cfg.wd_model)
+
+    @classmethod
+    def references(cls, cfg: TagConfig) -> dict[str, str]:
+        return {"tag.wd_model": cfg.wd_model}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def _select(self, probs: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
+        p = probs[idx]
+        order = np.argsort(-p, kind="stable")
+        return [self.names[idx[i]] for i in order if p[i] > threshold]
+
+    def tag(self, images, rows: pd.DataFrame) -> pd.DataFrame:
+        out = empty(len(rows))
+        present = [i for i, im in enumerate(images) if im is not None]
+        ratings, tags, characters = [None] * len(rows), [None] * len(rows), [None] * len(rows)
+        for start in range(0, len(present), self.cfg.batch_size):
+            chunk = present[start : start + self.cfg.batch_size]
+            probs = self.predict(np.stack([prepare(images[i], self.size) for i in chunk]))
+            for i, p in zip(chunk, probs, strict=True):
+                ratings[i] = self.names[self.rating_idx[int(np.argmax(p[self.rating_idx]))]]
+                g_t, c_t = self.cfg.wd_general_threshold, self.cfg.wd_character_threshold
+                if self.cfg.wd_mcut:
+                    g_t, c_t = mcut(p[self.general_idx]), max(0.15, mcut(p[self.character_idx]))
+                tags[i] = self._select(p, self.general_idx, g_t)
+                characters[i] = self._select(p, self.character_idx, c_t)
+        for name, values in (("rating", ratings), ("tags", tags), ("characters", characters)):
+            out[name] = pd.Series(values, dtype=object)
+        return out
