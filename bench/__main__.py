@@ -16,13 +16,15 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import fetch, scoring
+from bench import fetch, scoring, tagging
 
 ENTRIES = {
     "fetch": fetch.run,
     "technical": scoring.technical,
     "clip": scoring.clip_batched,
     "dedup": scoring.dedup_growth,
+    "metadata": tagging.metadata_and_template,
+    "wd": tagging.wd,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = []
     for name in args.names or ENTRIES:
         print(f"== {name}", flush=True)
-        entries.append(ENTRIES[name](quick=args.quick))
+        result = ENTRIES[name](quick=args.quick)
+        entries.extend(result if isinstance(result, list) else [result])
     now = dt.datetime.now(dt.UTC)
     report = {
         "date": now.isoformat(timespec="seconds"),

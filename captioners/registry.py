@@ -7,7 +7,7 @@ import importlib
 from captioners.base import Captioner
 from zxl.config import CaptionConfig, ConfigError, config_hash
 
-CAPTIONERS = {"template": "captioners.template:TemplateCaptioner"}
+CAPTIONERS = {"template": "captioners.template:TemplateCaptioner", "hf": "captioners.hf:HFCaptioner"}
 OFF = "none"
 _LOADED: dict[str, Captioner] = {}
 

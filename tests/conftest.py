@@ -7,13 +7,13 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 from zxl.config import CurateConfig, ScoreConfig, load_config  # noqa: E402
 from zxl.demo_corpus import build_corpus  # noqa: E402
 from zxl.demo_server import DemoServer  # noqa: E402
+from zxl.testing import TINY_CLIP, build_tiny_llava, build_wd_model  # noqa: E402
 
 # Small enough to run in seconds; bad_fraction 0.1 of 140 rows gives each of the 7 kinds twice.
 DEMO_SIZE, DEMO_SEED, DEMO_BAD = 140, 7, 0.1
@@ -73,13 +73,6 @@ def sync_run(urls_file, tmp_path_factory):
     return cfg, curate(cfg, log=lambda *_: None)
 
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A tiny open_clip ViT (random weights, saved like a real checkpoint) and a LAION-layout head."""
@@ -110,48 +103,13 @@ def clip_cfg(d, head="head.pth", **kw) -> ScoreConfig:
     )  # fmt: skip
 
 
-WD_LABELS = [  # (name, category): the real selected_tags.csv layout, a handful of rows
-    ("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
-    ("1girl", 0), ("solo", 0), ("long_hair", 0), ("outdoors", 0), ("blue_sky", 0),
-    ("aoi_(zxl)", 4), ("midori_(zxl)", 4),
-]  # fmt: skip
-
-
-def build_wd_model(folder, size: int = 32, seed: int = 0):
-    """A tiny WD tagger with the real signature: NHWC float32 BGR 0..255 in, one sigmoid per label out.
-
-    The graph is sigmoid(mean over H, W of the input · W + b), so a test can compute it by hand.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    n = len(WD_LABELS)
-    w = (rng.standard_normal((3, n)) / 60).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2], keepdims=0),
-            helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
-            helper.make_node("Add", ["logits0", "b"], ["logits"]),
-            helper.make_node("Sigmoid", ["logits"], ["output"]),
-        ],
-        "wd-tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", n])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / "model.onnx")
-    lines = ["tag_id,name,category,count"] + [f"{i},{name},{cat},{1000 - i}" for i, (name, cat) in enumerate(WD_LABELS)]
-    (folder / "selected_tags.csv").write_text("\n".join(lines) + "\n")
-    return w, b
-
-
 @pytest.fixture(scope="session")
 def wd_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wd") / "wd-tiny-tagger"
     w, b = build_wd_model(folder)
     return folder, w, b
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava")

@@ -82,3 +82,38 @@ def test_score_reports_unreadable_images(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "failed" in out and "broken.jpg" in out and "cannot read the image" in out
     assert main(["score", str(tmp_path / "missing")]) == 2
+
+
+def _folder_with_images(tmp_path):
+    from PIL import Image
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(pics / "a.png")
+    Image.new("RGBA", (20, 20), (0, 0, 255, 128)).save(pics / "b.png")
+    (pics / "a.txt").write_text("1girl, long hair, blonde hair, smile, outdoors\n")
+    return pics
+
+
+def test_tag_a_folder_with_a_wd_model(capsys, tmp_path, wd_model):
+    import json
+
+    pics = _folder_with_images(tmp_path)
+    assert main(["tag", str(pics), "--wd-model", str(wd_model[0]), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.png"]
+    assert all(r["rating"] in ("general", "sensitive", "questionable", "explicit") for r in rows)
+    assert main(["tag", str(pics)]) == 2
+    assert "--wd-model" in capsys.readouterr().err
+
+
+def test_caption_a_folder_from_sidecar_tags(capsys, tmp_path, wd_model):
+    import json
+
+    pics = _folder_with_images(tmp_path)
+    assert main(["caption", str(pics), "--json"]) == 1  # b.png has no tags to write from
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["a.png"]["caption"] == "A girl, with long blonde hair, smiling, outdoors."
+    assert rows["b.png"]["caption"] is None and "image.txt" in rows["b.png"]["error"]
+    main(["caption", str(pics / "b.png"), "--wd-model", str(wd_model[0])])
+    assert "b.png" in capsys.readouterr().out

@@ -217,3 +217,54 @@ def test_clip_mlp_on_a_cluster_writes_float16_embeddings(sync_run, tmp_path, tin
     ok = cat[cat["status"] == "ok"]
     assert ok["score"].between(1, 9).all() and ok["aesthetic"].notna().all()
     assert set(m["dedup"]["pairs_by_evidence"]) == {"exact", "phash", "embedding"}
+
+
+def test_tags_years_ratings_and_captions(sync_run, truth):
+    cfg, result = sync_run
+    cat = read_catalog(result.catalog_dir).to_pandas().merge(truth, on="key")
+    clean = cat[cat["meta_issue"].isna()]
+    assert set(clean["rating"]) == {"general", "sensitive", "questionable", "explicit"}
+    assert (clean["rating_source"] == "metadata").all()
+    assert clean["year"].between(2005, 2025).all()
+    assert clean["tags"].map(len).gt(0).all()
+    # the planted metadata mistakes are nulls with a counted reason, never a crash
+    issues = cat[cat["meta_issue"].notna()]
+    assert len(issues) > 0
+    problems = result.manifest["tag_problems"]
+    for kind, rows in issues.groupby("meta_issue"):
+        if kind == "old_rating":
+            assert (rows["rating"] == "general").all()
+        elif kind == "bad_rating":
+            assert rows["rating"].isna().all() and any("unknown rating" in p for p in problems)
+        elif kind in ("bad_date", "no_date"):
+            assert rows["year"].isna().all()
+        elif kind == "comma_tags":
+            assert rows["tags"].isna().all() and any("tag.separator" in p for p in problems)
+    wanted = (cat["status"] == "ok") & (cat["score"] >= cfg.caption.min_score)
+    assert cat.loc[wanted, "caption"].notna().all() and cat.loc[~wanted, "caption"].isna().all()
+    assert result.manifest["captioned"] == wanted.sum() > 0
+    assert cat.loc[wanted, "caption"].str.endswith(".").all()
+
+
+def test_model_tagger_and_captioner_in_a_run(sync_run, tmp_path, wd_model, tiny_llava, truth):
+    """metadata first, the WD model fills the gaps; the hf captioner on the best rows."""
+    cfg, first = sync_run
+    cfg2 = make_config(
+        tmp_path, "models", cfg.source.path, "tag.taggers=[metadata, wd]", f"tag.wd_model={wd_model[0]}",
+        "caption.captioner=hf", f"caption.model={tiny_llava}", "caption.max_new_tokens=5", "caption.min_score=7",
+    )  # fmt: skip
+    res = curate(cfg2, log=lambda *_: None)
+    cat = read_catalog(res.catalog_dir).to_pandas().merge(truth, on="key")
+    ok = cat[cat["status"] == "ok"]
+    assert set(ok["rating_source"]) <= {"metadata", "wd:wd-tiny-tagger"}
+    assert (ok.loc[ok["meta_issue"].isna(), "rating_source"] == "metadata").all()
+    assert ok["rating"].notna().all()  # a bad metadata rating is filled by the model
+    wanted = (cat["status"] == "ok") & (cat["score"] >= 7)
+    assert cat.loc[~wanted, "caption"].isna().all()
+    stage = pd.concat(
+        pq.read_table(p).to_pandas() for p in sorted((res.run_dir / "stages" / "caption").glob("*.parquet"))
+    )
+    missing = stage[stage["key"].isin(cat.loc[wanted & cat["caption"].isna(), "key"])]
+    assert missing["problem"].str.contains("returned nothing").all()
+    assert res.manifest["models"]["tag.wd_model"] == str(wd_model[0])
+    assert res.manifest["models"]["caption.model"] == str(tiny_llava)

@@ -131,7 +131,7 @@ def test_wd_preprocessing_rgba_palette_and_padding():
 
 def test_wd_end_to_end_matches_the_model_by_hand(wd_model):
     folder, w, b = wd_model
-    from tests.conftest import WD_LABELS
+    from zxl.testing import WD_LABELS
 
     images = [Image.new("RGB", (50, 20), (250, 30, 30)), Image.new("RGBA", (30, 30), (10, 200, 10, 255)),
               Image.new("RGB", (10, 40), (0, 0, 0)).convert("P")]  # fmt: skip

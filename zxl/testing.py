@@ -1,0 +1,167 @@
+"""Tiny models of the real architectures, built from config with random weights, for tests and
+benchmarks (nothing is downloaded): an open_clip ViT config, a WD tagger with the real ONNX
+signature, and a LLaVA (CLIP vision tower + Llama) with its processor. Each is saved in the same
+layout as the real thing, so the real loading code is what reads it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+WD_LABELS = [  # (name, category): the real selected_tags.csv layout, a handful of rows
+    ("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
+    ("1girl", 0), ("solo", 0), ("long_hair", 0), ("outdoors", 0), ("blue_sky", 0),
+    ("aoi_(zxl)", 4), ("midori_(zxl)", 4),
+]  # fmt: skip
+
+
+def build_wd_model(folder, size: int = 32, seed: int = 0):
+    """A tiny WD tagger with the real signature: NHWC float32 BGR 0..255 in, one sigmoid per label out.
+
+    The graph is sigmoid(mean over H, W of the input · W + b), so a test can compute it by hand.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    n = len(WD_LABELS)
+    w = (rng.standard_normal((3, n)) / 60).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+            helper.make_node("Add", ["logits0", "b"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["output"]),
+        ],
+        "wd-tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", n])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    lines = ["tag_id,name,category,count"] + [f"{i},{name},{cat},{1000 - i}" for i, (name, cat) in enumerate(WD_LABELS)]
+    (folder / "selected_tags.csv").write_text("\n".join(lines) + "\n")
+    return w, b
+
+
+def build_tiny_llava(folder):
+    """A tiny random LLaVA (CLIP vision tower + Llama) and its processor, saved like a real one."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    words = [
+        "<pad>",
+        "<s>",
+        "</s>",
+        "<unk>",
+        "<image>",
+        "USER:",
+        "ASSISTANT:",
+        "a",
+        "girl",
+        "with",
+        "long",
+        "hair",
+        "the",
+        "image",
+        "shows",
+        "Write",
+        "long",
+        "descriptive",
+        "caption",
+        "for",
+        "this",
+        "in",
+        "formal",
+        "tone.",
+        "blue",
+        "sky",
+        "smiling",
+        "red",
+        "dress",
+        "and",
+        "standing",
+        "outdoors",
+        ".",
+    ]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=template,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab["<image>"],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.generation_config.eos_token_id = vocab["</s>"]
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
