@@ -216,4 +216,13 @@ def summary(result: CurateResult) -> str:
         + f"; repeats: {' '.join(f'{k}x{v}' for k, v in sorted(m['counts']['repeats'].items()))}"
     )
     lines.append(f"duplicates: {m['dedup']['duplicates']} ({m['dedup']['pairs_by_evidence']} pairs by evidence)")
+    ratings = m["counts"]["rating"]
+    lines.append(
+        f"ratings: {', '.join(f'{k} {v}' for k, v in ratings.items())}; captions: {m['captioned']}"
+        f" (ok rows with score >= {m['config']['caption']['min_score']})"
+    )
+    if m["tag_problems"]:
+        lines.append(
+            "metadata problems (nulls with a reason): " + "; ".join(f"{k} x{v}" for k, v in m["tag_problems"].items())
+        )
     return "\n".join(lines)
