@@ -10,10 +10,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate test bench bench-gpu lint format lock clean help
+.PHONY: install curate browse browser test bench lint format lock clean help
+CATALOG ?= runs/demo/catalog
 
 help:
 	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
+	@echo "make browse     the catalog browser on http://127.0.0.1:8765 (CATALOG=runs/demo/catalog)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
 	@echo "make bench      CPU benchmarks: a markdown table and JSON under bench/results/"
 	@echo "make lint       ruff format check and lint"
@@ -32,14 +34,19 @@ install: $(STAMP)
 curate: $(STAMP)
 	$(BIN)/zxl curate --demo -c $(CONFIG) $(ARGS)
 
-test: $(STAMP)
+browse: $(STAMP)
+	test -f $(CATALOG)/_manifest.json || $(MAKE) curate
+	$(BIN)/zxl catalog browse $(CATALOG) $(ARGS)
+
+# The browser tests drive Debian's chromium through Playwright; installed here, not by hand.
+browser:
+	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
-
-bench-gpu: $(STAMP)
-	$(BIN)/python -m bench --gpu $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("catalog", metavar="CATALOG")
     sh.add_argument("key", metavar="KEY")
     sh.add_argument("--out", default=".", help="folder to write the image to (default: here)")
+    br = cat.add_parser("browse", help="a web page over the catalog on http://127.0.0.1:8765")
+    br.add_argument("catalog", metavar="CATALOG")
+    br.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    br.add_argument("--port", type=int, default=8765)
     ex = cat.add_parser(
         "export",
         help="export to a kohya folder, kohya metadata JSON, webdataset tars or a datasets-ready Parquet",
@@ -416,8 +420,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         cat = open_catalog(args.catalog)
         for problem in cat.problems:
             print(f"warning: {problem}; the rest of the catalog is used", file=sys.stderr)
-        return {"stats": _catalog_stats, "query": _catalog_query, "show": _catalog_show,
-                "export": _catalog_export}[args.catalog_command](cat, args, json)  # fmt: skip
+        actions = {"stats": _catalog_stats, "query": _catalog_query, "show": _catalog_show,
+                   "export": _catalog_export, "browse": _catalog_browse}  # fmt: skip
+        return actions[args.catalog_command](cat, args, json)
     except CatalogError as e:
         print(f"zxl catalog {args.catalog_command}: error: {e}", file=sys.stderr)
         return 2
@@ -516,6 +521,22 @@ def _catalog_export(cat, args, json) -> int:
         print(
             "train with kohya's --keep_tokens 3 --shuffle_caption: score, rating and year stay first", file=sys.stderr
         )
+    return 0
+
+
+def _catalog_browse(cat, args, json) -> int:
+    from catalog.browse import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach it can read the catalog", file=sys.stderr)
+    server = serve(cat.path, args.host, args.port)
+    print(f"browsing {cat.path} on http://{args.host}:{server.server_port}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

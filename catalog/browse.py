@@ -1,0 +1,241 @@
+"""``zxl catalog browse``: a read-only web page over a catalog, on 127.0.0.1 by default.
+
+Flask with Jinja2 templates (autoescaping on: every caption, tag and error is scraped data and is
+rendered as text). Every filter lives in the URL, so a view can be shared. Queries go to DuckDB
+with bound parameters only — a request's values never become SQL. Images are read from the tar
+shards by key through ``ImageStore`` (never from a path in the request); thumbnails are made once
+and kept in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from flask import Flask, Response, abort, render_template, request, url_for
+from PIL import Image
+
+from catalog.images import ImageStore
+from catalog.query import Catalog, open_catalog
+
+SORTS = {
+    "aesthetic": "aesthetic DESC NULLS LAST, key",
+    "score": "score DESC NULLS LAST, aesthetic DESC NULLS LAST, key",
+    "year": "year DESC NULLS LAST, key",
+    "newest": "year DESC NULLS LAST, key DESC",
+    "key": "key",
+}
+PER_PAGE = (24, 48, 96)
+STATUSES = ("ok", "duplicate", "failed_download", "failed_decode", "filtered", "all")
+RATINGS = ("general", "sensitive", "questionable", "explicit")
+THUMB = 256
+
+
+def _int(value: str | None, lo: int | None = None, hi: int | None = None) -> int | None:
+    try:
+        v = int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    if v is not None and lo is not None:
+        v = max(lo, v)
+    if v is not None and hi is not None:
+        v = min(hi, v)
+    return v
+
+
+def parse_filters(args) -> dict:
+    """The URL's query string → a normalized filter dict (unknown values are ignored, not trusted)."""
+    f = {
+        "score_min": _int(args.get("score_min"), 1, 9),
+        "score_max": _int(args.get("score_max"), 1, 9),
+        "year_min": _int(args.get("year_min"), 1900, 2100),
+        "year_max": _int(args.get("year_max"), 1900, 2100),
+        "rating": [r for r in args.getlist("rating") if r in RATINGS],
+        "bucket": args.get("bucket", "")[:20],
+        "status": args.get("status", "ok") if args.get("status", "ok") in STATUSES else "ok",
+        "tag": [t.strip()[:100] for t in args.getlist("tag") if t.strip()][:10],
+        "not_tag": [t.strip()[:100] for t in args.getlist("not_tag") if t.strip()][:10],
+        "q": args.get("q", "").strip()[:200],
+        "sort": args.get("sort", "aesthetic") if args.get("sort", "aesthetic") in SORTS else "aesthetic",
+        "per_page": _int(args.get("per_page")) if _int(args.get("per_page")) in PER_PAGE else PER_PAGE[0],
+        "page": _int(args.get("page"), 1) or 1,
+    }
+    return f
+
+
+def where_clause(f: dict) -> tuple[str, list]:
+    """SQL WHERE with ? placeholders, and their values."""
+    sql, params = [], []
+    if f["status"] != "all":
+        sql.append("status = ?")
+        params.append(f["status"])
+    for col, op, key in (("score", ">=", "score_min"), ("score", "<=", "score_max"),
+                         ("year", ">=", "year_min"), ("year", "<=", "year_max")):  # fmt: skip
+        if f[key] is not None:
+            sql.append(f"{col} {op} ?")
+            params.append(f[key])
+    if f["rating"]:
+        sql.append(f"rating IN ({', '.join('?' * len(f['rating']))})")
+        params.extend(f["rating"])
+    if f["bucket"]:
+        sql.append("bucket = ?")
+        params.append(f["bucket"])
+    for t in f["tag"]:
+        sql.append("(list_contains(tags, ?) OR list_contains(characters, ?))")
+        params.extend([t, t])
+    for t in f["not_tag"]:
+        sql.append("NOT coalesce(list_contains(tags, ?) OR list_contains(characters, ?), false)")
+        params.extend([t, t])
+    if f["q"]:
+        sql.append("caption ILIKE ?")
+        params.append("%" + f["q"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    return (" AND ".join(sql) or "true"), params
+
+
+class Browser:
+    """The catalog, a DuckDB connection per thread, and the thumbnail cache."""
+
+    def __init__(self, catalog: Catalog, thumbs: int = 4096):
+        self.catalog = catalog
+        self.images = ImageStore(catalog.path)
+        self._local = threading.local()
+        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        self._max_thumbs = thumbs
+
+    def con(self):
+        if not hasattr(self._local, "con"):
+            self._local.con = self.catalog.connect()
+        return self._local.con
+
+    def rows(self, sql: str, params: list) -> list[dict]:
+        return self.con().sql(sql, params=params).to_arrow_table().to_pylist()
+
+    def page(self, f: dict) -> tuple[list[dict], int]:
+        where, params = where_clause(f)
+        (total,) = self.con().sql(f"SELECT count(*) FROM catalog WHERE {where}", params=params).fetchall()[0]
+        offset = (f["page"] - 1) * f["per_page"]
+        rows = self.rows(
+            f"SELECT key, status, error, score, aesthetic, rating, year, bucket, width, height, tags, characters, "
+            f"caption, duplicate_of FROM catalog WHERE {where} ORDER BY {SORTS[f['sort']]} LIMIT ? OFFSET ?",
+            [*params, f["per_page"], offset],
+        )
+        return rows, total
+
+    def charts(self, f: dict) -> dict:
+        where, params = where_clause(f)
+        out = {}
+        for col in ("score", "rating", "year"):
+            data = (
+                self.con()
+                .sql(
+                    f"SELECT {col} AS k, count(*) AS n FROM catalog WHERE {where} GROUP BY 1 ORDER BY 1 NULLS LAST",
+                    params=params,
+                )
+                .fetchall()
+            )
+            top = max((n for _, n in data), default=1)
+            out[col] = [("—" if k is None else k, n, round(100 * n / top)) for k, n in data]
+        return out
+
+    def row(self, key: str) -> dict | None:
+        rows = self.rows("SELECT * FROM catalog WHERE key = ?", [key])
+        return rows[0] if rows else None
+
+    def duplicates(self, row: dict) -> list[dict]:
+        group = row["duplicate_of"] or row["key"]
+        return self.rows(
+            "SELECT key, status, score, aesthetic, width, height FROM catalog "
+            "WHERE (key = ? OR duplicate_of = ?) AND key <> ? ORDER BY aesthetic DESC NULLS LAST LIMIT 50",
+            [group, group, row["key"]],
+        )
+
+    def image(self, key: str) -> tuple[bytes, str] | None:
+        rows = self.rows("SELECT shard, shard_key FROM catalog WHERE key = ? AND shard_key IS NOT NULL", [key])
+        if not rows:
+            return None
+        try:
+            return self.images.get(rows[0]["shard"], rows[0]["shard_key"])
+        except (KeyError, FileNotFoundError):
+            return None
+
+    def thumbnail(self, key: str) -> bytes | None:
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        found = self.image(key)
+        if found is None:
+            return None
+        with Image.open(io.BytesIO(found[0])) as im:
+            im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumb_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > self._max_thumbs:
+                self._thumbs.popitem(last=False)
+        return data
+
+
+def create_app(catalog_dir: str | Path) -> Flask:
+    catalog = open_catalog(catalog_dir)
+    browser = Browser(catalog)
+    app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"))
+    app.config["BROWSER"] = browser
+
+    def page_url(f: dict, **change) -> str:
+        g = {**f, **change}
+        args = {k: v for k, v in g.items() if v not in (None, "", [])}
+        return url_for("index", **args)
+
+    @app.get("/")
+    def index():
+        f = parse_filters(request.args)
+        rows, total = browser.page(f)
+        pages = max(1, -(-total // f["per_page"]))
+        return render_template(
+            "index.html", rows=rows, total=total, f=f, pages=pages, charts=browser.charts(f),
+            manifest=catalog.manifest, problems=catalog.problems, sorts=SORTS, statuses=STATUSES,
+            ratings=RATINGS, per_page=PER_PAGE, page_url=page_url,
+        )  # fmt: skip
+
+    @app.get("/row/<key>")
+    def detail(key: str):
+        row = browser.row(key)
+        if row is None:
+            abort(404)
+        return render_template("row.html", row=row, duplicates=browser.duplicates(row), problems=catalog.problems)
+
+    @app.get("/image/<key>")
+    def image(key: str):
+        found = browser.image(key)
+        if found is None:
+            abort(404)
+        data, ext = found
+        return Response(data, mimetype={"jpg": "image/jpeg", "jpeg": "image/jpeg"}.get(ext, f"image/{ext}"))
+
+    @app.get("/thumb/<key>")
+    def thumb(key: str):
+        data = browser.thumbnail(key)
+        if data is None:
+            abort(404)
+        return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.after_request
+    def headers(resp):
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'"
+        return resp
+
+    return app
+
+
+def serve(catalog_dir: str | Path, host: str = "127.0.0.1", port: int = 8765):
+    """A threaded server for ``create_app``; returns it (``serve_forever`` / ``shutdown``)."""
+    from werkzeug.serving import make_server
+
+    return make_server(host, port, create_app(catalog_dir), threaded=True)

@@ -1,0 +1,112 @@
+"""The catalog browser over HTTP, and in a real browser: Playwright driving Debian's chromium."""
+
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.browse import parse_filters, serve, where_clause
+
+CHROMIUM = "/usr/bin/chromium"
+HOSTILE_CAPTION = '<script>window.__pwned = 1</script>"><b>bold?</b>'
+HOSTILE_TAG = "<img src=x onerror=window.__pwned=2>"
+
+
+@pytest.fixture(scope="module")
+def site(sync_run, tmp_path_factory):
+    """A copy of the demo run whose best row carries hostile strings, served on a free port."""
+    run = tmp_path_factory.mktemp("browse") / "run"
+    shutil.copytree(sync_run[1].run_dir / "catalog", run / "catalog")
+    (run / "shards").symlink_to(sync_run[1].run_dir / "shards")
+    part = sorted((run / "catalog").glob("part-*.parquet"))[0]
+    t = pq.read_table(part)
+    ok = [i for i, s in enumerate(t["status"].to_pylist()) if s == "ok"]
+    hostile_key = t["key"][ok[0]].as_py()
+    captions = t["caption"].to_pylist()
+    captions[ok[0]] = HOSTILE_CAPTION
+    tags = t["tags"].to_pylist()
+    tags[ok[0]] = [HOSTILE_TAG, *(tags[ok[0]] or [])]
+    t = t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string()))
+    t = t.set_column(t.schema.get_field_index("tags"), "tags", pa.array(tags, pa.list_(pa.string())))
+    pq.write_table(t, part)
+    server = serve(run / "catalog", "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", hostile_key
+    server.shutdown()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.headers.get("Content-Type"), r.read()
+
+
+def test_filters_are_parameters_not_sql():
+    from werkzeug.datastructures import MultiDict
+
+    f = parse_filters(MultiDict([("score_min", "8"), ("rating", "general"), ("rating", "'; DROP TABLE x; --"),
+                                 ("sort", "key; DROP"), ("per_page", "5000"), ("tag", "a' OR 1=1 --")]))  # fmt: skip
+    assert f["rating"] == ["general"] and f["sort"] == "aesthetic" and f["per_page"] == 24
+    sql, params = where_clause(f)
+    assert "DROP" not in sql and "OR 1=1" not in sql and "a' OR 1=1 --" in params
+
+
+def test_pages_images_and_refusals(site):
+    base, key = site
+    status, kind, body = _get(f"{base}/?score_min=8&rating=general")
+    assert status == 200 and kind.startswith("text/html") and b"score_" in body
+    status, kind, body = _get(f"{base}/thumb/{key}")
+    assert kind == "image/jpeg" and body[:2] == b"\xff\xd8"
+    assert _get(f"{base}/image/{key}")[0] == 200
+    for path in ("/image/..%2F..%2Fetc%2Fpasswd", "/thumb/%2Fetc%2Fpasswd", "/row/..%2F_manifest.json",
+                 "/image/../../catalog/_manifest.json", "/static/../../etc/passwd", "/row/no-such-key"):  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(base + path)
+        assert e.value.code == 404, path
+
+
+def test_in_a_real_browser(site, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run `make browser` (make test does)"
+    base, hostile_key = site
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/")
+        assert page.locator(".card").count() > 0
+        page.fill("#score_min", "8")
+        page.check("input[name=rating][value=general]")
+        page.click("#apply")
+        page.wait_for_load_state()
+        assert "score_min=8" in page.url and "rating=general" in page.url  # the view is in the URL
+        badges = page.locator(".card .badge.score").all_inner_texts()
+        assert badges and all(b in ("score_8", "score_9") for b in badges)
+        ratings = page.locator(".card .meta").all_inner_texts()
+        assert all("general" in r for r in ratings)
+        page.screenshot(path=str(tmp_path / "grid.png"))
+        page.locator(".card").first.click()
+        page.wait_for_selector("#row")
+        assert "status" in page.locator("#row").inner_text()
+        # scraped strings are text, never markup
+        page.goto(f"{base}/?status=ok&sort=key&per_page=96")
+        card = page.locator(f'.card[data-key="{hostile_key}"]')
+        if card.count() and "score_" in card.inner_text():
+            assert HOSTILE_CAPTION in card.inner_text() or "<img" not in card.inner_html()
+        assert page.evaluate("window.__pwned") is None
+        page.goto(f"{base}/row/{hostile_key}")
+        text = page.locator("#row").inner_text()
+        assert HOSTILE_CAPTION in text and HOSTILE_TAG in text
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#row b").count() == 0
+        browser.close()
+    assert (tmp_path / "grid.png").stat().st_size > 10_000
