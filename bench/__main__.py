@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import fetch, scoring, tagging
+from bench import catalog, fetch, scoring, tagging
 
 ENTRIES = {
     "fetch": fetch.run,
@@ -25,6 +25,7 @@ ENTRIES = {
     "dedup": scoring.dedup_growth,
     "metadata": tagging.metadata_and_template,
     "wd": tagging.wd,
+    "catalog": catalog.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
