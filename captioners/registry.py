@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 from captioners.base import Captioner
 from zxl.config import CaptionConfig, ConfigError, config_hash
+from zxl.registry import load_class
 
 CAPTIONERS = {"template": "captioners.template:TemplateCaptioner", "hf": "captioners.hf:HFCaptioner"}
 OFF = "none"
@@ -13,13 +12,7 @@ _LOADED: dict[str, Captioner] = {}
 
 
 def captioner_class(name: str) -> type[Captioner] | None:
-    if name == OFF:
-        return None
-    try:
-        module, cls = CAPTIONERS[name].split(":")
-    except KeyError:
-        raise ConfigError(f"caption.captioner must be one of {', '.join([*CAPTIONERS, OFF])}, got '{name}'") from None
-    return getattr(importlib.import_module(module), cls)
+    return None if name == OFF else load_class({**CAPTIONERS, OFF: ""}, name, "caption.captioner")
 
 
 def check(cfg: CaptionConfig) -> None:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from catalog.schema import SCHEMA_V1, SCHEMA_VERSION, conform
-from pipeline.stages import is_done, shard_name, stage_path, write_json_atomic, write_table_atomic
+from pipeline.stages import shard_name, skipped, stage_path, write_json_atomic, write_table_atomic
 
 MANIFEST_KEY = "zxl.manifest"
 
@@ -30,8 +30,8 @@ MANIFEST_KEY = "zxl.manifest"
 def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "catalog", shard)
-    if is_done(out, stage_hash):
-        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    if done := skipped(out, stage_hash):
+        return done
     start = time.time()
     source = pq.read_table(stage_path(run_dir, "source", shard), columns=["key", "url", "source_id"])
     fetch = pq.read_table(stage_path(run_dir, "fetch", shard))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from captioners.registry import get_captioner
 from pipeline.inspection import read_tar_images
-from pipeline.stages import is_done, stage_path, write_table_atomic
+from pipeline.stages import skipped, stage_path, write_table_atomic
 from pipeline.tag import _decode
 from zxl.config import CaptionConfig
 
@@ -26,8 +26,8 @@ CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("pr
 def caption_shard(run_dir: str, shard: int, stage_hash: str, cfg: CaptionConfig) -> dict:
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "caption", shard)
-    if is_done(out, stage_hash):
-        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    if done := skipped(out, stage_hash):
+        return done
     start = time.time()
     reduce = pq.read_table(stage_path(run_dir, "reduce", shard), columns=["key", "status", "score"])
     tags = pq.read_table(stage_path(run_dir, "tag", shard)).drop_columns(["key", "problem"])

@@ -30,7 +30,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.stages import is_done, shard_name, stage_path, write_table_atomic  # noqa: E402
+from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic  # noqa: E402
 from zxl.config import FetchConfig  # noqa: E402
 
 STATUS = {"success": "ok", "failed_to_download": "failed_download", "failed_to_resize": "failed_decode"}
@@ -191,8 +191,8 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
     """Download one shard (skipped when its output exists with the same hash)."""
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "fetch", shard)
-    if is_done(out, stage_hash):
-        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    if done := skipped(out, stage_hash):
+        return done
     start = time.time()
     source = pq.read_table(stage_path(run_dir, "source", shard))
     shards_dir = run_dir / "shards"

@@ -23,7 +23,7 @@ import scipy.fft
 from PIL import Image
 
 from pipeline.buckets import bucket_name
-from pipeline.stages import is_done, stage_path, write_table_atomic
+from pipeline.stages import skipped, stage_path, write_table_atomic
 from zxl.config import InspectConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -89,8 +89,8 @@ def inspect_image(data: bytes, cfg: InspectConfig) -> dict:
 def inspect_shard(run_dir: str, shard: int, stage_hash: str, cfg: InspectConfig) -> dict:
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "inspect", shard)
-    if is_done(out, stage_hash):
-        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    if done := skipped(out, stage_hash):
+        return done
     start = time.time()
     fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["key", "shard", "shard_key", "status"])
     tar_name = fetch["shard"][0].as_py() if fetch.num_rows else None

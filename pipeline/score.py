@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.inspection import read_tar_images
-from pipeline.stages import is_done, shard_name, stage_path, write_table_atomic
+from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic
 from scorers.registry import get_scorer
 from zxl.config import ScoreConfig
 
@@ -82,8 +82,8 @@ def score_stream(scorer, blobs: list[bytes], batch_size: int, threads: int):
 def score_shard(run_dir: str, shard: int, stage_hash: str, cfg: ScoreConfig) -> dict:
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "score", shard)
-    if is_done(out, stage_hash):
-        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    if done := skipped(out, stage_hash):
+        return done
     start = time.time()
     inspect = pq.read_table(stage_path(run_dir, "inspect", shard), columns=["key", "status", "error"])
     fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])

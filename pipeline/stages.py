@@ -79,6 +79,13 @@ def is_done(path: Path, stage_hash: str) -> bool:
     return Path(path).exists() and stored_hash(path) == stage_hash
 
 
+def skipped(path: Path, stage_hash: str) -> dict | None:
+    """A stage task's result when its output is already there with this hash, else None."""
+    if is_done(path, stage_hash):
+        return {"rows": pq.read_metadata(path).num_rows, "skipped": True}
+    return None
+
+
 def remove_stale(folder: Path, keep: int, pattern: str = "*.parquet") -> None:
     """Delete shard files numbered ``keep`` and above (left by an earlier, larger split)."""
     for p in Path(folder).glob(pattern):

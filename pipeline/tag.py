@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.inspection import read_tar_images
-from pipeline.stages import is_done, shard_name, stage_path, write_table_atomic
+from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic
 from taggers.registry import get_taggers, merge
 from zxl.config import TagConfig
 
@@ -105,8 +105,8 @@ def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[list, Counter]:
 def tag_shard(run_dir: str, shard: int, stage_hash: str, cfg: TagConfig) -> dict:
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "tag", shard)
-    if is_done(out, stage_hash):
-        return {"rows": pq.read_metadata(out).num_rows, "skipped": True}
+    if done := skipped(out, stage_hash):
+        return done
     start = time.time()
     rows = pq.read_table(stage_path(run_dir, "source", shard)).to_pandas()
     inspect = pq.read_table(stage_path(run_dir, "inspect", shard), columns=["status"])

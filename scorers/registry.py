@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 from scorers.base import Scorer
-from zxl.config import ConfigError, ScoreConfig, config_hash
+from zxl.config import ScoreConfig, config_hash
+from zxl.registry import load_class
 
 # Imported on first use, so naming a scorer never loads torch or open_clip for the others.
 SCORERS = {"technical": "scorers.technical:TechnicalScorer", "clip-mlp": "scorers.clip_mlp:ClipMlpScorer"}
@@ -13,11 +12,7 @@ _LOADED: dict[str, Scorer] = {}
 
 
 def scorer_class(name: str) -> type[Scorer]:
-    try:
-        module, cls = SCORERS[name].split(":")
-    except KeyError:
-        raise ConfigError(f"score.scorer must be one of {', '.join(SCORERS)}, got '{name}'") from None
-    return getattr(importlib.import_module(module), cls)
+    return load_class(SCORERS, name, "score.scorer")
 
 
 def build_scorer(cfg: ScoreConfig) -> Scorer:

@@ -7,23 +7,18 @@ with a value wins (metadata first: it is what the uploaders said; a model fills 
 
 from __future__ import annotations
 
-import importlib
-
 import pandas as pd
 
 from taggers.base import COLUMNS, Tagger
 from zxl.config import ConfigError, TagConfig, config_hash
+from zxl.registry import load_class
 
 TAGGERS = {"metadata": "taggers.metadata:MetadataTagger", "wd": "taggers.wd:WDTagger"}
 _LOADED: dict[str, list[Tagger]] = {}
 
 
 def tagger_class(name: str) -> type[Tagger]:
-    try:
-        module, cls = TAGGERS[name].split(":")
-    except KeyError:
-        raise ConfigError(f"tag.taggers: unknown tagger '{name}'; choose from {', '.join(TAGGERS)}") from None
-    return getattr(importlib.import_module(module), cls)
+    return load_class(TAGGERS, name, "tag.taggers")
 
 
 def check(cfg: TagConfig) -> None:

@@ -168,5 +168,5 @@ def test_wd_errors_name_the_key(tmp_path, wd_model):
     (tmp_path / "half" / "selected_tags.csv").write_text((wd_model[0] / "selected_tags.csv").read_text())
     with pytest.raises(ConfigError, match="onnxruntime cannot load"):
         WDTagger(TagConfig(taggers=["wd"], wd_model=str(tmp_path / "half")))
-    with pytest.raises(ConfigError, match="unknown tagger 'deepdanbooru'"):
+    with pytest.raises(ConfigError, match="tag.taggers must be one of metadata, wd, got 'deepdanbooru'"):
         check(TagConfig(taggers=["metadata", "deepdanbooru"]))
