@@ -46,8 +46,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zxl",
-        description="Curate image URLs into a scored, tagged, captioned Parquet catalog; train and sample "
-        "a ZTSNR v-prediction SDXL fine-tune on it.",
+        description="Curate image URLs into a scored, tagged, captioned Parquet catalog for a ZTSNR "
+        "v-prediction SDXL fine-tune, and look at it, query it and export it for training.",
     )
     parser.add_argument("--version", action="version", version=f"zxl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
