@@ -90,6 +90,7 @@ def run(quick: bool = False) -> dict:
                         f"run.runs_dir={work}", f"run.name=ours{r}", "run.shard_size=250", f"run.workers={workers}",
                         "run.progress=false", "run.dashboard_address=", f"source.path={urls}",
                         "source.url_column=file_url", "source.id_column=id", "fetch.thread_count=16",
+                        "fetch.allowed_hosts=[127.0.0.1]",
                     ],
                 )  # fmt: skip
                 ours.append(_ours(cfg, urls))

@@ -30,6 +30,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline import netguard  # noqa: E402
 from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic  # noqa: E402
 from zxl.config import FetchConfig  # noqa: E402
 
@@ -206,7 +207,8 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
         with pa.OSFile(str(tmp / "input.arrow"), "wb") as sink, pa.ipc.new_file(sink, i2d_in.schema) as w:
             w.write_table(i2d_in)
         downloader = make_downloader(cfg, tmp, columns, shard_size)
-        downloader.download_shard((shard, str(tmp / "input.arrow")))
+        with netguard.guarded(cfg.allowed_hosts, cfg.allow_private_networks):
+            downloader.download_shard((shard, str(tmp / "input.arrow")))
         name = shard_name(shard)
         i2d = pq.read_table(tmp / f"{name}.parquet")
         for suffix in (".tar", "_stats.json", ".parquet"):

@@ -58,6 +58,7 @@ def make_config(runs_dir, name, urls_file, *overrides) -> CurateConfig:
             "source.url_column=file_url",
             "source.id_column=id",
             f"fetch.timeout={FETCH_TIMEOUT}",
+            "fetch.allowed_hosts=[127.0.0.1]",
             "fetch.thread_count=16",
             *overrides,
         ],

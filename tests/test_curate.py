@@ -151,7 +151,8 @@ def test_kill_mid_fetch_then_resume(sync_run, tmp_path):
     name = "killed"
     args = [sys.executable, "-m", "zxl", "curate", "--no-progress", "--urls", cfg.source.path,
             "--url-column", "file_url", "--id-column", "id", "--runs-dir", str(tmp_path), "--name", name,
-            "--scheduler", "sync", "--shard-size", "40", "--set", f"fetch.timeout={cfg.fetch.timeout}"]  # fmt: skip
+            "--scheduler", "sync", "--shard-size", "40", "--set", f"fetch.timeout={cfg.fetch.timeout}",
+            "--set", "fetch.allowed_hosts=[127.0.0.1]"]  # fmt: skip
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_shard = stage_path(tmp_path / name, "fetch", 0)
     deadline = time.monotonic() + 120

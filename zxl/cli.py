@@ -235,6 +235,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
             )
         corpus = _build_demo(cfg.demo)
         cfg.source.url_column, cfg.source.id_column, cfg.source.path = "file_url", "id", str(corpus / "source.parquet")
+        if cfg.demo.host not in cfg.fetch.allowed_hosts:  # the demo server, and nothing else private
+            cfg.fetch.allowed_hosts = [*cfg.fetch.allowed_hosts, cfg.demo.host]
         with DemoServer(corpus, cfg.demo.host, cfg.demo.port, cfg.demo.slow_seconds) as server:
             print(f"demo corpus {corpus} served on {server.base_url}", flush=True)
             result = curate(cfg, urls=server.url_table())

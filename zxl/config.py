@@ -74,6 +74,10 @@ class FetchConfig:
     min_image_size: int = 0
     max_aspect_ratio: float = float("inf")
     max_image_pixels: int = 89_478_485  # decoder limit (Pillow's default): larger is a bomb
+    # Never fetch from loopback, private, link-local or cloud-metadata addresses (redirects too)
+    # unless they are listed here (host names or addresses) or allow_private_networks is set.
+    allowed_hosts: list[str] = dataclasses.field(default_factory=list)
+    allow_private_networks: bool = False
 
 
 @dataclasses.dataclass
