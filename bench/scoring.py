@@ -62,11 +62,14 @@ def technical(quick: bool = False) -> dict:
 
 def clip_batched(quick: bool = False) -> dict:
     """clip-mlp with ViT-B-32 (random weights) on the CPU: batches of 32 against one image at a time."""
+    import os
+
     import torch
 
     from scorers.clip_mlp import ClipMlpScorer
     from scorers.heads import laion_state_dict
 
+    torch.set_num_threads(os.cpu_count() or 1)  # a Dask LocalCluster earlier in the run sets OMP_NUM_THREADS=1
     torch.manual_seed(0)
     cfg = ScoreConfig(scorer="clip-mlp", clip_model="ViT-B-32", device="cpu", batch_size=32)
     scorer = ClipMlpScorer(cfg, load_weights=False, head_state=laion_state_dict(dim=512))

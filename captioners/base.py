@@ -8,22 +8,24 @@ say for that row, and the stage records why.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import pandas as pd
 from PIL import Image
 
 
-class Captioner:
+class Captioner(ABC):
     name: ClassVar[str]
     needs_images: ClassVar[bool] = False
 
-    def caption(self, images: list[Image.Image] | None, rows: pd.DataFrame) -> list[str]:
-        raise NotImplementedError  # every member defines it; the base only states the contract
+    @abstractmethod
+    def caption(self, images: list[Image.Image] | None, rows: pd.DataFrame) -> list[str]: ...
 
     @classmethod
     def check(cls, cfg) -> None:
         """Raise ConfigError for a config this captioner cannot run, before any work starts."""
+        return None  # nothing to check unless a member needs files or devices
 
     @classmethod
     def references(cls, cfg) -> dict[str, str]:

@@ -22,6 +22,7 @@ import json
 import random
 import re
 import tarfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import pyarrow as pa
@@ -53,7 +54,7 @@ def _images(rows, images: ImageStore, summary: dict):
         yield row, data, ext
 
 
-class Exporter:
+class Exporter(ABC):
     name: str
 
     def __init__(self, seed: int = 0, folder_name: str = "zxl"):
@@ -63,8 +64,9 @@ class Exporter:
     def caption(self, row: dict) -> str:
         return build_caption(row, self.rng)
 
+    @abstractmethod
     def export(self, rows, images: ImageStore, out: Path) -> dict:
-        raise NotImplementedError  # every member defines it; the base only states the contract
+        """Write ``rows`` (dicts) with their images under ``out``; returns counts."""
 
 
 class KohyaFolder(Exporter):

@@ -7,7 +7,7 @@ can overlap decoding with compute:
   the model works on the previous batch): resize, crop, normalize, or measure;
 - ``score(batch) -> np.ndarray``: a stacked batch of items (``collate``) → float32 scores [N].
 
-A scorer that computes image embeddings on the way (``embeds = True``) also offers
+A scorer that computes image embeddings on the way is an ``EmbeddingScorer``: it offers
 ``embed(batch) -> np.ndarray [N, D]`` (L2-normalized, float32) and
 ``score_embeddings(emb) -> np.ndarray [N]``; ``score`` is their composition, and the stage keeps
 the embeddings for dedup and later scorers.
@@ -15,36 +15,30 @@ the embeddings for dedup and later scorers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 
-class Scorer:
+class Scorer(ABC):
     name: ClassVar[str]
     embeds: ClassVar[bool] = False
 
-    def prepare(self, image: Image.Image) -> Any:
-        raise NotImplementedError  # every member defines it; the base only states the contract
+    @abstractmethod
+    def prepare(self, image: Image.Image) -> Any: ...
 
     def collate(self, items: list[Any]) -> Any:
         return np.stack(items)
 
-    def score(self, batch: Any) -> np.ndarray:
-        if self.embeds:
-            return self.score_embeddings(self.embed(batch))
-        raise NotImplementedError
-
-    def embed(self, batch: Any) -> np.ndarray:
-        raise TypeError(f"scorer {self.name!r} makes no embeddings")
-
-    def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        raise TypeError(f"scorer {self.name!r} makes no embeddings")
+    @abstractmethod
+    def score(self, batch: Any) -> np.ndarray: ...
 
     @classmethod
     def check(cls, cfg) -> None:
         """Raise ConfigError for a config this scorer cannot run, before any work starts."""
+        return None  # nothing to check unless a member needs files or devices
 
     @classmethod
     def references(cls, cfg) -> dict[str, str]:
@@ -56,3 +50,18 @@ class Scorer:
         if not images:
             return np.zeros(0, np.float32)
         return np.asarray(self.score(self.collate([self.prepare(im) for im in images])), np.float32)
+
+
+class EmbeddingScorer(Scorer):
+    """A scorer whose score is a head over image embeddings it also hands to the stage."""
+
+    embeds: ClassVar[bool] = True
+
+    @abstractmethod
+    def embed(self, batch: Any) -> np.ndarray: ...
+
+    @abstractmethod
+    def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+    def score(self, batch: Any) -> np.ndarray:
+        return self.score_embeddings(self.embed(batch))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scorers.base import Scorer
+from scorers.base import EmbeddingScorer
 from scorers.heads import build_head, input_dim
 from zxl.config import ConfigError, ScoreConfig
 from zxl.models import load_state_dict, resolve
@@ -86,9 +86,8 @@ def _clip_pretrained(cfg: ScoreConfig) -> str | None:
     )
 
 
-class ClipMlpScorer(Scorer):
+class ClipMlpScorer(EmbeddingScorer):
     name = "clip-mlp"
-    embeds = True
 
     def __init__(self, cfg: ScoreConfig, load_weights: bool = True, head_state: dict | None = None):
         import open_clip

@@ -15,6 +15,7 @@ none), and returns the columns it fills, one row per input row, same order:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import pandas as pd
@@ -24,7 +25,7 @@ COLUMNS = ("rating", "year", "tags", "characters", "problem")
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 
 
-class Tagger:
+class Tagger(ABC):
     name: ClassVar[str]
     needs_images: ClassVar[bool] = False
 
@@ -32,12 +33,13 @@ class Tagger:
     def source(self) -> str:
         return self.name
 
-    def tag(self, images: list[Image.Image | None] | None, rows: pd.DataFrame) -> pd.DataFrame:
-        raise NotImplementedError  # every member defines it; the base only states the contract
+    @abstractmethod
+    def tag(self, images: list[Image.Image | None] | None, rows: pd.DataFrame) -> pd.DataFrame: ...
 
     @classmethod
     def check(cls, cfg) -> None:
         """Raise ConfigError for a config this tagger cannot run, before any work starts."""
+        return None  # nothing to check unless a member needs files or devices
 
     @classmethod
     def references(cls, cfg) -> dict[str, str]:
