@@ -197,6 +197,8 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
     start = time.time()
     source = pq.read_table(stage_path(run_dir, "source", shard))
     shards_dir = run_dir / "shards"
+    for stale in shards_dir.glob(f".tmp-{shard_name(shard)}-*"):  # left by a task killed mid-shard
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = shards_dir / f".tmp-{shard_name(shard)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:

@@ -269,3 +269,34 @@ def test_model_tagger_and_captioner_in_a_run(sync_run, tmp_path, wd_model, tiny_
     assert missing["problem"].str.contains("returned nothing").all()
     assert res.manifest["models"]["tag.wd_model"] == str(wd_model[0])
     assert res.manifest["models"]["caption.model"] == str(tiny_llava)
+
+
+def test_a_worker_killed_mid_stage_changes_nothing(sync_run, tmp_path):
+    """kill -9 one of two Dask workers while shards are fetched: the run finishes, same catalog."""
+    import threading
+
+    from dask.distributed import Client, LocalCluster
+
+    cfg, first = sync_run
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        cfg2 = make_config(tmp_path, "killed-worker", cfg.source.path, f"run.scheduler={cluster.scheduler_address}")
+        result, errors = {}, []
+
+        def run():
+            try:
+                result["r"] = curate(cfg2, log=lambda *_: None)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        fetch_dir = tmp_path / "killed-worker" / "stages" / "fetch"
+        deadline = time.monotonic() + 120
+        while not (fetch_dir.exists() and any(fetch_dir.glob("0*.parquet"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Client(cluster.scheduler_address) as client:
+            pids = client.run(os.getpid)
+            os.kill(next(iter(pids.values())), signal.SIGKILL)  # the nanny starts a new one
+        worker.join(timeout=300)
+    assert not errors, errors
+    assert_same_catalog(result["r"].catalog_dir, first.catalog_dir)
