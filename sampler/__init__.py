@@ -1,1 +1,2 @@
-"""ZTSNR v-prediction sampling and validation grids (RECIPE.md). Empty until the sampler issue lands."""
+"""ZTSNR v-prediction sampling (RECIPE.md "Sampling"): the schedule, sigmas and samplers so far;
+model loading and validation grids are still to come (architecture.md)."""

@@ -117,3 +117,16 @@ def test_caption_a_folder_from_sidecar_tags(capsys, tmp_path, wd_model):
     assert rows["b.png"]["caption"] is None and "image.txt" in rows["b.png"]["error"]
     main(["caption", str(pics / "b.png"), "--wd-model", str(wd_model[0])])
     assert "b.png" in capsys.readouterr().out
+
+
+def test_print_sigmas(capsys):
+    assert main(["sample", "--print-sigmas", "--steps", "28"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "terminal convention comfyui" in lines[0]
+    first, second = lines[2].split(), lines[3].split()
+    assert first[1] == "999.000" and float(first[2]) == pytest.approx(4518.7637, abs=1e-3)
+    assert second[1] == "963.000" and len(lines) == 2 + 28 + 1
+    assert main(["sample", "--print-sigmas", "--terminal", "diffusers", "--steps", "3"]) == 0
+    assert "4095.99" in capsys.readouterr().out
+    assert main(["sample", "--print-sigmas", "--schedule", "cosine"]) == 2
+    assert "trailing, simple, karras, exponential" in capsys.readouterr().err

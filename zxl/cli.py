@@ -118,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--wd-model", help="tag the images with this WD tagger first (tag.wd_model)")
     cp.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
 
+    sa = sub.add_parser(
+        "sample",
+        help="the ZTSNR v-prediction sampling schedule (--print-sigmas)",
+        description="Print the sigma/timestep table of a sampling configuration, to compare with other tools. "
+        "Rendering images from a checkpoint arrives with the sampler issue.",
+    )
+    sa.add_argument("--print-sigmas", action="store_true", required=True, help="print the sigma/timestep table")
+    sa.add_argument("--steps", type=int, default=28)
+    sa.add_argument("--schedule", default="trailing", help="trailing (= simple), karras or exponential")
+    sa.add_argument("--terminal", default="comfyui",
+                    help="sigma at t=999 where ZTSNR makes it infinite: comfyui (ComfyUI/A1111, 4518.76; the default) "
+                    "or diffusers (4096)")  # fmt: skip
+    sa.add_argument("--no-ztsnr", action="store_true", help="the plain SDXL schedule instead")
+
     cat = sub.add_parser("catalog", help="stats, queries, rows and exports of a catalog").add_subparsers(
         dest="catalog_command", metavar="ACTION"
     )
@@ -542,6 +556,16 @@ def _catalog_browse(cat, args, json) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from sampler.schedule import format_table, get_sigmas
+
+    sigmas, timesteps = get_sigmas(args.steps, args.schedule, ztsnr=not args.no_ztsnr, terminal=args.terminal)
+    what = "plain SDXL" if args.no_ztsnr else f"ZTSNR, terminal convention {args.terminal}"
+    print(f"# {args.steps} steps, {args.schedule} schedule, {what}")
+    print(format_table(sigmas, timesteps))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args)).demo
     corpus = _build_demo(cfg)
@@ -567,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"curate": cmd_curate, "demo": cmd_demo, "score": cmd_score, "tag": cmd_tag,
-                    "caption": cmd_caption, "catalog": cmd_catalog}  # fmt: skip
+                    "caption": cmd_caption, "catalog": cmd_catalog, "sample": cmd_sample}  # fmt: skip
         return commands[args.command](args)
     except ConfigError as e:
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,130 @@
+"""Samplers with k-diffusion's one signature, a v-prediction denoiser, and CFG with rescale.
+
+``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None)``, where
+``model(x, sigma, **extra_args)`` returns the denoised prediction D (Karras et al. 2022). A new
+sampler is one new function. ``VDenoiser`` adapts a v-prediction network at the edge
+(RECIPE.md "Sampling"): input x/√(σ²+1), D = x/(σ²+1) − v̂·σ/√(σ²+1). DDIM works in the
+variance-preserving form instead, where ᾱ_T = 0 is no trouble (x̂_0 = −v̂ at t = T).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sampler.schedule import sigma_to_t
+
+
+class VDenoiser:
+    """``model(x_in, t) -> v̂`` as a k-diffusion denoiser ``(x, sigma) -> D``."""
+
+    def __init__(self, model, sigma_table: torch.Tensor):
+        self.model = model
+        self.table = sigma_table
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kw) -> torch.Tensor:
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        t = sigma_to_t(sigma.reshape(-1).double().cpu(), self.table).to(x.device, x.dtype)
+        v = self.model(x / (s**2 + 1).sqrt(), t, **kw)
+        return x / (s**2 + 1) - v * s / (s**2 + 1).sqrt()
+
+
+def cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
+    """v = v_u + s·(v_c − v_u), then CFG rescale (Lin et al. 2023 §3.4) with φ = ``rescale``:
+    v ← φ·v·std(v_c)/std(v) + (1 − φ)·v, std over all but the batch dim."""
+    out = uncond + scale * (cond - uncond)
+    if rescale:
+        dims = list(range(1, out.ndim))
+        ratio = cond.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True)
+        out = rescale * (out * ratio) + (1 - rescale) * out
+    return out
+
+
+def _to_d(x, sigma, denoised):
+    return (x - denoised) / sigma
+
+
+def _noop(*a, **k):
+    return None
+
+
+@torch.no_grad()
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Algorithm 2 (Euler steps) of Karras et al. (2022)."""
+    extra_args, callback = extra_args or {}, callback or _noop
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i] * x.new_ones([x.shape[0]])
+        denoised = model(x, s, **extra_args)
+        callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
+        x = x + _to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, generator=None):
+    """Euler ancestral (k-diffusion): an Euler step to σ_down, then fresh noise of σ_up."""
+    extra_args, callback = extra_args or {}, callback or _noop
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i] * x.new_ones([x.shape[0]])
+        denoised = model(x, s, **extra_args)
+        callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
+        s_from, s_to = sigmas[i], sigmas[i + 1]
+        s_up = min(s_to, eta * (s_to**2 * (s_from**2 - s_to**2) / s_from**2) ** 0.5)
+        s_down = (s_to**2 - s_up**2) ** 0.5
+        x = x + _to_d(x, s_from, denoised) * (s_down - s_from)
+        if s_to > 0:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+            x = x + noise * s_up
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DPM-Solver++(2M) (Lu et al. 2022), in k-diffusion's form."""
+    extra_args, callback = extra_args or {}, callback or _noop
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i] * x.new_ones([x.shape[0]])
+        denoised = model(x, s, **extra_args)
+        callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
+        t, t_next = -torch.log(sigmas[i]), -torch.log(sigmas[i + 1]) if sigmas[i + 1] > 0 else None
+        if t_next is None:
+            x = denoised
+        else:
+            h = t_next - t
+            if old_denoised is None:
+                d = denoised
+            else:
+                h_last = t - (-torch.log(sigmas[i - 1]))
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigmas[i + 1] / sigmas[i]) * x - torch.expm1(-h) * d
+        old_denoised = denoised
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(model_v, x, timesteps, alphas_cumprod, extra_args=None, callback=None, disable=None):
+    """DDIM (Song et al. 2021), η = 0, v-prediction, in the variance-preserving form.
+
+    ``model_v(x_t, t) -> v̂``; ``x`` starts as pure noise (x_T = ε); ``alphas_cumprod`` may end in
+    exactly 0. x̂_0 = √ᾱ·x_t − √(1−ᾱ)·v̂, ε̂ = √ᾱ·v̂ + √(1−ᾱ)·x_t, x_prev = √ᾱ'·x̂_0 + √(1−ᾱ')·ε̂.
+    """
+    extra_args, callback = extra_args or {}, callback or _noop
+    ts = [int(t) for t in timesteps]
+    for i, t in enumerate(ts):
+        a = alphas_cumprod[t].to(x.dtype)
+        a_prev = alphas_cumprod[ts[i + 1]].to(x.dtype) if i + 1 < len(ts) else x.new_tensor(1.0)
+        v = model_v(x, x.new_full([x.shape[0]], float(t)), **extra_args)
+        x0 = a.sqrt() * x - (1 - a).sqrt() * v
+        eps = a.sqrt() * v + (1 - a).sqrt() * x
+        callback({"x": x, "i": i, "t": t, "denoised": x0})
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return x
+
+
+SAMPLERS = {
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "ddim": sample_ddim,
+}
