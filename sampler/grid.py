@@ -1,0 +1,55 @@
+"""Validation grids: images in rows and columns with axis labels, and PNGs that carry their
+A1111 ``parameters`` text (so ComfyUI, A1111 and Civitai read the settings back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+PAD = 8
+
+
+def save_png(image: Image.Image, path: str | Path, parameters: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, pnginfo=info)
+    return path
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # an older Pillow without scalable default font
+        return ImageFont.load_default()
+
+
+def make_grid(
+    images: list[list[Image.Image]], x_labels: list[str], y_labels: list[str], title: str = ""
+) -> Image.Image:
+    """``images[row][col]``; every cell is as large as the largest image; labels above and left."""
+    rows, cols = len(images), max(len(r) for r in images)
+    if len(x_labels) != cols or len(y_labels) != rows:
+        raise ValueError(f"{cols} columns and {rows} rows need as many labels, got {len(x_labels)} and {len(y_labels)}")
+    cw = max(im.width for r in images for im in r)
+    ch = max(im.height for r in images for im in r)
+    font = _font(max(14, cw // 24))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = probe.textbbox((0, 0), "Ag", font=font)[3] + PAD
+    left = max([probe.textbbox((0, 0), s, font=font)[2] for s in y_labels] + [0]) + 2 * PAD if any(y_labels) else 0
+    top = text_h * (2 if title else 1) + PAD
+    grid = Image.new("RGB", (left + cols * (cw + PAD) + PAD, top + rows * (ch + PAD) + PAD), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((PAD, PAD), title, fill=(0, 0, 0), font=font)
+    for c, label in enumerate(x_labels):
+        draw.text((left + PAD + c * (cw + PAD), top - text_h), label, fill=(0, 0, 0), font=font)
+    for r, label in enumerate(y_labels):
+        draw.text((PAD, top + r * (ch + PAD) + ch // 2 - text_h // 2), label, fill=(0, 0, 0), font=font)
+        for c, im in enumerate(images[r]):
+            x = left + PAD + c * (cw + PAD) + (cw - im.width) // 2
+            y = top + r * (ch + PAD) + (ch - im.height) // 2
+            grid.paste(im.convert("RGB"), (x, y))
+    return grid
