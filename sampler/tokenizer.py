@@ -1,0 +1,40 @@
+"""The CLIP BPE tokenizer both SDXL text encoders use, derived offline from open_clip's files.
+
+open_clip ships its merges as ``bpe_simple_vocab_16e6.txt.gz``; transformers' ``CLIPTokenizer``
+reads ``vocab.json`` + ``merges.txt``. Both are derived here from open_clip's own tokenizer
+(49,408 tokens, 77 positions), with its ``<start_of_text>``/``<end_of_text>`` named as
+transformers names them, so the two agree token for token without a download.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SPECIAL = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+
+
+def write_clip_tokenizer_files(folder: str | Path) -> Path:
+    """Write vocab.json and merges.txt into ``folder`` (once) and return it."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    folder = Path(folder)
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = SimpleTokenizer()
+    vocab = {SPECIAL.get(k, k): v for k, v in tok.encoder.items()}
+    merges = sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for (a, b), _ in merges) + "\n")
+    return folder
+
+
+def clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>"):
+    """A transformers ``CLIPTokenizer`` over the derived files (bigG pads with ``!``: pass it)."""
+    from transformers import CLIPTokenizer
+
+    folder = write_clip_tokenizer_files(folder)
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77
+    )

@@ -1,0 +1,27 @@
+"""transformers' CLIPTokenizer over files derived from open_clip agrees with open_clip, token for token."""
+
+import open_clip
+import pytest
+
+from sampler.tokenizer import clip_tokenizer
+
+PROMPTS = [
+    "score_9, score_8_up, 1girl, long hair, looking at viewer",
+    "A knight in shining armour stands on a cliff at sunset, dramatic lighting!",
+    "rating:general, year 2021, hatsune miku (vocaloid), twintails, ^_^, café, naïve résumé",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return clip_tokenizer(tmp_path_factory.mktemp("clip-tok"))
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_same_ids_as_open_clip(tok, prompt):
+    ours = tok(prompt, padding="max_length", max_length=77, truncation=True)["input_ids"]
+    theirs = open_clip.tokenize([prompt])[0].tolist()
+    n = theirs.index(49407) + 1  # open_clip pads with 0 after <end_of_text>
+    assert ours[:n] == theirs[:n]
+    assert len(tok) == 49408 and tok.model_max_length == 77
