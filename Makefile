@@ -10,12 +10,13 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate browse browser test bench lint format lock clean help
+.PHONY: install curate browse browser sample test bench lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
 	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
 	@echo "make browse     the catalog browser on http://127.0.0.1:8765 (CATALOG=runs/demo/catalog)"
+	@echo "make sample     a validation grid (MODEL=diffusers SDXL folder; a tiny random model without)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
 	@echo "make bench      CPU benchmarks: a markdown table and JSON under bench/results/"
 	@echo "make lint       ruff format check and lint"
@@ -37,6 +38,17 @@ curate: $(STAMP)
 browse: $(STAMP)
 	test -f $(CATALOG)/_manifest.json || $(MAKE) curate
 	$(BIN)/zxl catalog browse $(CATALOG) $(ARGS)
+
+# A validation grid: from MODEL when given, else (until the trainer lands) a tiny random
+# SDXL-architecture model built here, with small sizes so it runs on a CPU in seconds.
+MODEL ?=
+PROMPTS ?= configs/sample/validation.txt
+sample: $(STAMP)
+	@if [ -z "$(MODEL)" ]; then \
+	  $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_tiny_sdxl; p = Path('.cache/tiny-sdxl'); (p / 'model_index.json').exists() or build_tiny_sdxl(p)"; \
+	  $(BIN)/zxl sample --model .cache/tiny-sdxl --prompts configs/sample/tiny.txt --x cfg=3,4,5 --y prompt \
+	    --out runs/samples/tiny $(ARGS); \
+	else $(BIN)/zxl sample --model $(MODEL) --prompts $(PROMPTS) --x cfg=3,4,5 --y prompt $(ARGS); fi
 
 # The browser tests drive Debian's chromium through Playwright; installed here, not by hand.
 browser:

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from zxl.config import CurateConfig, ScoreConfig, load_config  # noqa: E402
 from zxl.demo_corpus import build_corpus  # noqa: E402
 from zxl.demo_server import DemoServer  # noqa: E402
-from zxl.testing import TINY_CLIP, build_tiny_llava, build_wd_model  # noqa: E402
+from zxl.testing import TINY_CLIP, build_tiny_llava, build_tiny_sdxl, build_wd_model  # noqa: E402
 
 # Small enough to run in seconds; bad_fraction 0.1 of 140 rows gives each of the 7 kinds twice.
 DEMO_SIZE, DEMO_SEED, DEMO_BAD = 140, 7, 0.1
@@ -114,3 +114,8 @@ def wd_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    return build_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl")

@@ -165,3 +165,43 @@ def build_tiny_llava(folder):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def build_tiny_sdxl(folder, seed: int = 0):
+    """A tiny random SDXL-architecture model (U-Net with text_time conditioning, VAE, CLIP-L- and
+    bigG-shaped text encoders with the real 49,408-token CLIP tokenizer), saved as a diffusers
+    folder with a v-prediction ZTSNR scheduler config."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sampler.tokenizer import clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, sample_size=64,
+        scaling_factor=0.13025,
+    )  # fmt: skip
+    text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 3,
+            "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 32}  # fmt: skip
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text))
+    tok_dir = folder.parent / (folder.name + "-tokenizer")
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+        timestep_spacing="trailing", prediction_type="v_prediction",
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer(tok_dir),
+        tokenizer_2=clip_tokenizer(tok_dir, pad_token="!"), unet=unet, scheduler=scheduler,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+    return folder

@@ -1,0 +1,111 @@
+"""``zxl sample``: validation grids over axes of prompt, seed, CFG, steps, sampler, mimic scale
+or checkpoint, from a kohya prompt file. Each image is also saved on its own with its A1111
+``parameters`` text, and so is the grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sampler.grid import make_grid, save_png
+from sampler.guidance import DynamicThresholding
+from sampler.pipeline import SDXL, generate
+from sampler.prompts import INFOTEXT_SAMPLER, Prompt, infotext, sampler_name
+from zxl.config import ConfigError
+
+AXES = ("prompt", "seed", "cfg", "steps", "sampler", "mimic", "checkpoint")
+
+
+def parse_axis(text: str | None) -> tuple[str, list[str]] | None:
+    """``cfg=3,4,5`` → ("cfg", ["3", "4", "5"]); ``prompt`` alone means every prompt of the file."""
+    if not text:
+        return None
+    name, _, values = text.partition("=")
+    name = name.strip()
+    if name not in AXES:
+        raise ConfigError(f"axis '{name}': choose from {', '.join(AXES)}")
+    vals = [v.strip() for v in values.split(",") if v.strip()] if values else []
+    if name != "prompt" and not vals:
+        raise ConfigError(f"axis '{name}' needs values, e.g. --x {name}=1,2,3")
+    return name, vals
+
+
+def _apply(p: Prompt, axis: str, value, prompts: list[Prompt]) -> tuple[Prompt, dict]:
+    if axis == "prompt":
+        return prompts[int(value)], {}
+    if axis == "seed":
+        return p.with_(seed=int(value)), {}
+    if axis == "cfg":
+        return p.with_(cfg=float(value)), {}
+    if axis == "steps":
+        return p.with_(steps=int(value)), {}
+    if axis == "sampler":
+        return p.with_(sampler=sampler_name(value)), {}
+    if axis == "mimic":
+        return p, {"mimic": float(value)}
+    return p, {"checkpoint": value}
+
+
+def _label(axis: str, value, prompts: list[Prompt]) -> str:
+    if axis == "prompt":
+        text = prompts[int(value)].prompt
+        return text if len(text) <= 40 else text[:37] + "…"
+    return f"{axis} {value}"
+
+
+def render(model_ref: str, prompts: list[Prompt], out: Path, x: tuple | None, y: tuple | None,
+           terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
+           dynamic: bool = False, device: str = "auto", log=print) -> list[Path]:  # fmt: skip
+    """One grid per prompt (or one in all when an axis is ``prompt``); returns the grid files."""
+    models: dict[str, SDXL] = {}
+
+    def model(ref):
+        if ref not in models:
+            models.clear()
+            models[ref] = SDXL.load(ref, device)
+        return models[ref]
+
+    def values(axis):
+        if axis is None:
+            return [None]
+        name, vals = axis
+        return list(range(len(prompts))) if name == "prompt" and not vals else vals
+
+    uses_prompt_axis = any(a is not None and a[0] == "prompt" for a in (x, y))
+    bases = [prompts[0]] if uses_prompt_axis else prompts
+    out.mkdir(parents=True, exist_ok=True)
+    grids = []
+    for g, base in enumerate(bases):
+        rows = []
+        for yv in values(y):
+            row = []
+            for xv in values(x):
+                p, extra = base, {}
+                for axis, v in ((y, yv), (x, xv)):
+                    if axis is not None:
+                        p, more = _apply(p, axis[0], v, prompts)
+                        extra.update(more)
+                ref = extra.get("checkpoint", model_ref)
+                dyn = None
+                if dynamic or "mimic" in extra:
+                    dyn = DynamicThresholding.recipe(p.cfg)
+                    if "mimic" in extra:
+                        dyn.mimic_scale, dyn.mimic_scale_min = extra["mimic"], extra["mimic"] - 1
+                m = model(ref)
+                image = generate(m, p, terminal, schedule, cfg_rescale, dyn)
+                more = {"Schedule": schedule, "Sigma max": terminal}
+                if cfg_rescale:
+                    more["CFG rescale"] = cfg_rescale
+                if dyn is not None:
+                    more["Dynamic thresholding"] = f"mimic {dyn.mimic_scale:g} {dyn.mimic_mode}"
+                text = infotext(p, model_name=m.name, model_hash=m.hash, **more)
+                name = f"{g:03d}-{p.seed}-{p.sampler}-cfg{p.cfg:g}-s{p.steps}-{len(list(out.glob('*.png'))):04d}.png"
+                save_png(image, out / name, text)
+                log(f"{out / name}: {INFOTEXT_SAMPLER.get(p.sampler, p.sampler)}, {p.steps} steps, cfg {p.cfg:g}")
+                row.append(image)
+            rows.append(row)
+        x_labels = [_label(x[0], v, prompts) if x else "" for v in values(x)]
+        y_labels = [_label(y[0], v, prompts) if y else "" for v in values(y)]
+        grid = make_grid(rows, x_labels, y_labels, title="" if uses_prompt_axis else base.prompt[:120])
+        path = save_png(grid, out / f"grid-{g:03d}.png", infotext(base, model_name=Path(model_ref).name))
+        grids.append(path)
+    return grids

@@ -1,0 +1,157 @@
+"""SDXL conditioning and sampling: the pieces of sampler/ put together around a loaded model.
+
+Conditioning (RECIPE.md "Sampling"): both text encoders' penultimate hidden states concatenated
+(768 + 1280 = 2048 on the real model), the second encoder's pooled projection, and six size ids
+(original h, w; crop top, left; target h, w). Cond and uncond go through the U-Net in one
+batched forward. Noise is drawn on the CPU from the seed, so a seed gives the same picture on
+any device. v-prediction and ZTSNR come from the model (its scheduler config), the recipe's
+default when it says nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sampler.guidance import DynamicThresholding
+from sampler.prompts import Prompt
+from sampler.samplers import SAMPLERS, cfg, sample_ddim
+from sampler.schedule import alphas_cumprod, get_sigmas, sigma_to_t, sigmas_table, trailing_timesteps
+from zxl.config import ConfigError
+
+
+@dataclass
+class SDXL:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    text_encoder_2: torch.nn.Module
+    tokenizer: object
+    tokenizer_2: object
+    v_pred: bool
+    ztsnr: bool
+    name: str
+    hash: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def load(cls, ref: str | Path, device: str = "auto", precision: str = "auto") -> SDXL:
+        """A diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        from scorers.clip_mlp import pick_device, pick_dtype
+
+        folder = Path(ref)
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(
+                f"--model {folder}: not a diffusers SDXL folder (no model_index.json). Single-file .safetensors "
+                "checkpoints load once the trainer's export lands; convert with diffusers meanwhile"
+            )
+        if "StableDiffusionXL" not in json.loads(index.read_text()).get("_class_name", ""):
+            raise ConfigError(f"--model {folder}: model_index.json is not an SDXL pipeline")
+        dev = pick_device(device)
+        dtype = pick_dtype(precision, dev)
+        sched = {}
+        if (folder / "scheduler" / "scheduler_config.json").is_file():
+            sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        load = {"torch_dtype": dtype}
+        return cls(
+            unet=UNet2DConditionModel.from_pretrained(folder / "unet", **load).to(dev).eval(),
+            vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).to(dev).eval(),
+            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **load).to(dev).eval(),
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load)
+            .to(dev)
+            .eval(),
+            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+            v_pred=sched.get("prediction_type", "v_prediction") == "v_prediction",
+            ztsnr=bool(sched.get("rescale_betas_zero_snr", True)),
+            name=folder.name,
+            hash=hashlib.sha256((folder / "unet" / "config.json").read_bytes()).hexdigest()[:10],
+            device=dev,
+            dtype=dtype,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], None
+        for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(self.device)  # fmt: skip
+            out = enc(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            if enc is self.text_encoder_2:
+                pooled = out.text_embeds
+        return torch.cat(hidden, dim=-1), pooled
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        images = self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample
+        images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in images]
+
+    @property
+    def latent_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def generate(model: SDXL, p: Prompt, terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
+             dynamic: DynamicThresholding | None = None, latents_only: bool = False):  # fmt: skip
+    """One image (or its latents) for a prompt: seeded CPU noise, batched cond/uncond, the sampler."""
+    if not model.v_pred:
+        raise ConfigError(f"{model.name} is an epsilon-prediction model; zxl samples the recipe's v-prediction models")
+    if p.width % 8 or p.height % 8:
+        raise ConfigError(f"size {p.width}x{p.height}: both sides must be multiples of 8")
+    emb, pooled = model.encode([p.negative, p.prompt])
+    time_ids = torch.tensor([[p.height, p.width, 0, 0, p.height, p.width]] * 2, dtype=emb.dtype, device=model.device)
+    cond = {"encoder_hidden_states": emb, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+    h, w = p.height // model.latent_scale, p.width // model.latent_scale
+    noise = torch.randn((1, 4, h, w), generator=torch.Generator("cpu").manual_seed(p.seed), dtype=torch.float32)
+    steps = {"step": 0}
+
+    def v_both(x_in, t):
+        v = model.unet(torch.cat([x_in, x_in]).to(model.dtype), torch.cat([t, t]).to(model.dtype), **cond).sample
+        return v.float().chunk(2)  # uncond, cond
+
+    if p.sampler == "ddim":
+        ac = alphas_cumprod(model.ztsnr).float()
+
+        def guided_v(x, t):
+            vu, vc = v_both(x, t)
+            return cfg(vu, vc, p.cfg, cfg_rescale)
+
+        x = sample_ddim(guided_v, noise.to(model.device), trailing_timesteps(p.steps), ac.to(model.device))
+    else:
+        sigmas, _ = get_sigmas(p.steps, schedule, ztsnr=model.ztsnr, terminal=terminal)
+        table = sigmas_table(model.ztsnr, terminal)
+
+        def guided(x, sigma):
+            """The guided v-prediction denoiser D(x, σ) (RECIPE.md: input x/√(σ²+1),
+            D = x/(σ²+1) − v̂·σ/√(σ²+1)); CFG on v, or dynamic thresholding on D."""
+            s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
+            t = sigma_to_t(sigma.reshape(-1).double().cpu(), table).to(x.device, x.dtype)
+            vu, vc = v_both(x / (s**2 + 1).sqrt(), t)
+
+            def denoised(v):
+                return x / (s**2 + 1) - v * s / (s**2 + 1).sqrt()
+
+            if dynamic is not None:
+                out = dynamic(denoised(vu), denoised(vc), p.cfg, steps["step"], p.steps)
+            else:
+                out = denoised(cfg(vu, vc, p.cfg, cfg_rescale))
+            steps["step"] += 1
+            return out
+
+        x0 = (noise * (1 + sigmas[0] ** 2).sqrt().float()).to(model.device)
+        sampler = SAMPLERS[p.sampler]
+        kw = {"generator": torch.Generator("cpu").manual_seed(p.seed + 1)} if p.sampler == "euler_ancestral" else {}
+        x = sampler(guided, x0, sigmas.float().to(model.device), **kw)
+    return x if latents_only else model.decode(x)[0]
