@@ -41,7 +41,7 @@ class SDXL:
     dtype: torch.dtype
 
     @classmethod
-    def load(cls, ref: str | Path, device: str = "auto", precision: str = "auto") -> SDXL:
+    def load(cls, ref: str | Path, device: str = "auto", precision: str = "auto", compile: bool = False) -> SDXL:  # noqa: A002
         """A diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -63,8 +63,9 @@ class SDXL:
         if (folder / "scheduler" / "scheduler_config.json").is_file():
             sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         load = {"torch_dtype": dtype}
-        return cls(
+        model = cls(
             unet=UNet2DConditionModel.from_pretrained(folder / "unet", **load).to(dev).eval(),
+            # the SDXL VAE overflows in fp16: it always decodes in fp32
             vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).to(dev).eval(),
             text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **load).to(dev).eval(),
             text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load)
@@ -79,6 +80,11 @@ class SDXL:
             device=dev,
             dtype=dtype,
         )  # fmt: skip
+        if dev.type == "cuda":  # diffusers' attention is SDPA already; channels-last helps the convolutions
+            model.unet.to(memory_format=torch.channels_last)
+        if compile:
+            model.unet = torch.compile(model.unet)
+        return model
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

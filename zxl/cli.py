@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--dynamic", action="store_true",
                     help="dynamic thresholding as the card advises (mimic = CFG, Half Cosine Up)")  # fmt: skip
     sa.add_argument("--device", default="auto")
+    sa.add_argument("--precision", default="auto", help="auto (fp16 on a GPU) | fp32 | fp16 | bf16")
+    sa.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU; slow first image)")
     sa.add_argument("--print-sigmas", action="store_true", help="print the sigma/timestep table and exit")
     sa.add_argument("--steps", type=int, default=28, help="--print-sigmas: steps")
     sa.add_argument("--schedule", default="trailing", help="trailing (= simple), karras or exponential")
@@ -587,7 +589,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     get_sigmas(1, args.schedule, terminal=args.terminal)  # bad names fail before any model loads
     prompts = read_prompt_file(args.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS[args.negative]))
     grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), args.terminal,
-                   args.schedule, args.cfg_rescale, args.dynamic, args.device)  # fmt: skip
+                   args.schedule, args.cfg_rescale, args.dynamic, args.device, precision=args.precision,
+                   compile=args.compile)  # fmt: skip
     for g in grids:
         print(f"grid: {g}")
     return 0
