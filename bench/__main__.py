@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import catalog, fetch, scoring, tagging
+from bench import catalog, fetch, sampling, scoring, tagging
 
 ENTRIES = {
     "fetch": fetch.run,
@@ -26,6 +26,7 @@ ENTRIES = {
     "metadata": tagging.metadata_and_template,
     "wd": tagging.wd,
     "catalog": catalog.run,
+    "sampling": sampling.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -109,6 +109,7 @@ class SDXL:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
+@torch.inference_mode()
 def generate(model: SDXL, p: Prompt, terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
              dynamic: DynamicThresholding | None = None, latents_only: bool = False):  # fmt: skip
     """One image (or its latents) for a prompt: seeded CPU noise, batched cond/uncond, the sampler."""

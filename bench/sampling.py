@@ -1,0 +1,48 @@
+"""Sampler benchmark: seconds per denoising step, ours against diffusers' StableDiffusionXLPipeline
+on the same tiny SDXL-architecture model, prompt, size, CFG and noise, on the CPU."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def run(quick: bool = False) -> dict:
+    from diffusers import StableDiffusionXLPipeline
+
+    from sampler.pipeline import SDXL, generate
+    from sampler.prompts import Prompt
+    from zxl.testing import build_tiny_sdxl
+
+    steps = 8 if quick else 20
+    reps = 2 if quick else 3
+    p = Prompt("score_9, 1girl, smile", negative="score_1", width=256, height=256, seed=1, cfg=4.0, steps=steps)
+    with tempfile.TemporaryDirectory() as d:
+        folder = build_tiny_sdxl(Path(d) / "tiny-sdxl")
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(folder))
+        pipe.set_progress_bar_config(disable=True)
+        model = SDXL.load(folder, device="cpu")
+        h, w = p.height // model.latent_scale, p.width // model.latent_scale
+        noise = torch.randn((1, 4, h, w), generator=torch.Generator("cpu").manual_seed(1))
+        ours, theirs = [], []
+        for _ in range(reps):  # alternate, best of each
+            t0 = time.perf_counter()
+            generate(model, p, terminal="diffusers", latents_only=True)
+            ours.append((time.perf_counter() - t0) / steps)
+            t0 = time.perf_counter()
+            pipe(p.prompt, negative_prompt=p.negative, num_inference_steps=steps, guidance_scale=p.cfg,
+                 height=p.height, width=p.width, latents=noise.clone(), output_type="latent")  # fmt: skip
+            theirs.append((time.perf_counter() - t0) / steps)
+    o, t = min(ours), min(theirs)
+    return {
+        "name": f"SDXL sampling per step, tiny model, {p.width}px, CFG, CPU ({steps} steps)",
+        "ours": o * 1e3,
+        "baseline": t * 1e3,
+        "baseline_name": "diffusers StableDiffusionXLPipeline, same model and noise",
+        "unit": "ms/step",
+        "ratio": o / t,
+        "target": "≤ 1.0",
+    }
