@@ -14,19 +14,12 @@ from typing import ClassVar
 import pandas as pd
 from PIL import Image
 
+from zxl.registry import Member
 
-class Captioner(ABC):
+
+class Captioner(Member, ABC):
     name: ClassVar[str]
     needs_images: ClassVar[bool] = False
 
     @abstractmethod
     def caption(self, images: list[Image.Image] | None, rows: pd.DataFrame) -> list[str]: ...
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        """Raise ConfigError for a config this captioner cannot run, before any work starts."""
-        return None  # nothing to check unless a member needs files or devices
-
-    @classmethod
-    def references(cls, cfg) -> dict[str, str]:
-        return {}

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from captioners.base import Captioner
-from zxl.config import CaptionConfig, ConfigError, config_hash
-from zxl.registry import load_class
+from zxl.config import CaptionConfig, ConfigError
+from zxl.registry import load_class, per_process
 
 CAPTIONERS = {"template": "captioners.template:TemplateCaptioner", "hf": "captioners.hf:HFCaptioner"}
 OFF = "none"
-_LOADED: dict[str, Captioner] = {}
 
 
 def captioner_class(name: str) -> type[Captioner] | None:
@@ -24,9 +23,5 @@ def check(cfg: CaptionConfig) -> None:
 
 
 def get_captioner(cfg: CaptionConfig) -> Captioner | None:
-    key = config_hash(cfg)
-    if key not in _LOADED:
-        _LOADED.clear()
-        cls = captioner_class(cfg.captioner)
-        _LOADED[key] = cls(cfg) if cls is not None else None
-    return _LOADED[key]
+    cls = captioner_class(cfg.captioner)
+    return per_process("captioner", cfg, lambda: cls(cfg) if cls is not None else None)

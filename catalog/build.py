@@ -95,13 +95,14 @@ def summarize(run_dir: Path, n_shards: int) -> dict:
     """Counts over every shard's rows, reading only the columns counted: status over all rows,
     the rest over the ok rows (the ones a trainer sees)."""
     cols = ["status", "score", "rating", "year", "bucket", "repeats"]
-    table = pa.concat_tables(pq.read_table(stage_path(run_dir, "catalog", s), columns=cols) for s in range(n_shards))
+    table = pa.concat_tables(
+        pq.read_table(stage_path(run_dir, "catalog", s), columns=[*cols, "caption"]) for s in range(n_shards)
+    )
     ok = table.filter(pc.equal(table["status"], "ok"))
     counts = {"status": _counts(table["status"].to_pylist())}
     counts.update({c: _counts(ok[c].to_pylist()) for c in cols[1:]})
-    captioned = sum(pq.read_table(stage_path(run_dir, "catalog", s), columns=["caption"])["caption"].null_count
-                    for s in range(n_shards))  # fmt: skip
-    return {"rows": table.num_rows, "ok_rows": ok.num_rows, "captioned": table.num_rows - captioned, "counts": counts}
+    captioned = table.num_rows - table["caption"].null_count
+    return {"rows": table.num_rows, "ok_rows": ok.num_rows, "captioned": captioned, "counts": counts}
 
 
 def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from captioners.registry import get_captioner
 from pipeline.inspection import read_tar_images
 from pipeline.stages import skipped, stage_path, write_table_atomic
-from pipeline.tag import _decode
+from pipeline.tag import decode_image
 from zxl.config import CaptionConfig
 
 CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("problem", pa.string())])
@@ -44,7 +44,7 @@ def caption_shard(run_dir: str, shard: int, stage_hash: str, cfg: CaptionConfig)
             fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])
             blobs = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py())
             shard_keys = fetch["shard_key"].to_pylist()
-            images = [_decode(blobs.get(shard_keys[i])) for i in idx]
+            images = [decode_image(blobs.get(shard_keys[i])) for i in idx]
         texts = captioner.caption(images, rows)
         for n, (i, text) in enumerate(zip(idx, texts, strict=True)):
             text = (text or "").strip()

@@ -79,7 +79,7 @@ def problem_kind(problem: str) -> str:
     return re.sub(r"'[^']*'|\d{4}", "…", problem)
 
 
-def _decode(data: bytes | None) -> Image.Image | None:
+def decode_image(data: bytes | None) -> Image.Image | None:
     if not data:
         return None
     try:
@@ -116,7 +116,7 @@ def tag_shard(run_dir: str, shard: int, stage_hash: str, cfg: TagConfig) -> dict
         status = inspect["status"].to_pylist()
         blobs = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py()) if rows.shape[0] else {}
         return [
-            _decode(blobs.get(k)) if s == "ok" else None
+            decode_image(blobs.get(k)) if s == "ok" else None
             for k, s in zip(fetch["shard_key"].to_pylist(), status, strict=True)
         ]
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from sampler.guidance import DynamicThresholding
 from sampler.prompts import Prompt
-from sampler.samplers import SAMPLERS, cfg, sample_ddim
+from sampler.samplers import SAMPLERS, cfg, sample_ddim, v_to_denoised
 from sampler.schedule import alphas_cumprod, get_sigmas, sigma_to_t, sigmas_table, trailing_timesteps
 from zxl.config import ConfigError
 
@@ -146,14 +146,10 @@ def generate(model: SDXL, p: Prompt, terminal: str = "comfyui", schedule: str = 
             s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
             t = sigma_to_t(sigma.reshape(-1).double().cpu(), table).to(x.device, x.dtype)
             vu, vc = v_both(x / (s**2 + 1).sqrt(), t)
-
-            def denoised(v):
-                return x / (s**2 + 1) - v * s / (s**2 + 1).sqrt()
-
             if dynamic is not None:
-                out = dynamic(denoised(vu), denoised(vc), p.cfg, steps["step"], p.steps)
+                out = dynamic(v_to_denoised(x, vu, sigma), v_to_denoised(x, vc, sigma), p.cfg, steps["step"], p.steps)
             else:
-                out = denoised(cfg(vu, vc, p.cfg, cfg_rescale))
+                out = v_to_denoised(x, cfg(vu, vc, p.cfg, cfg_rescale), sigma)
             steps["step"] += 1
             return out
 

@@ -14,6 +14,12 @@ import torch
 from sampler.schedule import sigma_to_t
 
 
+def v_to_denoised(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """D = x/(σ²+1) − v̂·σ/√(σ²+1) for a sample x at noise level σ (per batch item)."""
+    s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return x / (s**2 + 1) - v * s / (s**2 + 1).sqrt()
+
+
 class VDenoiser:
     """``model(x_in, t) -> v̂`` as a k-diffusion denoiser ``(x, sigma) -> D``."""
 
@@ -24,8 +30,7 @@ class VDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kw) -> torch.Tensor:
         s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         t = sigma_to_t(sigma.reshape(-1).double().cpu(), self.table).to(x.device, x.dtype)
-        v = self.model(x / (s**2 + 1).sqrt(), t, **kw)
-        return x / (s**2 + 1) - v * s / (s**2 + 1).sqrt()
+        return v_to_denoised(x, self.model(x / (s**2 + 1).sqrt(), t, **kw), sigma)
 
 
 def cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:

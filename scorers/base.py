@@ -21,8 +21,10 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from zxl.registry import Member
 
-class Scorer(ABC):
+
+class Scorer(Member, ABC):
     name: ClassVar[str]
     embeds: ClassVar[bool] = False
 
@@ -34,16 +36,6 @@ class Scorer(ABC):
 
     @abstractmethod
     def score(self, batch: Any) -> np.ndarray: ...
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        """Raise ConfigError for a config this scorer cannot run, before any work starts."""
-        return None  # nothing to check unless a member needs files or devices
-
-    @classmethod
-    def references(cls, cfg) -> dict[str, str]:
-        """The models this scorer loads for ``cfg``, by config key, for the manifest."""
-        return {}
 
     def score_images(self, images: list[Image.Image]) -> np.ndarray:
         """Convenience for callers with PIL images in hand (``zxl score``, tests)."""

@@ -21,11 +21,13 @@ from typing import ClassVar
 import pandas as pd
 from PIL import Image
 
+from zxl.registry import Member
+
 COLUMNS = ("rating", "year", "tags", "characters", "problem")
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 
 
-class Tagger(ABC):
+class Tagger(Member, ABC):
     name: ClassVar[str]
     needs_images: ClassVar[bool] = False
 
@@ -35,15 +37,6 @@ class Tagger(ABC):
 
     @abstractmethod
     def tag(self, images: list[Image.Image | None] | None, rows: pd.DataFrame) -> pd.DataFrame: ...
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        """Raise ConfigError for a config this tagger cannot run, before any work starts."""
-        return None  # nothing to check unless a member needs files or devices
-
-    @classmethod
-    def references(cls, cfg) -> dict[str, str]:
-        return {}
 
 
 def empty(n: int) -> pd.DataFrame:

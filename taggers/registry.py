@@ -10,11 +10,10 @@ from __future__ import annotations
 import pandas as pd
 
 from taggers.base import COLUMNS, Tagger
-from zxl.config import ConfigError, TagConfig, config_hash
-from zxl.registry import load_class
+from zxl.config import ConfigError, TagConfig
+from zxl.registry import load_class, per_process
 
 TAGGERS = {"metadata": "taggers.metadata:MetadataTagger", "wd": "taggers.wd:WDTagger"}
-_LOADED: dict[str, list[Tagger]] = {}
 
 
 def tagger_class(name: str) -> type[Tagger]:
@@ -30,11 +29,7 @@ def check(cfg: TagConfig) -> None:
 
 def get_taggers(cfg: TagConfig) -> list[Tagger]:
     """The taggers for ``cfg``, built once per process (so once per Dask worker)."""
-    key = config_hash(cfg)
-    if key not in _LOADED:
-        _LOADED.clear()
-        _LOADED[key] = [tagger_class(n)(cfg) for n in cfg.taggers]
-    return _LOADED[key]
+    return per_process("taggers", cfg, lambda: [tagger_class(n)(cfg) for n in cfg.taggers])
 
 
 def merge(results: list[tuple[str, pd.DataFrame]], n: int) -> pd.DataFrame:

@@ -43,6 +43,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_folder_args(p: argparse.ArgumentParser) -> None:
+    """What zxl score, tag and caption share: config, the paths, --json."""
+    _add_config_args(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zxl",
@@ -89,11 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="score image files or folders with a scorer",
         description="Print one raw aesthetic score per image (and score 1..9 given a catalog's edges).",
     )
-    _add_config_args(sc)
-    sc.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    _add_folder_args(sc)
     sc.add_argument("--scorer", help="technical | clip-mlp (score.scorer)")
     sc.add_argument("--score-edges-from", metavar="CATALOG", help="also print score 1..9 by this catalog's edges")
-    sc.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
 
     tg = sub.add_parser(
         "tag",
@@ -101,10 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the image taggers of the config (tag.taggers; metadata needs a source table, so it "
         "is skipped here) over images.",
     )
-    _add_config_args(tg)
-    tg.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    _add_folder_args(tg)
     tg.add_argument("--wd-model", help="a WD tagger folder or hub repo (tag.wd_model); implies --tagger wd")
-    tg.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
 
     cp = sub.add_parser(
         "caption",
@@ -112,11 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption images with caption.captioner. The template captioner writes from tags: those of "
         "a kohya-style sidecar (image.txt, comma-separated) or, with tag.wd_model set, the WD tagger's.",
     )
-    _add_config_args(cp)
-    cp.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    _add_folder_args(cp)
     cp.add_argument("--captioner", help="template (caption.captioner)")
     cp.add_argument("--wd-model", help="tag the images with this WD tagger first (tag.wd_model)")
-    cp.add_argument("--json", action="store_true", help="one JSON list on stdout, for machines")
 
     sa = sub.add_parser(
         "sample",

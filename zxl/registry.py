@@ -7,8 +7,37 @@ never imports the others' heavy dependencies (torch, open_clip, onnxruntime, tra
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import Any
 
-from zxl.config import ConfigError
+from zxl.config import ConfigError, config_hash
+
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+class Member:
+    """What every family member (scorer, tagger, captioner) shares besides its own method."""
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise ConfigError for a config this member cannot run, before any work starts."""
+        return None  # nothing to check unless a member needs files or devices
+
+    @classmethod
+    def references(cls, cfg) -> dict[str, str]:
+        """The models this member loads for ``cfg``, by config key, for the manifest."""
+        return {}
+
+
+def per_process(family: str, cfg, build: Callable[[], Any]) -> Any:
+    """``build()`` once per process (so once per Dask worker) for each family and config; one
+    config per family stays resident, so a new one frees the model of the last."""
+    key = config_hash(cfg)
+    if (family, key) not in _LOADED:
+        for k in [k for k in _LOADED if k[0] == family]:
+            del _LOADED[k]
+        _LOADED[(family, key)] = build()
+    return _LOADED[(family, key)]
 
 
 def load_class(table: dict[str, str], name: str, key: str) -> type:
