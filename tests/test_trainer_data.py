@@ -1,0 +1,131 @@
+"""Trainable rows, scaled buckets, the epoch plan and the training captions."""
+
+import json
+from collections import Counter
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalog.schema import SCHEMA_V1
+from pipeline.buckets import BUCKETS
+from trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, nearest
+from zxl.config import ConfigError
+
+
+def frame(n_per_bucket: dict[int, int], repeats=1) -> pd.DataFrame:
+    rows = []
+    for b, n in n_per_bucket.items():
+        for i in range(n):
+            rows.append(
+                {
+                    "key": f"b{b}-{i}",
+                    "bucket_index": b,
+                    "repeats": repeats if isinstance(repeats, int) else repeats[i % len(repeats)],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def write_catalog(folder, rows: list[dict]):
+    folder.mkdir(parents=True)
+    full = [{f.name: r.get(f.name) for f in SCHEMA_V1} for r in rows]
+    for r in full:
+        r["tags"] = r["tags"] or []
+        r["characters"] = r["characters"] or []
+    pq.write_table(pa.Table.from_pylist(full, schema=SCHEMA_V1), folder / "part-00000.parquet")
+    (folder / "_manifest.json").write_text(json.dumps({"schema_version": 1}))
+    return folder
+
+
+def test_buckets_scale_the_recipe():
+    assert buckets_for(1024) == BUCKETS and len(BUCKETS) == 11
+    small = buckets_for(128)
+    assert len(small) == 11 and (96, 168) in small and (128, 128) in small
+    assert all(w % 8 == 0 and h % 8 == 0 for w, h in small)
+    import numpy as np
+
+    assert [small[i] for i in nearest(np.array([1000.0, 500.0]), np.array([1000.0, 1000.0]), small)] == [
+        (128, 128),
+        (96, 168),
+    ]
+
+
+def test_repeats_and_one_bucket_per_batch():
+    df = frame({0: 10, 5: 7, 9: 3}, repeats=[1, 2, 3])
+    plan = epoch_plan(df, batch_size=2, seed=0, epoch=0, drop_last=False)
+    seen = Counter(i for b in plan for i in b.rows)
+    assert seen == Counter({i: int(r) for i, r in df.repeats.items()})  # each row `repeats` times
+    for b in plan:
+        assert {df.bucket_index[i] for i in b.rows} == {b.bucket}
+    dropped = epoch_plan(df, 2, 0, 0)
+    assert all(len(b.rows) == 2 for b in dropped)
+    assert sum(len(b.rows) for b in dropped) == sum(
+        2 * (int(g.repeats.sum()) // 2) for _, g in df.groupby("bucket_index")
+    )
+
+
+def test_plan_is_a_function_of_seed_and_epoch():
+    df = frame({0: 20, 3: 20})
+    a, b = epoch_plan(df, 4, seed=1, epoch=0), epoch_plan(df, 4, seed=1, epoch=0)
+    assert a == b
+    assert epoch_plan(df, 4, seed=1, epoch=1) != a  # bucket order and contents reshuffled per epoch
+    assert [x.bucket for x in epoch_plan(df, 4, 1, 1)] != [x.bucket for x in a] or epoch_plan(df, 4, 1, 1)[0].rows != a[
+        0
+    ].rows
+
+
+def test_a_bucket_that_never_fills_a_batch_is_named():
+    df = frame({0: 10, 4: 1})
+    notes = check_plan(df, 4, buckets_for(1024))
+    assert len(notes) == 1 and "960x1088" in notes[0] and "fewer than a batch of 4" in notes[0]
+
+
+ROW = {"score": 8, "rating": "general", "year": 2021, "tags": ["long_hair", "smile", "outdoors", "^_^"],
+       "characters": ["hatsune_miku"], "caption": "A girl with long hair smiling outdoors."}  # fmt: skip
+
+
+def test_caption_score_first_and_shuffled():
+    styles = (1.0, 0.0, 0.0)
+    texts = [caption(ROW, 0, step, 0, styles, 0.0, "rating:{}", "year {}") for step in range(200)]
+    assert all(t.startswith("score_8, rating:general, year 2021, ") for t in texts)
+    orders = {t for t in texts}
+    assert len(orders) > 20  # tags shuffled every time
+    assert all(set(t.split(", ")[3:]) == {"long hair", "smile", "outdoors", "^_^", "hatsune miku"} for t in texts)
+    assert caption(ROW, 0, 5, 1, styles, 0.0, "rating:{}", "year {}") == caption(
+        ROW, 0, 5, 1, styles, 0.0, "rating:{}", "year {}"
+    )
+
+
+def test_caption_styles_and_dropout_rate():
+    n = 4000
+    texts = [caption(ROW, 3, step, 0, (0.5, 0.25, 0.25), 0.05, "rating:{}", "year {}") for step in range(n)]
+    empty = sum(t == "" for t in texts) / n
+    assert 0.04 < empty < 0.06  # 5% dropout
+    natural = sum(t == "score_8, A girl with long hair smiling outdoors" for t in texts) / n
+    mixed = sum(t.startswith("score_8, A girl with long hair smiling outdoors, ") for t in texts) / n
+    tags = sum(t.startswith("score_8, rating:general") for t in texts) / n
+    assert abs(natural - 0.95 * 0.25) < 0.03 and abs(mixed - 0.95 * 0.25) < 0.03 and abs(tags - 0.95 * 0.5) < 0.03
+    no_caption = {**ROW, "caption": None}
+    uncaptioned = [caption(no_caption, 3, s, 0, (0, 1, 0), 0.0, "rating:{}", "year {}") for s in range(20)]
+    assert all(t.startswith("score_8, rating:general") for t in uncaptioned)
+
+
+def test_load_rows_keeps_ok_rows_with_repeats(tmp_path):
+    rows = [
+        {"key": "a", "url": "u", "status": "ok", "width": 800, "height": 1200, "repeats": 2, "shard": "00000.tar"},
+        {"key": "b", "url": "u", "status": "ok", "width": 1200, "height": 800, "repeats": 0, "shard": "00000.tar"},
+        {"key": "c", "url": "u", "status": "duplicate", "width": 800, "height": 800, "repeats": 0},
+        {"key": "d", "url": "u", "status": "failed_download", "error": "HTTP 404", "repeats": 0},
+    ]
+    df = load_rows(write_catalog(tmp_path / "catalog", rows), 1024)
+    assert df.key.tolist() == ["a"] and BUCKETS[df.bucket_index[0]] == (832, 1216)
+
+
+def test_no_trainable_rows_is_a_clear_error(tmp_path):
+    rows = [{"key": "d", "url": "u", "status": "failed_download", "error": "HTTP 404", "repeats": 0}]
+    with pytest.raises(ConfigError, match="no trainable rows.*failed_download 1"):
+        load_rows(write_catalog(tmp_path / "catalog", rows), 1024)
+    with pytest.raises(ConfigError, match="not a zxl catalog"):
+        load_rows(tmp_path, 1024)

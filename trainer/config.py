@@ -1,0 +1,115 @@
+"""The trainer's typed configuration (``zxl train -c configs/train/<preset>.yaml --set key=value``).
+
+Same rules as the curation config (zxl/config.py): YAML presets loaded safely, every key checked
+against these dataclasses, unknown keys named with the closest valid one, the resolved config
+written next to the output with its hash. ``configs/train/zero-xl.yaml`` is the recipe exactly
+(RECIPE.md "Training loss", "Optimizer and precision", "Aspect buckets", "Captions for training").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from zxl.config import ConfigError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    base: str = ""  # single-file SDXL .safetensors (Pony Diffusion V6 XL is one) or a diffusers folder
+    config: str = ""  # a diffusers folder with the component configs; empty = the SDXL configs zxl ships
+    v_pred: bool = True  # train v-prediction (the recipe); the exported file carries the marker key
+    ztsnr: bool = True  # Zero Terminal SNR schedule (the recipe)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    catalog: str = "runs/demo/catalog"
+    resolution: int = 1024  # bucket area = resolution²; the eleven recipe buckets scale with it (multiple of 128)
+    flip: bool = False  # also cache horizontally flipped latents and draw one of the two per sample
+    seed: int = 0  # shuffles, bucket order, noise, timesteps, captions: all keyed by seed + step
+    caption_styles: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.25])  # tags, natural, mixed
+    caption_dropout: float = 0.05  # the caption becomes the empty string
+    rating_format: str = "rating:{}"
+    year_format: str = "year {}"
+    cache_batch_size: int = 8  # images per VAE encode
+
+
+@dataclasses.dataclass
+class LossConfig:
+    loss: str = "huber"  # huber (pseudo-Huber) | l2
+    huber_schedule: str = "snr"  # snr | exponential | constant
+    huber_c: float = 0.1  # c₀
+    ip_noise_gamma: float = 0.1  # input perturbation; the target stays clean
+    adaptive_weighting: bool = True  # EDM2's learned per-noise-level loss weighting u(t)
+    weighting_lr: float = 2e-2
+    weighting_channels: int = 128  # Fourier features of the noise level
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    optimizer: str = "adafactor"  # adafactor (fixed lr) | adamw
+    unet_lr: float = 2e-5
+    text_encoder_lr: float = 1e-5  # both encoders; 0 freezes them
+    warmup_steps: int = 250  # linear warm-up, then constant
+    batch_size: int = 4  # per process
+    grad_accum: int = 8
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    precision: str = "fp16"  # fp16 (autocast + gradient scaler, fp32 master weights) | bf16 | fp32
+    gradient_checkpointing: bool = True
+    ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.9999 keeps an fp32 EMA of the U-Net, exported instead
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    output: str = ""  # empty = <run dir of the catalog>/train
+    max_steps: int = 10_000  # optimizer steps
+    save_every: int = 500
+    keep_last: int = 3  # checkpoints kept; older ones are removed after a new one is safely written
+    sample_every: int = 500  # 0 = no validation grids
+    prompts: str = "configs/sample/validation.txt"  # kohya prompt file for the validation grids
+    sample_steps: int = 28
+    log_every: int = 10
+    max_nan_steps: int = 10  # a non-finite loss skips the step; this many in a row stops the run
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    name: str = "train"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
+
+
+CHOICES = {
+    "loss.loss": ("huber", "l2"),
+    "loss.huber_schedule": ("snr", "exponential", "constant"),
+    "optim.optimizer": ("adafactor", "adamw"),
+    "optim.precision": ("fp16", "bf16", "fp32"),
+}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Values a type check cannot catch; each error names the key."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    if len(cfg.data.caption_styles) != 3 or min(cfg.data.caption_styles) < 0 or sum(cfg.data.caption_styles) <= 0:
+        raise ConfigError("data.caption_styles: three non-negative weights (tags, natural, mixed), not all zero")
+    if not 0 <= cfg.data.caption_dropout < 1:
+        raise ConfigError("data.caption_dropout: a probability in [0, 1)")
+    if cfg.data.resolution % 128 or cfg.data.resolution < 128:
+        raise ConfigError(
+            f"data.resolution: {cfg.data.resolution} is not a multiple of 128 (bucket sides step by 1/16 of it)"
+        )
+    for key in ("optim.batch_size", "optim.grad_accum", "loop.max_steps", "loop.keep_last", "loop.log_every"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"{key}: must be at least 1")
+    if cfg.loss.huber_c <= 0 or cfg.loss.huber_c > 1:
+        raise ConfigError(f"loss.huber_c: {cfg.loss.huber_c} is not in (0, 1]")

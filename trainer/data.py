@@ -1,0 +1,104 @@
+"""Training samples from the catalog: trainable rows, scaled recipe buckets, the epoch plan.
+
+RECIPE.md "Aspect buckets" and "Repeats": rows with ``status = ok`` and ``repeats > 0``; an image
+appears ``repeats`` times per epoch; a batch holds one bucket; the order of batches is shuffled
+each epoch with seed + epoch. Every random choice here is a pure function of (seed, epoch) or
+(seed, step, sample), never of a running generator, so a resumed run draws exactly what an
+uninterrupted one draws, and N processes draw what one process with N times the batch draws.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from catalog.captions import build_caption
+from pipeline.buckets import recipe_buckets
+from zxl.config import ConfigError
+
+COLUMNS = ["key", "status", "shard", "shard_key", "sha256", "width", "height", "original_width", "original_height",
+           "score", "rating", "year", "tags", "characters", "caption", "repeats"]  # fmt: skip
+
+
+def buckets_for(resolution: int) -> list[tuple[int, int]]:
+    """The eleven recipe buckets scaled to an area of resolution² (1024: 768×1344 … 1344×768)."""
+    s = resolution / 1024
+    return recipe_buckets(area=resolution * resolution, lo=round(768 * s), hi=round(1344 * s), step=round(64 * s))
+
+
+def nearest(width: np.ndarray, height: np.ndarray, buckets: list[tuple[int, int]]) -> np.ndarray:
+    """Index of the bucket nearest in log aspect ratio, for arrays of sizes."""
+    logs = np.array([math.log(w / h) for w, h in buckets])
+    return np.abs(np.log(width / height)[:, None] - logs[None, :]).argmin(axis=1)
+
+
+def load_rows(catalog: str | Path, resolution: int) -> pd.DataFrame:
+    """Trainable rows with their bucket; a clear error when there are none."""
+    path = Path(catalog)
+    if not (path / "_manifest.json").is_file():
+        raise ConfigError(f"data.catalog: {path} is not a zxl catalog (no _manifest.json); run zxl curate first")
+    table = pq.read_table(path, columns=COLUMNS)
+    df = table.to_pandas()
+    ok = df[(df.status == "ok") & (df.repeats > 0) & df.width.notna()].reset_index(drop=True)
+    if ok.empty:
+        counts = ", ".join(f"{k} {v}" for k, v in df.status.value_counts().items()) or "no rows"
+        raise ConfigError(f"data.catalog: {path} has no trainable rows (status ok and repeats > 0); it has {counts}")
+    buckets = buckets_for(resolution)
+    ok["bucket_index"] = nearest(ok.width.to_numpy(float), ok.height.to_numpy(float), buckets)
+    ok = ok.sort_values("key", kind="stable").reset_index(drop=True)
+    return ok
+
+
+def rng_for(*parts) -> random.Random:
+    """A generator keyed by its parts (seed, epoch, …): the same parts give the same draws anywhere."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+@dataclass(frozen=True)
+class Batch:
+    bucket: int
+    rows: tuple[int, ...]  # row indices into the frame
+
+
+def epoch_plan(rows: pd.DataFrame, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[Batch]:
+    """The batches of one epoch. Each row appears ``repeats`` times; batches hold one bucket;
+    rows are shuffled within a bucket and batches across buckets, both with seed + epoch. A bucket's
+    last incomplete batch is dropped (kohya keeps it; a fixed batch keeps data-parallel ranks equal)."""
+    rng = rng_for("epoch", seed, epoch)
+    batches = []
+    for b, group in rows.groupby("bucket_index", sort=True):
+        items = np.repeat(group.index.to_numpy(), group.repeats.to_numpy().astype(int)).tolist()
+        rng.shuffle(items)
+        stop = len(items) - len(items) % batch_size if drop_last else len(items)
+        batches += [Batch(int(b), tuple(items[i : i + batch_size])) for i in range(0, stop, batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def check_plan(rows: pd.DataFrame, batch_size: int, buckets: list[tuple[int, int]]) -> list[str]:
+    """Warnings about buckets whose images never fill a batch (those images are never trained on)."""
+    notes = []
+    for b, group in rows.groupby("bucket_index"):
+        n = int(group.repeats.sum())
+        if n < batch_size:
+            w, h = buckets[b]
+            notes.append(f"bucket {w}x{h}: {n} samples per epoch, fewer than a batch of {batch_size}; not trained on")
+    return notes
+
+
+def caption(row: dict, seed: int, step: int, slot: int, styles, dropout: float, rating_format: str,
+            year_format: str) -> str:  # fmt: skip
+    """The caption of one sample (RECIPE.md "Captions for training"), drawn fresh each step:
+    score tag first, tags shuffled, one style of three for captioned rows, and dropout to ''."""
+    rng = rng_for("caption", seed, step, slot)
+    if rng.random() < dropout:
+        return ""
+    return build_caption(row, rng, styles, rating_format, year_format)

@@ -1,0 +1,110 @@
+"""Checkpoints out to the formats the ecosystem reads (RECIPE.md "Formats the ecosystem reads").
+
+- a single-file SDXL model in the A1111/ComfyUI layout, with the empty ``v_pred`` and ``ztsnr``
+  marker keys and the VScaling ``.yaml`` beside it (sampler/single_file.py writes both);
+- a diffusers folder (``StableDiffusionXLPipeline.save_pretrained``) whose scheduler config says
+  v-prediction, ZTSNR and trailing timesteps.
+A zxl checkpoint holds only what trains (the U-Net, and the text encoders unless frozen); the
+rest (the VAE, frozen encoders, tokenizers) comes from the base model the run started from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from trainer import checkpoint
+from zxl.config import ConfigError
+
+
+def _complete(parts: dict, base: str, config: str | None):
+    """The base model with the trained parts loaded into it."""
+    from sampler.pipeline import SDXL
+
+    model = SDXL.load(base, device="cpu", precision="fp32", config=config or None)
+    model.unet.load_state_dict(parts["unet"])
+    if "text_encoder" in parts:
+        model.text_encoder.load_state_dict(parts["text_encoder"])
+        model.text_encoder_2.load_state_dict(parts["text_encoder_2"])
+    return model
+
+
+def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True) -> Path:
+    """A diffusers SDXL folder, written beside its final name and renamed."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=ztsnr,
+        timestep_spacing="trailing", prediction_type="v_prediction" if v_pred else "epsilon",
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+        tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet, scheduler=scheduler,
+    )  # fmt: skip
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def write_model(model, out: Path, v_pred: bool = True, ztsnr: bool = True) -> Path:
+    """``out`` ending in .safetensors: a single file; otherwise a diffusers folder."""
+    from sampler.single_file import write_single_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        return write_single_file(out, model.unet.state_dict(), model.vae.state_dict(),
+                                 model.text_encoder.state_dict(), model.text_encoder_2.state_dict(),
+                                 v_pred=v_pred, ztsnr=ztsnr)  # fmt: skip
+    return write_diffusers(model, out, v_pred, ztsnr)
+
+
+def export(ckpt: Path, out: Path, base: str | None = None, config: str | None = None, ema: bool = False) -> Path:
+    """One checkpoint folder as a single file or diffusers folder."""
+    return merge_and_write([Path(ckpt)], Path(out), None, base, ema, config)
+
+
+def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = None, base: str | None = None,
+                    ema: bool = False, config: str | None = None) -> Path:  # fmt: skip
+    """``zxl merge``: average checkpoints (or single files) and write the result."""
+    merged, kind, metadata = checkpoint.merge(paths, weights)
+    out = Path(out)
+    if kind == "single-file":
+        v_pred, ztsnr = "v_pred" in merged, "ztsnr" in merged
+        if out.suffix == ".safetensors":
+            from sampler.single_file import write_single_file_raw
+
+            return write_single_file_raw(out, merged, metadata)
+        from sampler.single_file import write_single_file_raw
+
+        tmp = out.with_name(f".{out.name}.merge-{os.getpid()}.safetensors")
+        write_single_file_raw(tmp, merged, metadata, yaml=False)
+        try:
+            return _save_loaded(tmp, out, config, v_pred, ztsnr)
+        finally:
+            tmp.unlink(missing_ok=True)
+    meta = json.loads((Path(paths[0]) / "meta.json").read_text())
+    base = base or meta.get("base") or ""
+    config = config if config is not None else meta["config"]["model"].get("config", "")
+    if not base or not Path(base).exists():
+        raise ConfigError(f"--base: the base model {base!r} the checkpoint was trained from is not here; give --base")
+    parts = checkpoint.split(merged, ema=ema)
+    model = _complete(parts, base, config)
+    return write_model(model, out, meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"])
+
+
+def _save_loaded(single: Path, out: Path, config: str | None, v_pred: bool, ztsnr: bool) -> Path:
+    from sampler.pipeline import SDXL
+
+    model = SDXL.load(single, device="cpu", precision="fp32", config=config or None)
+    with torch.no_grad():
+        return write_diffusers(model, out, v_pred, ztsnr)

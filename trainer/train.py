@@ -1,0 +1,394 @@
+"""``zxl train``: the ZTSNR v-prediction SDXL fine-tune, one visible loop (STYLE.md 10).
+
+Order of work: trainable rows and their buckets from the catalog → the base model → the VAE
+latent cache (encoded once, reused) → optimizers → resume → the loop: per micro-batch, cached
+latents, fresh captions, noise and timesteps keyed by (seed, micro-step, sample), the loss of
+trainer/loss.py; per optimizer step, gradient averaging across processes, unscale, clip,
+Adafactor, the weighting net's Adam, warm-up, EMA; every N steps a checkpoint and a validation
+grid. At the end: a last checkpoint and the model exported as a single file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from trainer import checkpoint
+from trainer.config import TrainConfig, validate
+from trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, rng_for
+from trainer.distributed import Dist
+from trainer.latents import LatentCache, tensor_hash
+from trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
+from zxl.config import ConfigError, config_hash, dump_yaml, to_dict
+
+AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+def output_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.loop.output) if cfg.loop.output else Path(cfg.data.catalog).resolve().parent / "train"
+
+
+def encode_text(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL conditioning with gradients: penultimate hidden states of both encoders, concatenated,
+    and the second encoder's pooled projection (RECIPE.md "SDXL conditioning")."""
+    hidden, pooled = [], None
+    for tok, enc in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(model.device)  # fmt: skip
+        out = enc(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        if enc is model.text_encoder_2:
+            pooled = out.text_embeds
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def sample_noise(shape, seed: int, micro: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ε, ξ, t) of one sample: drawn on the CPU from a generator keyed by (seed, micro-step, slot)."""
+    digest = hashlib.sha256(repr(("noise", seed, micro, slot)).encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    t = int(torch.randint(0, 1000, (1,), generator=g))
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g), t
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[dict]):
+    if cfg.optim.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # the recipe's fixed-lr Adafactor (transformers' flags for it)
+        return Adafactor(groups, lr=cfg.optim.unet_lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    return torch.optim.AdamW(groups, lr=cfg.optim.unet_lr, weight_decay=1e-2)
+
+
+def warmup(steps: int):
+    """diffusers' ``get_constant_schedule_with_warmup``: step/warmup, then 1."""
+    return lambda s: s / max(1, steps) if s < steps else 1.0
+
+
+class Logger:
+    """CSV and TensorBoard, written by the main process only."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.enabled = enabled
+        self.rows = []
+        if not enabled:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self.csv_path = folder / "log.csv"
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(folder / "tensorboard"))
+
+    def log(self, step: int, values: dict) -> None:
+        self.rows.append({"step": step, **values})
+        if not self.enabled:
+            return
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", *values])
+            if new:
+                w.writeheader()
+            w.writerow({"step": step, **values})
+        for k, v in values.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.tb.add_scalar(f"train/{k}", v, step)
+
+    def curve(self, step: int, points: list[tuple[int, float]]) -> None:
+        if self.enabled:
+            for t, u in points:
+                self.tb.add_scalar(f"weighting/u_t{t:03d}", u, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # noqa: C901 - the loop reads top to bottom
+    validate(cfg)
+    from sampler.pipeline import SDXL
+
+    d = Dist.from_env()
+    say = log if d.main else (lambda *a, **k: None)
+    out = output_dir(cfg)
+    device = _device(cfg.loop.device, d)
+    rows = load_rows(cfg.data.catalog, cfg.data.resolution)
+    buckets = buckets_for(cfg.data.resolution)
+    for note in check_plan(rows, cfg.optim.batch_size * d.world, buckets):
+        say(f"warning: {note}")
+    if not cfg.model.base:
+        raise ConfigError("model.base: give the base model (a single-file SDXL .safetensors or a diffusers folder)")
+    if not Path(cfg.model.base).exists():
+        raise ConfigError(f"model.base: {cfg.model.base} does not exist (a single-file SDXL .safetensors or a "
+                          "diffusers folder; nothing is downloaded)")  # fmt: skip
+    model = SDXL.load(cfg.model.base, device=str(device), precision="fp32", config=cfg.model.config or None)
+    model.v_pred, model.ztsnr = cfg.model.v_pred, cfg.model.ztsnr
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+
+    # -- the latent cache: encoded once, shared by the processes, reused across runs
+    run_dir = Path(cfg.data.catalog).resolve().parent
+    cache = LatentCache(run_dir, tensor_hash(model.vae.state_dict()), cfg.data.resolution, cfg.data.flip, buckets)
+    stats = cache.build(
+        rows, model.vae, Path(cfg.data.catalog), device, cfg.data.cache_batch_size, d.rank, d.world, say
+    )
+    d.barrier()
+    say(f"latents: {stats['reused_shards']} shards reused, {stats['encoded_images']} images encoded → {cache.folder}")
+
+    # -- what trains, and how
+    unet, te1, te2 = model.unet, model.text_encoder, model.text_encoder_2
+    train_te = cfg.optim.text_encoder_lr > 0
+    unet.train().requires_grad_(True)
+    for enc in (te1, te2):
+        enc.train(train_te).requires_grad_(train_te)
+    if cfg.optim.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if train_te:
+            te1.gradient_checkpointing_enable()
+            te2.gradient_checkpointing_enable()
+    groups = [{"params": list(unet.parameters()), "lr": cfg.optim.unet_lr}]
+    if train_te:
+        groups.append({"params": list(te1.parameters()) + list(te2.parameters()), "lr": cfg.optim.text_encoder_lr})
+    params = [p for g in groups for p in g["params"]]
+    opt = make_optimizer(cfg, groups)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.optim.warmup_steps))
+    schedule = Schedule(cfg.model.ztsnr, device)
+    weighting = AdaptiveWeighting(schedule.alphas_cumprod.cpu(), cfg.loss.weighting_channels, cfg.data.seed).to(device)
+    opt_w = torch.optim.Adam(weighting.parameters(), lr=cfg.loss.weighting_lr, betas=(0.9, 0.99))
+    amp = AMP[cfg.optim.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.optim.precision == "fp16")
+    ema = {n: p.detach().clone().float() for n, p in unet.named_parameters()} if cfg.optim.ema_decay else None
+
+    pos = {"step": 0, "epoch": 0, "batch": 0, "nan_streak": 0, "nan_total": 0, "images": 0}
+    ckpt_dir = out / "checkpoints"
+    if resume:
+        path = checkpoint.latest(ckpt_dir) if resume is True else Path(resume)
+        if path is None:
+            raise ConfigError(f"--resume: no checkpoint under {ckpt_dir}")
+        weights, state, meta = checkpoint.load(path)
+        parts = checkpoint.split(weights)
+        unet.load_state_dict(parts["unet"])
+        if "text_encoder" in parts:
+            te1.load_state_dict(parts["text_encoder"])
+            te2.load_state_dict(parts["text_encoder_2"])
+        if ema is not None:
+            ema = {k[len("ema.unet.") :]: v.to(device) for k, v in weights.items() if k.startswith("ema.unet.")}
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_schedule"])
+        weighting.load_state_dict(state["weighting"])
+        opt_w.load_state_dict(state["weighting_optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        pos = {k: int(v) for k, v in state["position"].items()}
+        say(f"resumed from {path} at step {pos['step']} (epoch {pos['epoch']}, batch {pos['batch']})")
+
+    def weights_dict() -> dict[str, torch.Tensor]:
+        w = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+        if train_te:
+            w.update({f"text_encoder.{k}": v for k, v in te1.state_dict().items()})
+            w.update({f"text_encoder_2.{k}": v for k, v in te2.state_dict().items()})
+        if ema is not None:
+            w.update({f"ema.unet.{k}": v for k, v in ema.items()})
+        return w
+
+    def save_checkpoint() -> Path | None:
+        path = None
+        if d.main:
+            state = {
+                "optimizer": opt.state_dict(),
+                "lr_schedule": lr_sched.state_dict(),
+                "weighting": weighting.state_dict(),
+                "weighting_optimizer": opt_w.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "position": dict(pos),
+            }
+            meta = {"step": pos["step"], "epoch": pos["epoch"], "batch": pos["batch"], "config": to_dict(cfg),
+                    "config_hash": config_hash(cfg), "base": cfg.model.base}  # fmt: skip
+            path = checkpoint.save(ckpt_dir, pos["step"], weights_dict(), state, meta, cfg.loop.keep_last)
+            say(f"checkpoint: {path}")
+        d.barrier()
+        return path
+
+    logger = Logger(out, d.main)
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.loop.max_steps, initial=pos["step"], disable=not (d.main and cfg.loop.progress),
+               unit="step", dynamic_ncols=True)  # fmt: skip
+    local_bs, accum = cfg.optim.batch_size, cfg.optim.grad_accum
+    plan = epoch_plan(rows, local_bs * d.world, cfg.data.seed, pos["epoch"])
+    if not plan:
+        raise ConfigError(f"no bucket holds a full batch of {local_bs * d.world} samples; lower optim.batch_size")
+    t_start, images_start = time.perf_counter(), pos["images"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    last_ckpt = None
+    window: list[float] = []
+    while pos["step"] < cfg.loop.max_steps:
+        bad = False
+        losses = []
+        for micro in range(accum):
+            if pos["batch"] >= len(plan):
+                pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
+                plan = epoch_plan(rows, local_bs * d.world, cfg.data.seed, pos["epoch"])
+            batch = plan[pos["batch"]]
+            pos["batch"] += 1
+            micro_id = pos["step"] * accum + micro
+            mine = list(enumerate(batch.rows))[d.rank * local_bs : (d.rank + 1) * local_bs]
+            w, h = buckets[batch.bucket]
+            latents, noise, perturb, ts, texts, time_ids = [], [], [], [], [], []
+            for slot, i in mine:
+                row = rows.iloc[i]
+                flip = cfg.data.flip and rng_for("flip", cfg.data.seed, micro_id, slot).random() < 0.5
+                z, (top, left) = cache.get(row.shard, row.key, flip)
+                eps, xi, t = sample_noise(z.shape, cfg.data.seed, micro_id, slot)
+                latents.append(z.float())
+                noise.append(eps)
+                perturb.append(xi * cfg.loss.ip_noise_gamma)
+                ts.append(t)
+                texts.append(
+                    caption(
+                        row.to_dict(),
+                        cfg.data.seed,
+                        micro_id,
+                        slot,
+                        cfg.data.caption_styles,
+                        cfg.data.caption_dropout,
+                        cfg.data.rating_format,
+                        cfg.data.year_format,
+                    )
+                )
+                oh = int(row.original_height) if row.original_height == row.original_height else int(row.height)
+                ow = int(row.original_width) if row.original_width == row.original_width else int(row.width)
+                time_ids.append([oh, ow, top, left, h, w])
+            x0 = torch.stack(latents).to(device)
+            t = torch.tensor(ts, device=device)
+            x_t, target = schedule.noisy_and_target(
+                x0,
+                torch.stack(noise).to(device),
+                t,
+                torch.stack(perturb).to(device) if cfg.loss.ip_noise_gamma else None,
+            )
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                with torch.set_grad_enabled(train_te):
+                    emb, pooled = encode_text(model, texts)
+                ids = torch.tensor(time_ids, device=device, dtype=emb.dtype)
+                cond = {"text_embeds": pooled, "time_ids": ids}
+                pred = unet(x_t, t, encoder_hidden_states=emb, added_cond_kwargs=cond).sample
+            c = huber_c(t, cfg.loss.huber_schedule, cfg.loss.huber_c, schedule) if cfg.loss.loss == "huber" else None
+            raw = per_sample_loss(pred, target, cfg.loss.loss, c)
+            loss = weighting.weighted(raw, t) if cfg.loss.adaptive_weighting else raw
+            loss = loss.mean() / accum
+            if not torch.isfinite(loss):
+                bad = True
+                continue
+            scaler.scale(loss).backward()
+            losses.append(raw.mean().item())
+        bad = d.any(bad)
+        if bad:
+            opt.zero_grad(set_to_none=True)
+            opt_w.zero_grad(set_to_none=True)
+            pos["nan_streak"] += 1
+            pos["nan_total"] += 1
+            say(f"warning: step {pos['step'] + 1}: non-finite loss, step skipped ({pos['nan_streak']} in a row)")
+            if pos["nan_streak"] >= cfg.loop.max_nan_steps:
+                raise FloatingPointError(
+                    f"{pos['nan_streak']} steps in a row had a non-finite loss (loop.max_nan_steps); the last good "
+                    f"checkpoint is {last_ckpt or checkpoint.latest(ckpt_dir) or 'none'}. Lower the learning rate or "
+                    "use optim.precision bf16/fp32"
+                )
+            pos["step"] += 1
+            continue
+        pos["nan_streak"] = 0
+        d.average_gradients(params + list(weighting.parameters()))
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf")).item()
+        scaler.step(opt)
+        if cfg.loss.adaptive_weighting:
+            scaler.unscale_(opt_w)
+            scaler.step(opt_w)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        opt_w.zero_grad(set_to_none=True)
+        lr_sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                for n, p in unet.named_parameters():
+                    ema[n].lerp_(p.detach().float(), 1 - cfg.optim.ema_decay)
+        pos["step"] += 1
+        pos["images"] += local_bs * d.world * accum
+        step_loss = d.mean(sum(losses) / max(1, len(losses)))
+        window.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if pos["step"] % cfg.loop.log_every == 0 or pos["step"] == cfg.loop.max_steps:
+            elapsed = time.perf_counter() - t_start
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+            values = {"loss": sum(window) / len(window), "lr": lr_sched.get_last_lr()[0], "grad_norm": grad_norm,
+                      "images_per_s": (pos["images"] - images_start) / max(elapsed, 1e-9), "epoch": pos["epoch"],
+                      "nan_steps": pos["nan_total"], "peak_memory_gb": peak}  # fmt: skip
+            window = []
+            logger.log(pos["step"], values)
+            logger.curve(pos["step"], weighting.curve())
+        if pos["step"] % cfg.loop.save_every == 0 or pos["step"] == cfg.loop.max_steps:
+            last_ckpt = save_checkpoint()
+        if cfg.loop.sample_every and (pos["step"] % cfg.loop.sample_every == 0 or pos["step"] == cfg.loop.max_steps):
+            if d.main:
+                _validation_grid(cfg, model, ema, out / "samples" / f"step-{pos['step']:08d}", say)
+            d.barrier()
+    bar.close()
+    logger.close()
+    result = {"steps": pos["step"], "epoch": pos["epoch"], "losses": [r["loss"] for r in logger.rows],
+              "log": logger.rows, "checkpoint": str(last_ckpt) if last_ckpt else None, "output": str(out),
+              "nan_steps": pos["nan_total"], "latents": stats}  # fmt: skip
+    if d.main and last_ckpt:
+        from trainer.export import export
+
+        name = f"{cfg.name}-step-{pos['step']:08d}.safetensors"
+        result["export"] = str(
+            export(last_ckpt, out / "export" / name, cfg.model.base, cfg.model.config, ema is not None)
+        )
+        say(f"exported: {result['export']}")
+    d.barrier()
+    (out / "result.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1)
+    ) if d.main else None
+    d.close()
+    return result
+
+
+def _device(name: str, d: Dist) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def _validation_grid(cfg: TrainConfig, model, ema, folder: Path, log) -> None:
+    """A grid through the sampler from the current weights (the EMA weights when there are)."""
+    from sampler.grids import render
+    from sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
+
+    prompts = read_prompt_file(cfg.loop.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS["minimal"],
+                                                         steps=cfg.loop.sample_steps))  # fmt: skip
+    saved = None
+    if ema is not None:
+        saved = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+        model.unet.load_state_dict({**saved, **{k: v.to(saved[k].dtype) for k, v in ema.items()}})
+    modes = [m.training for m in (model.unet, model.text_encoder, model.text_encoder_2)]
+    for m in (model.unet, model.text_encoder, model.text_encoder_2):
+        m.eval()
+    try:
+        grids = render(model, prompts, folder, ("prompt", []), None, log=lambda *a: None)
+        log(f"validation grid: {grids[0]}")
+    finally:
+        for m, mode in zip((model.unet, model.text_encoder, model.text_encoder_2), modes, strict=True):
+            m.train(mode)
+        if saved is not None:
+            model.unet.load_state_dict(saved)
