@@ -55,14 +55,14 @@ def _label(axis: str, value, prompts: list[Prompt]) -> str:
 def render(model_ref: str, prompts: list[Prompt], out: Path, x: tuple | None, y: tuple | None,
            terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
            dynamic: bool = False, device: str = "auto", log=print, precision: str = "auto",
-           compile: bool = False) -> list[Path]:  # fmt: skip  # noqa: A002
+           compile: bool = False, model_config: str | None = None) -> list[Path]:  # fmt: skip  # noqa: A002
     """One grid per prompt (or one in all when an axis is ``prompt``); returns the grid files."""
     models: dict[str, SDXL] = {}
 
     def model(ref):
         if ref not in models:
             models.clear()
-            models[ref] = SDXL.load(ref, device, precision, compile)
+            models[ref] = SDXL.load(ref, device, precision, compile, config=model_config)
         return models[ref]
 
     def values(axis):

@@ -41,50 +41,72 @@ class SDXL:
     dtype: torch.dtype
 
     @classmethod
-    def load(cls, ref: str | Path, device: str = "auto", precision: str = "auto", compile: bool = False) -> SDXL:  # noqa: A002
-        """A diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/)."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+    def load(cls, ref: str | Path, device: str = "auto", precision: str = "auto", compile: bool = False,  # noqa: A002
+             config: str | Path | None = None) -> SDXL:  # fmt: skip
+        """A diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/), or a
+        single-file ``.safetensors`` (A1111/ComfyUI layout, sampler/single_file.py) whose configs come from
+        ``config`` (a diffusers folder) or the shipped SDXL base skeleton. A single file is v-prediction
+        (and ZTSNR) when it carries the empty ``v_pred`` (``ztsnr``) key, else when ``config``'s scheduler
+        says so; otherwise it is taken for epsilon, which generate() refuses."""
         from scorers.clip_mlp import pick_device, pick_dtype
 
-        folder = Path(ref)
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise ConfigError(
-                f"--model {folder}: not a diffusers SDXL folder (no model_index.json). Single-file .safetensors "
-                "checkpoints load once the trainer's export lands; convert with diffusers meanwhile"
-            )
-        if "StableDiffusionXL" not in json.loads(index.read_text()).get("_class_name", ""):
-            raise ConfigError(f"--model {folder}: model_index.json is not an SDXL pipeline")
+        path = Path(ref)
         dev = pick_device(device)
         dtype = pick_dtype(precision, dev)
-        sched = {}
-        if (folder / "scheduler" / "scheduler_config.json").is_file():
-            sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        load = {"torch_dtype": dtype}
-        model = cls(
-            unet=UNet2DConditionModel.from_pretrained(folder / "unet", **load).to(dev).eval(),
-            # the SDXL VAE overflows in fp16: it always decodes in fp32
-            vae=AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).to(dev).eval(),
-            text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", **load).to(dev).eval(),
-            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load)
-            .to(dev)
-            .eval(),
-            tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
-            v_pred=sched.get("prediction_type", "v_prediction") == "v_prediction",
-            ztsnr=bool(sched.get("rescale_betas_zero_snr", True)),
-            name=folder.name,
-            hash=hashlib.sha256((folder / "unet" / "config.json").read_bytes()).hexdigest()[:10],
-            device=dev,
-            dtype=dtype,
-        )  # fmt: skip
+        if path.is_file():
+            parts, v_pred, ztsnr, name_hash = cls._file_parts(path, config, dtype)
+        else:
+            parts, v_pred, ztsnr, name_hash = cls._folder_parts(path, dtype)
+        parts = {k: m.to(dev).eval() if isinstance(m, torch.nn.Module) else m for k, m in parts.items()}
+        model = cls(**parts, v_pred=v_pred, ztsnr=ztsnr, name=name_hash[0], hash=name_hash[1], device=dev, dtype=dtype)
         if dev.type == "cuda":  # diffusers' attention is SDPA already; channels-last helps the convolutions
             model.unet.to(memory_format=torch.channels_last)
         if compile:
             model.unet = torch.compile(model.unet)
         return model
+
+    @staticmethod
+    def _folder_parts(folder: Path, dtype: torch.dtype):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(
+                f"--model {folder}: not a diffusers SDXL folder (no model_index.json) nor a single-file "
+                ".safetensors checkpoint"
+            )
+        if "StableDiffusionXL" not in json.loads(index.read_text()).get("_class_name", ""):
+            raise ConfigError(f"--model {folder}: model_index.json is not an SDXL pipeline")
+        sched = _scheduler_config(folder)
+        load = {"torch_dtype": dtype}
+        parts = {
+            "unet": UNet2DConditionModel.from_pretrained(folder / "unet", **load),
+            # the SDXL VAE overflows in fp16: it always decodes in fp32
+            "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
+            "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", **load),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load),
+            "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            "tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+        }
+        v_pred = sched.get("prediction_type", "v_prediction") == "v_prediction"
+        ztsnr = bool(sched.get("rescale_betas_zero_snr", True))
+        digest = hashlib.sha256((folder / "unet" / "config.json").read_bytes()).hexdigest()[:10]
+        return parts, v_pred, ztsnr, (folder.name, digest)
+
+    @staticmethod
+    def _file_parts(path: Path, config: str | Path | None, dtype: torch.dtype):
+        from sampler.single_file import file_hash, load_single_file
+
+        if path.suffix != ".safetensors":
+            raise ConfigError(f"--model {path}: a single-file checkpoint must be .safetensors")
+        parts, flags = load_single_file(path, config, dtype)
+        v_pred, ztsnr = flags["v_pred"], flags["ztsnr"]
+        if not v_pred and config is not None:  # no markers: the config folder's scheduler may say v-prediction
+            sched = _scheduler_config(Path(config))
+            v_pred = sched.get("prediction_type") == "v_prediction"
+            ztsnr = v_pred and bool(sched.get("rescale_betas_zero_snr", False))
+        return parts, v_pred, ztsnr, (path.stem, file_hash(path))
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,12 +131,20 @@ class SDXL:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
+def _scheduler_config(folder: Path) -> dict:
+    f = folder / "scheduler" / "scheduler_config.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 @torch.inference_mode()
 def generate(model: SDXL, p: Prompt, terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
              dynamic: DynamicThresholding | None = None, latents_only: bool = False):  # fmt: skip
     """One image (or its latents) for a prompt: seeded CPU noise, batched cond/uncond, the sampler."""
     if not model.v_pred:
-        raise ConfigError(f"{model.name} is an epsilon-prediction model; zxl samples the recipe's v-prediction models")
+        raise ConfigError(
+            f"{model.name} is an epsilon-prediction model; zxl samples the recipe's v-prediction models (a single "
+            "file says v-prediction with an empty v_pred key, a diffusers folder in its scheduler config)"
+        )
     if p.width % 8 or p.height % 8:
         raise ConfigError(f"size {p.width}x{p.height}: both sides must be multiples of 8")
     emb, pooled = model.encode([p.negative, p.prompt])

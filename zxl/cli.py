@@ -128,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--y seed=1,2\n  zxl sample --print-sigmas --steps 28 --terminal diffusers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sa.add_argument("--model", help="a diffusers SDXL folder (model_index.json, unet/, vae/, text encoders)")
+    sa.add_argument("--model", help="a diffusers SDXL folder (model_index.json, unet/, vae/, text encoders) or a "
+                    "single-file .safetensors (A1111/ComfyUI layout)")  # fmt: skip
+    sa.add_argument("--model-config", metavar="DIR",
+                    help="single file: the diffusers folder whose configs describe it (default: the SDXL base "
+                    "configs zxl ships)")  # fmt: skip
     sa.add_argument("--prompts", help="a kohya prompt file (--n --w --h --d --l --s --ss per line)")
     sa.add_argument("--out", default="runs/samples", help="where the PNGs go (default runs/samples)")
     sa.add_argument("--x", help="column axis: prompt | seed=… | cfg=… | steps=… | sampler=… | mimic=… | checkpoint=…")
@@ -591,7 +595,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = read_prompt_file(args.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS[args.negative]))
     grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), args.terminal,
                    args.schedule, args.cfg_rescale, args.dynamic, args.device, precision=args.precision,
-                   compile=args.compile)  # fmt: skip
+                   compile=args.compile, model_config=args.model_config)  # fmt: skip
     for g in grids:
         print(f"grid: {g}")
     return 0
