@@ -35,6 +35,7 @@ class CurateResult:
     stage_stats: dict
     executor: str
     dashboard: str | None
+    workers: dict[str, dict[str, float]]  # Dask worker address → resources it offered ({} on sync)
 
 
 # Settings that change how fast a stage runs, not what it writes: changing them redoes nothing.
@@ -79,25 +80,45 @@ def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
     }
 
 
+def model_stages(cfg: CurateConfig) -> list[str]:
+    """The stages that run a model with this config (their members' ``runs_model``)."""
+    captioner = captioner_registry.captioner_class(cfg.caption.captioner)
+    runs = {
+        "score": scorer_class(cfg.score.scorer).runs_model,
+        "tag": any(tagger_registry.tagger_class(n).runs_model for n in cfg.tag.taggers),
+        "caption": captioner is not None and captioner.runs_model,
+    }
+    return [stage for stage, yes in runs.items() if yes]
+
+
+def _resources(cfg: CurateConfig) -> dict[str, dict[str, float]]:
+    """Stage → the Dask resources its tasks ask for: run.model_resources for the model stages."""
+    return dict.fromkeys(model_stages(cfg), cfg.run.model_resources) if cfg.run.model_resources else {}
+
+
 def plan(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[Task]:
     """The per-shard stages before the global step: fetch → inspect → score."""
     tasks = []
-    rd = str(run_dir)
+    rd, res = str(run_dir), _resources(cfg)
     for s in range(n_shards):
         tasks.append(Task("fetch", s, fetch.fetch_shard, (rd, s, hashes["fetch"], cfg.fetch, cfg.run.shard_size)))
         tasks.append(
             Task("inspect", s, inspection.inspect_shard, (rd, s, hashes["inspect"], cfg.inspect), [("fetch", s)])
         )
-        tasks.append(Task("score", s, score.score_shard, (rd, s, hashes["score"], cfg.score), [("inspect", s)]))
-        tasks.append(Task("tag", s, tag.tag_shard, (rd, s, hashes["tag"], cfg.tag), [("inspect", s)]))
+        tasks.append(
+            Task("score", s, score.score_shard, (rd, s, hashes["score"], cfg.score), [("inspect", s)], res.get("score"))
+        )
+        tasks.append(Task("tag", s, tag.tag_shard, (rd, s, hashes["tag"], cfg.tag), [("inspect", s)], res.get("tag")))
     return tasks
 
 
 def plan_catalog(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[Task]:
     """After the global step: captions (they need the scores), then one catalog part per shard."""
-    rd, tasks = str(run_dir), []
+    rd, tasks, res = str(run_dir), [], _resources(cfg)
     for s in range(n_shards):
-        tasks.append(Task("caption", s, caption.caption_shard, (rd, s, hashes["caption"], cfg.caption)))
+        tasks.append(
+            Task("caption", s, caption.caption_shard, (rd, s, hashes["caption"], cfg.caption), [], res.get("caption"))
+        )
         tasks.append(Task("catalog", s, assemble_shard, (rd, s, hashes["catalog"]), [("caption", s)]))
     return tasks
 
@@ -116,6 +137,7 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
             "shards_skipped": len(rs) - len(ran),
             "seconds": round(seconds, 3),
             "images_per_s": round(rows / seconds, 2) if seconds > 0 else None,
+            "workers": sorted({r["worker"] for r in ran if "worker" in r}),  # Dask workers that ran it
         }
     return stats
 
@@ -152,21 +174,25 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
     n_shards, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
     split_seconds = time.time() - t0
     hashes = stage_hashes(cfg, source_hash)
-    tasks = plan(run_dir, n_shards, hashes, cfg)
+    shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder
+    tasks = plan(shared_dir, n_shards, hashes, cfg)
     with Executor(cfg.run) as ex:
         log(f"zxl curate: {table.num_rows} URLs in {n_shards} shards, run folder {run_dir}")
         log(f"executing on {ex.description}" + (f"; Dask dashboard: {ex.dashboard}" if ex.dashboard else ""))
+        if ex.client is not None and cfg.run.model_resources:
+            log(f"model stages ({', '.join(model_stages(cfg)) or 'none'}) ask for {cfg.run.model_resources}")
+        ex.check_shared(shared_dir)
         progress = Progress(dict.fromkeys(STAGES, table.num_rows), cfg.run.progress)
         try:
             results = ex.run(tasks, progress)
             t_reduce = time.time()
             reduced = reduce.reduce_all(run_dir, n_shards, cfg, hashes["reduce"])
             t_reduce = time.time() - t_reduce
-            catalog_tasks = plan_catalog(run_dir, n_shards, hashes, cfg)
+            catalog_tasks = plan_catalog(shared_dir, n_shards, hashes, cfg)
             results.update(ex.run(catalog_tasks, progress))
         finally:
             progress.close()
-        description, dashboard = ex.description, ex.dashboard
+        description, dashboard, workers = ex.description, ex.dashboard, ex.workers()
     stats = {
         "split": {"rows": table.num_rows, "seconds": round(split_seconds, 3)},
         **_stage_stats(tasks + catalog_tasks, results),
@@ -189,7 +215,7 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
         },
     )
     stats["write"] = {"seconds": round(time.time() - t1, 3)}
-    return CurateResult(run_dir, run_dir / "catalog", manifest, stats, description, dashboard)
+    return CurateResult(run_dir, run_dir / "catalog", manifest, stats, description, dashboard, workers)
 
 
 def summary(result: CurateResult) -> str:

@@ -6,19 +6,28 @@ shard 7's inspect starts while shard 9 still downloads); with ``sync`` they run 
 this process, which is what a debugger wants. Both report each finished task to the same progress
 display, and both retry a failed task ``run.shard_retries`` times: the only broad ``except`` in
 the pipeline, at the shard boundary.
+
+A task may ask for Dask resources (``Task.resources``: the model stages ask for
+``run.model_resources``); it then runs only on workers that offer them — ``run.worker_resources``
+on a LocalCluster, ``dask worker --resources GPU=1`` on a cluster of your own — and a run whose
+cluster has no such worker stops before submitting anything. A Dask task's result names the
+worker that ran it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
-from zxl.config import RunConfig
+from zxl.config import ConfigError, RunConfig
 
 
 @dataclass
@@ -28,6 +37,7 @@ class Task:
     fn: Callable
     args: tuple
     deps: list[tuple[str, int]] = field(default_factory=list)
+    resources: dict[str, float] | None = None  # Dask resources, e.g. {"GPU": 1}; None: any worker
 
     @property
     def id(self) -> tuple[str, int]:
@@ -39,8 +49,20 @@ class ShardFailedError(RuntimeError):
 
 
 def _call(fn, args, *deps):
-    """What a Dask task runs; ``deps`` only order it after the tasks it waits for."""
-    return fn(*args)
+    """What a Dask task runs; ``deps`` only order it after the tasks it waits for. A stage's result
+    (a dict) comes back with the address of the worker that ran it."""
+    from distributed import get_worker
+
+    result = fn(*args)
+    return {**result, "worker": get_worker().address} if isinstance(result, dict) else result
+
+
+def _read_probe(path: str) -> str:
+    """On a worker: the probe file's text, or why it cannot be read."""
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
 
 
 class Progress:
@@ -70,16 +92,58 @@ class Progress:
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
 
 
+def n_workers(cfg: RunConfig) -> int:
+    """LocalCluster worker processes: run.workers (0: one per core), at least one per
+    run.worker_resources entry."""
+    return max(cfg.workers or os.cpu_count() or 1, len(cfg.worker_resources))
+
+
+def offers(worker: dict[str, float], wanted: dict[str, float]) -> bool:
+    """Whether a worker offering ``worker`` can run a task that asks for ``wanted``."""
+    return all(worker.get(name, 0) >= amount for name, amount in wanted.items())
+
+
+def _check_resources(resources: dict[str, float], key: str) -> None:
+    for name, amount in resources.items():
+        if not name or any(c.isspace() or c in "=,:" for c in name):
+            raise ConfigError(f"{key}: '{name}' is not a Dask resource name (a word such as GPU)")
+        if not (amount > 0 and math.isfinite(amount)):
+            raise ConfigError(f"{key}.{name} must be a positive number, got {amount}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Configuration errors before any work starts, named by key."""
-    from zxl.config import ConfigError
-
     if cfg.scheduler not in ("local", "sync") and not cfg.scheduler.startswith(SCHEDULER_SCHEMES):
         raise ConfigError(
             f"run.scheduler must be local, sync or an address like tcp://host:8786, got '{cfg.scheduler}'"
         )
     if cfg.workers < 0 or cfg.threads_per_worker < 1 or cfg.shard_retries < 0:
         raise ConfigError("run.workers must be >= 0, run.threads_per_worker >= 1 and run.shard_retries >= 0")
+    if "://" in cfg.runs_dir:
+        raise ConfigError(
+            f"run.runs_dir must be a folder, got the URL '{cfg.runs_dir}': stage files are written under a "
+            "temporary name and renamed, which object stores cannot do atomically. On several machines use a "
+            "folder every worker sees at the same path (an NFS or other shared mount); see docs/scale-out.md"
+        )
+    _check_resources(cfg.model_resources, "run.model_resources")
+    for i, res in enumerate(cfg.worker_resources):
+        _check_resources(res, f"run.worker_resources[{i}]")
+    if cfg.worker_resources and cfg.scheduler.startswith(SCHEDULER_SCHEMES):
+        raise ConfigError(
+            "run.worker_resources sets up LocalCluster workers, but run.scheduler is an address: start that "
+            "cluster's workers with `dask worker ADDRESS --resources GPU=1` instead (docs/scale-out.md)"
+        )
+    if cfg.scheduler == "local" and cfg.workers and len(cfg.worker_resources) > cfg.workers:
+        raise ConfigError(
+            f"run.worker_resources lists {len(cfg.worker_resources)} workers but run.workers is {cfg.workers}"
+        )
+    if cfg.scheduler == "local" and cfg.model_resources:
+        if not any(offers(w, cfg.model_resources) for w in cfg.worker_resources):
+            raise ConfigError(
+                f"run.model_resources asks for {cfg.model_resources} but no LocalCluster worker offers that, so "
+                f"the model stages would wait forever: set run.worker_resources (e.g. [{cfg.model_resources}]) "
+                "or clear run.model_resources"
+            )
 
 
 class Executor:
@@ -95,25 +159,15 @@ class Executor:
         scheduler = self.cfg.scheduler
         if scheduler == "sync":
             return self
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
 
         if scheduler == "local":
-            import os
-
-            workers = self.cfg.workers or os.cpu_count() or 1
-            self.cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=self.cfg.threads_per_worker,
-                processes=True,
-                dashboard_address=self.cfg.dashboard_address or None,
-                silence_logs=40,
-            )
+            self.cluster = self._local_cluster()
             self.client = Client(self.cluster)
-        elif scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+            self.client.wait_for_workers(len(self.cluster.worker_spec), timeout=120)
+        elif scheduler.startswith(SCHEDULER_SCHEMES):
             self.client = Client(scheduler, timeout="30s")
         else:
-            from zxl.config import ConfigError
-
             raise ConfigError(
                 f"run.scheduler must be local, sync or an address like tcp://host:8786, got '{scheduler}'"
             )
@@ -121,19 +175,71 @@ class Executor:
             self.dashboard = self.client.dashboard_link if self.cfg.dashboard_address or self.cluster is None else None
         return self
 
+    def _local_cluster(self):
+        """A LocalCluster of ``n_workers`` processes; worker i offers ``run.worker_resources[i]``."""
+        import logging
+
+        from dask.distributed import LocalCluster
+        from distributed.worker_memory import parse_memory_limit
+
+        n = n_workers(self.cfg)
+        cluster = LocalCluster(
+            n_workers=0,
+            threads_per_worker=self.cfg.threads_per_worker,
+            processes=True,
+            dashboard_address=self.cfg.dashboard_address or None,
+            silence_logs=40,
+            memory_limit=parse_memory_limit("auto", 1, n, logger=logging.getLogger(__name__)),
+        )
+        spec = cluster.new_spec
+        for i in range(n):
+            res = self.cfg.worker_resources[i] if i < len(self.cfg.worker_resources) else {}
+            cluster.worker_spec[i] = {**spec, "options": {**spec["options"], "resources": dict(res)}} if res else spec
+        cluster.scale(n)  # starts the workers just specified
+        return cluster
+
     def __exit__(self, *exc) -> None:
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
+    def workers(self) -> dict[str, dict[str, float]]:
+        """Worker address → the resources it offers ({} on sync)."""
+        if self.client is None:
+            return {}
+        info = self.client.scheduler_info().get("workers", {})
+        return {addr: dict(w.get("resources") or {}) for addr, w in info.items()}
+
     @property
     def description(self) -> str:
         if self.client is None:
             return "in-process (sync)"
-        n = len(self.client.scheduler_info().get("workers", {}))
+        workers = self.workers()
         kind = "LocalCluster" if self.cluster is not None else f"cluster at {self.cfg.scheduler}"
-        return f"{kind} with {n} workers"
+        offered = [", ".join(f"{k}={v:g}" for k, v in r.items()) for r in workers.values() if r]
+        extra = f" ({len(offered)} offering {'; '.join(sorted(set(offered)))})" if offered else ""
+        return f"{kind} with {len(workers)} workers{extra}"
+
+    def check_shared(self, run_dir: Path) -> None:
+        """Every worker must see the run folder at the same path: write a probe here, read it there."""
+        if self.client is None:
+            return
+        token = uuid.uuid4().hex
+        probe = Path(run_dir) / f".zxl-probe-{token[:8]}"
+        probe.write_text(token)
+        try:
+            seen = self.client.run(_read_probe, str(probe))
+        finally:
+            probe.unlink(missing_ok=True)
+        blind = {addr: text for addr, text in seen.items() if text != token}
+        if blind:
+            addr, why = next(iter(blind.items()))
+            raise ConfigError(
+                f"run.runs_dir: {len(blind)} of {len(seen)} workers cannot see the run folder {run_dir} (worker "
+                f"{addr}: {why}). Every worker and this machine must see run.runs_dir at the same path, e.g. an "
+                "NFS or other shared mount; see docs/scale-out.md"
+            )
 
     def run(self, plan: list[Task], progress: Progress) -> dict[tuple[str, int], dict]:
         if self.client is None:
@@ -157,13 +263,14 @@ class Executor:
     def _run_dask(self, plan, progress):
         from dask.distributed import as_completed
 
+        self._check_offered(plan)
         futures, by_future = {}, {}
         stamp = uuid.uuid4().hex[:8]  # keys unique per run, so two runs can share a cluster
         for task in plan:
             deps = [futures[d] for d in task.deps]
             fut = self.client.submit(
-                _call, task.fn, task.args, *deps,
-                key=f"{task.stage}-{task.shard:05d}-{stamp}", retries=self.cfg.shard_retries, pure=False,
+                _call, task.fn, task.args, *deps, key=f"{task.stage}-{task.shard:05d}-{stamp}",
+                retries=self.cfg.shard_retries, pure=False, resources=task.resources or None,
             )  # fmt: skip
             futures[task.id] = fut
             by_future[fut.key] = task
@@ -180,6 +287,23 @@ class Executor:
             self.client.cancel(list(futures.values()))
             raise
         return results
+
+    def _check_offered(self, plan: list[Task]) -> None:
+        """A task whose resources no worker offers would wait forever: stop before submitting."""
+        workers = self.workers()
+        for wanted in {tuple(sorted(t.resources.items())): t.resources for t in plan if t.resources}.values():
+            if not any(offers(w, wanted) for w in workers.values()):
+                stages = sorted({t.stage for t in plan if t.resources == wanted})
+                flags = " ".join(f"{k}={v:g}" for k, v in wanted.items())
+                how = (
+                    f"run.worker_resources: [{wanted}]"
+                    if self.cluster is not None
+                    else f'`dask worker {self.cfg.scheduler} --resources "{flags}"`'
+                )
+                raise ConfigError(
+                    f"run.model_resources: the {'/'.join(stages)} tasks ask for Dask resources {wanted} but none of "
+                    f"the {len(workers)} workers offers them: start one ({how}), or clear run.model_resources"
+                )
 
 
 def _failure(task: Task, tries: int, exc: BaseException) -> str:

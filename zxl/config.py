@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class RunConfig:
     name: str = "demo"  # runs/<name>/
-    runs_dir: str = "runs"
+    runs_dir: str = "runs"  # a folder; on several machines one every worker and this one see at the same path
     shard_size: int = 10_000  # URLs per shard, one Dask task per shard per stage
     scheduler: str = "local"  # local (a LocalCluster) | sync | tcp://host:8786
     workers: int = 0  # LocalCluster worker processes; 0 = one per core
@@ -37,6 +37,13 @@ class RunConfig:
     dashboard_address: str = ":0"  # LocalCluster dashboard; "" turns it off
     shard_retries: int = 1  # a failed shard task is retried this many times, then the run stops
     progress: bool = True
+    # Dask resources (docs/scale-out.md). Each task of a stage that runs a model (score with clip-mlp, tag with
+    # wd, caption with hf) asks for these, e.g. {GPU: 1}: it runs only on a worker that offers them, as many at a
+    # time as the worker offers. Fetch, inspect and the other stages ask for nothing and run on any worker.
+    model_resources: dict[str, float] = dataclasses.field(default_factory=dict)  # {} = no resources asked
+    # LocalCluster only: what worker 0, 1, … offers, e.g. [{GPU: 1}] = worker 0 owns the GPU and runs the model
+    # stages; workers past the list offer nothing. A cluster of your own: dask worker … --resources GPU=1.
+    worker_resources: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from zxl.config import ConfigError, config_hash
 
@@ -17,6 +17,9 @@ _LOADED: dict[tuple[str, str], Any] = {}
 
 class Member:
     """What every family member (scorer, tagger, captioner) shares besides its own method."""
+
+    # A member that runs a neural network: its stage's tasks ask for run.model_resources (a GPU worker).
+    runs_model: ClassVar[bool] = False
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -1,0 +1,110 @@
+"""Scale-out on Dask: the model stages run on the workers that offer run.model_resources, the other
+stages anywhere, and a cluster of several workers writes the same catalog as ``--scheduler sync``."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.curate import curate, model_stages
+from pipeline.executor import validate
+from tests.conftest import make_config
+from tests.test_curate import assert_same_catalog
+from zxl.config import ConfigError, CurateConfig, load_config
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_clip, wd_model):
+    """Two model stages: score with clip-mlp (tiny open_clip), tag with the tiny WD tagger."""
+    d = tiny_clip
+    return [
+        "score.scorer=clip-mlp", f"score.clip_model={d / 'zxl-tiny-clip.json'}", f"score.clip_weights={d / 'clip.pt'}",
+        f"score.head_weights={d / 'head.safetensors'}", "score.device=cpu", "tag.taggers=[metadata, wd]",
+        f"tag.wd_model={wd_model[0]}", "tag.device=cpu",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sync_models(urls_file, models, tmp_path_factory):
+    """The reference: the same config in-process. Torch gets one thread, as on a Dask worker
+    (OMP_NUM_THREADS=1 there), so the CLIP embeddings are bit-identical."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return curate(make_config(tmp_path_factory.mktemp("runs"), "sync", urls_file, *models), log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_model_stages_follow_the_members():
+    assert model_stages(CurateConfig()) == []
+    cfg = load_config(
+        CurateConfig, overrides=["score.scorer=clip-mlp", "tag.taggers=[metadata, wd]", "caption.captioner=hf"]
+    )
+    assert model_stages(cfg) == ["score", "tag", "caption"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["run.model_resources={GPU: 1}"], "run.model_resources"),  # no LocalCluster worker offers it
+        (["run.model_resources={GPU: 2}", "run.worker_resources=[{GPU: 1}]"], "run.model_resources"),
+        (["run.model_resources={GPU: 0}", "run.worker_resources=[{GPU: 1}]"], "run.model_resources.GPU"),
+        (["run.model_resources={GPU: many}"], "run.model_resources.GPU"),
+        (["run.worker_resources=[{'GPU 0': 1}]"], r"run.worker_resources\[0\]"),
+        (["run.workers=1", "run.worker_resources=[{GPU: 1}, {GPU: 1}]"], "run.worker_resources"),
+        (["run.scheduler=tcp://10.0.0.5:8786", "run.worker_resources=[{GPU: 1}]"], "run.worker_resources"),
+        (["run.runs_dir=s3://bucket/runs"], "run.runs_dir"),
+    ],
+)
+def test_resource_and_storage_mistakes_are_config_errors(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(load_config(CurateConfig, overrides=overrides).run)
+
+
+def test_local_cluster_with_a_gpu_worker_gives_the_sync_catalog(sync_models, urls_file, models, tmp_path):
+    """Three worker processes, worker 0 offering GPU=1: score and tag run there and only there, fetch
+    spreads over the others, and the catalog is the in-process one, value for value."""
+    cfg = make_config(
+        tmp_path, "gpu", urls_file, *models, "run.scheduler=local", "run.workers=3",
+        "run.worker_resources=[{GPU: 1}]", "run.model_resources={GPU: 1}",
+    )  # fmt: skip
+    res = curate(cfg, log=lambda *_: None)
+    assert res.executor == "LocalCluster with 3 workers (1 offering GPU=1)"
+    gpu = [addr for addr, offered in res.workers.items() if offered.get("GPU")]
+    assert len(gpu) == 1 and len(res.workers) == 3
+    stages = res.stage_stats
+    assert stages["score"]["workers"] == gpu and stages["tag"]["workers"] == gpu
+    assert stages["score"]["shards_run"] == stages["tag"]["shards_run"] == 4
+    assert set(stages["fetch"]["workers"]) - set(gpu), stages["fetch"]  # CPU stages use the other workers
+    assert res.manifest["stages"]["score"]["workers"] == gpu
+    assert_same_catalog(res.catalog_dir, sync_models.catalog_dir)
+
+
+def test_a_dask_worker_with_resources_joins_a_cluster_by_address(sync_models, urls_file, models, tmp_path):
+    """The docs/scale-out.md set-up: a scheduler, a plain worker and `dask worker ADDR --resources GPU=1`."""
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        cfg = make_config(tmp_path, "remote", urls_file, *models, f"run.scheduler={addr}", "run.model_resources.GPU=1")
+        with pytest.raises(ConfigError, match=r"run.model_resources: the score/tag tasks .* --resources \"GPU=1\""):
+            curate(cfg, log=lambda *_: None)  # no worker offers a GPU yet: stop, never hang
+        cmd = [DASK, "worker", addr, "--nthreads", "1", "--resources", "GPU=1", "--name", "gpu", "--no-dashboard"]
+        worker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(addr) as client:
+                client.wait_for_workers(2, timeout=60)
+            res = curate(cfg, log=lambda *_: None)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    gpu = [a for a, offered in res.workers.items() if offered == {"GPU": 1.0}]
+    assert len(gpu) == 1 and res.executor == f"cluster at {addr} with 2 workers (1 offering GPU=1)"
+    assert res.stage_stats["score"]["workers"] == gpu == res.stage_stats["tag"]["workers"]
+    assert_same_catalog(res.catalog_dir, sync_models.catalog_dir)
