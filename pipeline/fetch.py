@@ -8,16 +8,26 @@ zxl adds sits at the edges:
   complete, then the stage file ``stages/fetch/NNNNN.parquet`` is written atomically: a killed
   task leaves nothing under a final name that a rerun would trust;
 - ``GuardedResizer`` looks at the bytes before OpenCV decodes them, so an empty body, an HTML
-  page and a decompression bomb fail with an error that names the cause (and the bomb is never
-  decoded), and OpenCV's own pixel limit is set to the same bound;
+  page, an SVG drawing and a decompression bomb fail with an error that names the cause (and
+  the bomb is never decoded), and OpenCV's own pixel limit is set to the same bound;
+- it also hands OpenCV only what OpenCV gets right: an image with an EXIF orientation is turned
+  upright first (``ImageOps.exif_transpose``; OpenCV's ``IMREAD_UNCHANGED`` ignores the tag and
+  a JPEG kept byte for byte would keep it), and a 16-bit image is reduced to 8 bits per channel
+  first (OpenCV saturates 16-bit values when it writes a JPEG: a white picture);
+- the size filters (``fetch.min_image_size``, ``fetch.max_aspect_ratio``) are applied to the
+  upright header size before any decoding and give the status ``filtered``;
+- a response must arrive whole within ``RESPONSE_DEADLINE_FACTOR`` × ``fetch.timeout``
+  (``netguard``'s response deadline), so a slow drip cannot hold a download thread for ever;
 - every input row comes out as exactly one row, with img2dataset's status mapped onto ours
-  (success → ok, failed_to_download → failed_download, failed_to_resize → failed_decode).
+  (success → ok, failed_to_download → failed_download, failed_to_resize → failed_decode, or
+  filtered for a size filter), and urllib's error text made to name the cause (``explain``).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,15 +36,24 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from pipeline import netguard  # noqa: E402
 from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic  # noqa: E402
 from zxl.config import FetchConfig  # noqa: E402
 
 STATUS = {"success": "ok", "failed_to_download": "failed_download", "failed_to_resize": "failed_decode"}
+# A response (status line, headers, body) must arrive whole within this many fetch.timeouts:
+# 60 s with the default timeout of 10 s, enough for a 30 MB original at 0.5 MB/s.
+RESPONSE_DEADLINE_FACTOR = 6
+# Resizer errors that are a size filter, not a broken image (ours first, then img2dataset's own).
+FILTER_REASONS = ("too small:", "aspect ratio too large:", "image too small", "aspect ratio too large",
+                  "image area too large")  # fmt: skip
+ORIENTATION = 0x0112  # the EXIF orientation tag; 5..8 swap width and height
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per sample
 FETCH_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -50,25 +69,86 @@ FETCH_SCHEMA = pa.schema(
 )
 
 
-def sniff(data: bytes, max_pixels: int) -> str | None:
-    """Why these bytes must not reach the decoder, or None if they look like an image."""
+def _not_an_image(data: bytes, error: Exception) -> str:
+    head = data[:1024].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "not an image: the server sent an HTML page"
+    if b"<svg" in head:
+        return "not a raster image: the server sent an SVG drawing (image/svg+xml), which zxl does not rasterize"
+    if head.startswith(b"<?xml"):
+        return "not an image: the server sent an XML document"
+    if head[:1] in (b"{", b"["):
+        return "not an image: the server sent JSON"
+    return f"not an image: {error}"
+
+
+def look(data: bytes, max_pixels: int) -> tuple[str | None, dict]:
+    """(why these bytes must not reach the decoder or None, header facts), from the header only.
+
+    The facts: ``size`` upright (width and height swapped for EXIF orientations 5..8),
+    ``orientation`` (1 when there is none) and ``deep`` (more than 8 bits per sample).
+    """
     if not data:
-        return "empty response body (0 bytes)"
+        return "empty response body (0 bytes)", {}
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
+            try:
+                orientation = int(im.getexif().get(ORIENTATION, 1))
+            except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
+                orientation = 1
+            deep = im.mode in DEEP_MODES or (data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:25] == b"\x10")
     except Image.DecompressionBombError as e:
-        return f"decompression bomb: {e}"
+        return f"decompression bomb: {e}", {}
     except Exception as e:  # noqa: BLE001 - anything Pillow cannot identify is not an image
-        head = data[:64].lstrip().lower()
-        if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-            return "not an image: the server sent an HTML page"
-        if head[:1] in (b"{", b"["):
-            return "not an image: the server sent JSON"
-        return f"not an image: {e}"
+        return _not_an_image(data, e), {}
     if w * h > max_pixels:
-        return f"decompression bomb: {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (fetch.max_image_pixels)"
-    return None
+        return (
+            f"decompression bomb: {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (fetch.max_image_pixels)",
+            {},
+        )
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return None, {"size": (w, h), "orientation": orientation, "deep": deep}
+
+
+def sniff(data: bytes, max_pixels: int) -> str | None:
+    """Why these bytes must not reach the decoder, or None if they look like an image."""
+    return look(data, max_pixels)[0]
+
+
+def upright_8bit(data: bytes) -> bytes:
+    """The first frame, turned upright by its EXIF orientation, 8 bits per channel, as a PNG."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "F":
+            im = im.convert("L")  # Pillow clips floats to 0..255
+        elif im.mode in DEEP_MODES:  # 16-bit samples (Pillow keeps them in I;16* or I): the high byte
+            im = Image.fromarray((np.clip(np.asarray(im, np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
+        alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+        im = im.convert("RGBA" if alpha else "RGB")
+        buf = io.BytesIO()
+        im.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def explain(error: str, timeout: float) -> str:
+    """urllib's or img2dataset's error text for a failed download, made to name the cause."""
+    text = error
+    while m := re.fullmatch(r"<urlopen error (.*)>", text, re.S):
+        text = m.group(1)
+    text = " ".join(text.split())
+    if "did not arrive whole within" in text:
+        return f"{text} ({RESPONSE_DEADLINE_FACTOR} x fetch.timeout: a slow drip)"
+    if "timed out" in text:
+        return f"{text} (no answer within fetch.timeout={timeout:g} s)"
+    if m := re.fullmatch(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text):
+        got, more = int(m.group(1)), int(m.group(2))
+        return f"truncated: the connection closed after {got} of the {got + more} bytes its Content-Length promised"
+    if "infinite loop" in text:
+        return f"redirect loop ({text})"
+    return text
 
 
 def _pillow_reason(data: bytes) -> str:
@@ -92,15 +172,32 @@ def _resizer_class():
 
         def __call__(self, img_stream, blurring_bbox_list=None):
             img_stream.seek(0)
-            reason = sniff(img_stream.read(), self.max_image_pixels)
+            data = img_stream.read()
             img_stream.seek(0)
+            reason, facts = look(data, self.max_image_pixels)
+            if reason is None:
+                reason = self._filtered(*facts["size"])
             if reason is not None:
                 return None, None, None, None, None, reason
+            if facts["orientation"] != 1 or facts["deep"]:
+                try:
+                    data = upright_8bit(data)
+                except Exception as e:  # noqa: BLE001 - a decoder failure is this row's data
+                    return None, None, None, None, None, f"Image decoding error: {e}"
+                img_stream = io.BytesIO(data)
             result = super().__call__(img_stream, blurring_bbox_list)
             if result[-1] == "Image decoding error":  # OpenCV says no more than that: ask Pillow why
-                img_stream.seek(0)
-                result = (*result[:-1], f"Image decoding error: {_pillow_reason(img_stream.read())}")
+                result = (*result[:-1], f"Image decoding error: {_pillow_reason(data)}")
             return result
+
+        def _filtered(self, w: int, h: int) -> str | None:
+            if min(w, h) < self.min_image_size:
+                return f"too small: {w}x{h}, the short side under fetch.min_image_size={self.min_image_size}"
+            ratio = max(w, h) / max(min(w, h), 1)
+            if ratio > self.max_aspect_ratio:
+                limit = f"fetch.max_aspect_ratio={self.max_aspect_ratio:g}"
+                return f"aspect ratio too large: {w}x{h} is {ratio:.2f}:1, over {limit}"
+            return None
 
     return GuardedResizer
 
@@ -178,8 +275,10 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) 
         error = cols["error_message"][i]
         if status != "ok" and not error:
             error = cols["status"][i] or "unknown failure"
-        elif status == "failed_download" and "timed out" in error:
-            error = f"{error} (no answer within fetch.timeout={timeout:g} s)"
+        elif status == "failed_download":
+            error = explain(error, timeout)
+        elif status == "failed_decode" and error.startswith(FILTER_REASONS):
+            status = "filtered"
         rows["shard_key"].append(cols["key"][i])
         rows["status"].append(status)
         rows["error"].append(None if status == "ok" else str(error))
@@ -209,7 +308,8 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
         with pa.OSFile(str(tmp / "input.arrow"), "wb") as sink, pa.ipc.new_file(sink, i2d_in.schema) as w:
             w.write_table(i2d_in)
         downloader = make_downloader(cfg, tmp, columns, shard_size)
-        with netguard.guarded(cfg.allowed_hosts, cfg.allow_private_networks):
+        deadline = RESPONSE_DEADLINE_FACTOR * cfg.timeout
+        with netguard.guarded(cfg.allowed_hosts, cfg.allow_private_networks, deadline):
             downloader.download_shard((shard, str(tmp / "input.arrow")))
         name = shard_name(shard)
         i2d = pq.read_table(tmp / f"{name}.parquet")
