@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate browse browser sample test bench lint format lock clean help
+.PHONY: install curate browse browser sample test bench bench-gpu lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make sample     a validation grid (MODEL=diffusers SDXL folder; a tiny random model without)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
 	@echo "make bench      CPU benchmarks: a markdown table and JSON under bench/results/"
+	@echo "make bench-gpu  GPU benchmarks on a CUDA machine (CLIP scoring, WD, SDXL sampling): JSON under bench/results/"
 	@echo "make lint       ruff format check and lint"
 	@echo "make install    build .venv from constraints.txt (the lock)"
 
@@ -59,6 +60,11 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# Random-weight models built from their configs, JPEG shards written on the spot: no download.
+# ZXL_BENCH_WD_MODEL=folder adds the WD tagger; ARGS=--tiny checks the script on a CPU.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
