@@ -52,14 +52,17 @@ def _label(axis: str, value, prompts: list[Prompt]) -> str:
     return f"{axis} {value}"
 
 
-def render(model_ref: str, prompts: list[Prompt], out: Path, x: tuple | None, y: tuple | None,
+def render(model_ref: str | SDXL, prompts: list[Prompt], out: Path, x: tuple | None, y: tuple | None,
            terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
            dynamic: bool = False, device: str = "auto", log=print, precision: str = "auto",
            compile: bool = False, model_config: str | None = None) -> list[Path]:  # fmt: skip  # noqa: A002
-    """One grid per prompt (or one in all when an axis is ``prompt``); returns the grid files."""
+    """One grid per prompt (or one in all when an axis is ``prompt``); returns the grid files.
+    ``model_ref`` is a model reference or an already loaded model (the trainer's validation grids)."""
     models: dict[str, SDXL] = {}
 
     def model(ref):
+        if isinstance(ref, SDXL):
+            return ref
         if ref not in models:
             models.clear()
             models[ref] = SDXL.load(ref, device, precision, compile, config=model_config)
@@ -107,6 +110,10 @@ def render(model_ref: str, prompts: list[Prompt], out: Path, x: tuple | None, y:
         x_labels = [_label(x[0], v, prompts) if x else "" for v in values(x)]
         y_labels = [_label(y[0], v, prompts) if y else "" for v in values(y)]
         grid = make_grid(rows, x_labels, y_labels, title="" if uses_prompt_axis else base.prompt[:120])
-        path = save_png(grid, out / f"grid-{g:03d}.png", infotext(base, model_name=Path(model_ref).name))
+        path = save_png(
+            grid,
+            out / f"grid-{g:03d}.png",
+            infotext(base, model_name=model_ref.name if isinstance(model_ref, SDXL) else Path(model_ref).name),
+        )
         grids.append(path)
     return grids

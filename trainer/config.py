@@ -24,7 +24,7 @@ class ModelConfig:
 @dataclasses.dataclass
 class DataConfig:
     catalog: str = "runs/demo/catalog"
-    resolution: int = 1024  # bucket area = resolution²; the eleven recipe buckets scale with it (multiple of 128)
+    resolution: int = 1024  # bucket area = resolution²; the eleven recipe buckets scale with it (multiple of 64)
     flip: bool = False  # also cache horizontally flipped latents and draw one of the two per sample
     seed: int = 0  # shuffles, bucket order, noise, timesteps, captions: all keyed by seed + step
     caption_styles: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.25])  # tags, natural, mixed
@@ -40,6 +40,8 @@ class LossConfig:
     huber_schedule: str = "snr"  # snr | exponential | constant
     huber_c: float = 0.1  # c₀
     ip_noise_gamma: float = 0.1  # input perturbation; the target stays clean
+    min_timestep: int = 0  # t ~ uniform over [min, max) (kohya's --min_timestep/--max_timestep); the recipe: 0, 1000
+    max_timestep: int = 1000
     adaptive_weighting: bool = True  # EDM2's learned per-noise-level loss weighting u(t)
     weighting_lr: float = 2e-2
     weighting_channels: int = 128  # Fourier features of the noise level
@@ -103,10 +105,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("data.caption_styles: three non-negative weights (tags, natural, mixed), not all zero")
     if not 0 <= cfg.data.caption_dropout < 1:
         raise ConfigError("data.caption_dropout: a probability in [0, 1)")
-    if cfg.data.resolution % 128 or cfg.data.resolution < 128:
-        raise ConfigError(
-            f"data.resolution: {cfg.data.resolution} is not a multiple of 128 (bucket sides step by 1/16 of it)"
-        )
+    if cfg.data.resolution % 64 or cfg.data.resolution < 64:
+        raise ConfigError(f"data.resolution: {cfg.data.resolution} is not a multiple of 64 (bucket sides step by 1/16)")
+    if not 0 <= cfg.loss.min_timestep < cfg.loss.max_timestep <= 1000:
+        raise ConfigError("loss.min_timestep, loss.max_timestep: need 0 <= min < max <= 1000")
     for key in ("optim.batch_size", "optim.grad_accum", "loop.max_steps", "loop.keep_last", "loop.log_every"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:

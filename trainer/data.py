@@ -94,6 +94,20 @@ def check_plan(rows: pd.DataFrame, batch_size: int, buckets: list[tuple[int, int
     return notes
 
 
+def caption_fields(rows: pd.DataFrame) -> list[dict]:
+    """Per row, the fields captions read, as plain Python values (None for a missing one)."""
+
+    def clean(v):
+        if isinstance(v, np.ndarray | list):
+            return [str(x) for x in v]
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return None
+        return int(v) if isinstance(v, np.integer | float) else v
+
+    cols = ["score", "rating", "year", "tags", "characters", "caption"]
+    return [{c: clean(r[c]) for c in cols} for r in rows[cols].to_dict("records")]
+
+
 def caption(row: dict, seed: int, step: int, slot: int, styles, dropout: float, rating_format: str,
             year_format: str) -> str:  # fmt: skip
     """The caption of one sample (RECIPE.md "Captions for training"), drawn fresh each step:

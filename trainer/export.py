@@ -81,13 +81,9 @@ def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = 
     if kind == "single-file":
         v_pred, ztsnr = "v_pred" in merged, "ztsnr" in merged
         if out.suffix == ".safetensors":
-            from sampler.single_file import write_single_file_raw
-
-            return write_single_file_raw(out, merged, metadata)
-        from sampler.single_file import write_single_file_raw
-
+            return _write_raw(out, merged, metadata, yaml=v_pred)
         tmp = out.with_name(f".{out.name}.merge-{os.getpid()}.safetensors")
-        write_single_file_raw(tmp, merged, metadata, yaml=False)
+        _write_raw(tmp, merged, metadata, yaml=False)
         try:
             return _save_loaded(tmp, out, config, v_pred, ztsnr)
         finally:
@@ -100,6 +96,26 @@ def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = 
     parts = checkpoint.split(merged, ema=ema)
     model = _complete(parts, base, config)
     return write_model(model, out, meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"])
+
+
+def _write_raw(out: Path, state: dict[str, torch.Tensor], metadata: dict, yaml: bool) -> Path:
+    """A merged single file, as it came (layout, markers, metadata), written atomically."""
+    from safetensors.torch import save_file
+
+    from sampler.single_file import YAML_V
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={**metadata, "modelspec.title": out.stem}
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if yaml:
+        shutil.copyfile(YAML_V, out.with_suffix(".yaml"))
+    return out
 
 
 def _save_loaded(single: Path, out: Path, config: str | None, v_pred: bool, ztsnr: bool) -> Path:

@@ -21,7 +21,7 @@ import torch
 
 from trainer import checkpoint
 from trainer.config import TrainConfig, validate
-from trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, rng_for
+from trainer.data import buckets_for, caption, caption_fields, check_plan, epoch_plan, load_rows, rng_for
 from trainer.distributed import Dist
 from trainer.latents import LatentCache, tensor_hash
 from trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
@@ -48,11 +48,11 @@ def encode_text(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(hidden, dim=-1), pooled
 
 
-def sample_noise(shape, seed: int, micro: int, slot: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def sample_noise(shape, seed: int, micro: int, slot: int, t_range=(0, 1000)) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(ε, ξ, t) of one sample: drawn on the CPU from a generator keyed by (seed, micro-step, slot)."""
     digest = hashlib.sha256(repr(("noise", seed, micro, slot)).encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    t = int(torch.randint(0, 1000, (1,), generator=g))
+    t = int(torch.randint(t_range[0], t_range[1], (1,), generator=g))
     return torch.randn(shape, generator=g), torch.randn(shape, generator=g), t
 
 
@@ -118,6 +118,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # n
     out = output_dir(cfg)
     device = _device(cfg.loop.device, d)
     rows = load_rows(cfg.data.catalog, cfg.data.resolution)
+    fields = caption_fields(rows)
     buckets = buckets_for(cfg.data.resolution)
     for note in check_plan(rows, cfg.optim.batch_size * d.world, buckets):
         say(f"warning: {note}")
@@ -247,14 +248,16 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # n
                 row = rows.iloc[i]
                 flip = cfg.data.flip and rng_for("flip", cfg.data.seed, micro_id, slot).random() < 0.5
                 z, (top, left) = cache.get(row.shard, row.key, flip)
-                eps, xi, t = sample_noise(z.shape, cfg.data.seed, micro_id, slot)
+                eps, xi, t = sample_noise(
+                    z.shape, cfg.data.seed, micro_id, slot, (cfg.loss.min_timestep, cfg.loss.max_timestep)
+                )
                 latents.append(z.float())
                 noise.append(eps)
                 perturb.append(xi * cfg.loss.ip_noise_gamma)
                 ts.append(t)
                 texts.append(
                     caption(
-                        row.to_dict(),
+                        fields[i],
                         cfg.data.seed,
                         micro_id,
                         slot,

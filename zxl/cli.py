@@ -153,6 +153,37 @@ def build_parser() -> argparse.ArgumentParser:
                     "or diffusers (4096)")  # fmt: skip
     sa.add_argument("--no-ztsnr", action="store_true", help="--print-sigmas: the plain SDXL schedule instead")
 
+    tr = sub.add_parser(
+        "train",
+        help="fine-tune SDXL on a catalog with the ZTSNR v-prediction recipe",
+        description="Train on a catalog's trainable rows (status ok, repeats > 0): latents cached once, the "
+        "recipe's loss and optimizer, checkpoints, validation grids, a single-file export at the end. Many GPUs: "
+        "accelerate launch --num_processes N -m zxl train …",
+        epilog="examples:\n  zxl train -c configs/train/demo.yaml\n  zxl train -c configs/train/zero-xl.yaml "
+        "--set model.base=ponyDiffusionV6XL.safetensors\n  zxl train -c configs/train/demo.yaml --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(tr)
+    tr.add_argument("--base", help="the base model: single-file .safetensors or diffusers folder (model.base)")
+    tr.add_argument("--catalog", help="the catalog to train on (data.catalog)")
+    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                    help="continue from the latest checkpoint of the output folder (or the one given)")  # fmt: skip
+
+    mg = sub.add_parser(
+        "merge",
+        help="average checkpoints (weights optional) into one model, or export one checkpoint",
+        description="The weighted average (uniform by default) of checkpoints of one run, in fp32 then cast "
+        "(RECIPE.md). Inputs: zxl checkpoint folders or single-file .safetensors. Output: a .safetensors path "
+        "writes a single-file SDXL model (A1111/ComfyUI layout, v_pred/ztsnr markers, .yaml beside it); a "
+        "folder path writes a diffusers folder. With one input this is an export.",
+    )
+    mg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    mg.add_argument("--out", required=True, help="output .safetensors file or diffusers folder")
+    mg.add_argument("--weights", help="comma-separated weights, one per checkpoint (default uniform)")
+    mg.add_argument("--base", help="checkpoint folders only: the base model supplying the VAE and frozen parts "
+                    "(default: the base recorded in the checkpoint)")  # fmt: skip
+    mg.add_argument("--ema", action="store_true", help="take the U-Net from the EMA weights when present")
+
     cat = sub.add_parser("catalog", help="stats, queries, rows and exports of a catalog").add_subparsers(
         dest="catalog_command", metavar="ACTION"
     )
@@ -601,6 +632,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    extra = {}
+    if args.base:
+        extra.setdefault("model", {})["base"] = args.base
+    if args.catalog:
+        extra.setdefault("data", {})["catalog"] = args.catalog
+    cfg = load_config(TrainConfig, args.config, args.overrides, extra)
+    result = train(cfg, resume=args.resume)
+    print(f"trained {result['steps']} steps; checkpoint {result['checkpoint']}; export {result.get('export')}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from trainer.export import merge_and_write
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    out = merge_and_write([Path(p) for p in args.checkpoints], Path(args.out), weights, args.base, args.ema)
+    print(out)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args)).demo
     corpus = _build_demo(cfg)
@@ -626,15 +681,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"curate": cmd_curate, "demo": cmd_demo, "score": cmd_score, "tag": cmd_tag,
-                    "caption": cmd_caption, "catalog": cmd_catalog, "sample": cmd_sample}  # fmt: skip
+                    "caption": cmd_caption, "catalog": cmd_catalog, "sample": cmd_sample,
+                    "train": cmd_train, "merge": cmd_merge}  # fmt: skip
         return commands[args.command](args)
     except ConfigError as e:
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - a failed shard after its retries: say so without a traceback
+    except Exception as e:  # noqa: BLE001 - a failed shard, checkpoint or loss: say so without a traceback
         from pipeline.executor import ShardFailedError
+        from trainer.checkpoint import CheckpointError
 
-        if not isinstance(e, ShardFailedError):
+        if not isinstance(e, ShardFailedError | CheckpointError | FloatingPointError):
             raise
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -255,6 +255,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "+inf"):
             return float("inf")
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
         raise ConfigError(f"config key '{key}' wants a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -1,0 +1,208 @@
+"""The training loop end to end on the tiny SDXL-architecture model and the curated demo catalog:
+resume, kill and resume, NaN steps, a full disk while saving, export, merge, overfitting."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer import checkpoint
+from trainer.config import TrainConfig
+from trainer.train import train
+from zxl.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def catalog(sync_run):
+    cfg, _ = sync_run
+    return Path(cfg.run.runs_dir) / cfg.run.name / "catalog"
+
+
+def config(catalog, tiny_sdxl, out, *overrides) -> TrainConfig:
+    base = [
+        f"model.base={tiny_sdxl}", f"data.catalog={catalog}", "data.resolution=64", "optim.batch_size=2",
+        "optim.grad_accum=2", "optim.precision=fp32", "optim.gradient_checkpointing=false", "optim.warmup_steps=2",
+        "optim.unet_lr=1e-3", "optim.text_encoder_lr=5e-4", "loop.max_steps=4", "loop.save_every=2",
+        "loop.sample_every=0", "loop.log_every=1", f"loop.output={out}", "loop.progress=false",
+    ]  # fmt: skip
+    return load_config(TrainConfig, [], [*base, *overrides])
+
+
+def quiet(*_a, **_k):
+    pass
+
+
+def test_resume_gives_the_same_losses(catalog, tiny_sdxl, tmp_path):
+    straight = train(config(catalog, tiny_sdxl, tmp_path / "a"), log=quiet)
+    assert straight["steps"] == 4 and len(straight["losses"]) == 4
+    half = train(config(catalog, tiny_sdxl, tmp_path / "b", "loop.max_steps=2"), log=quiet)
+    rest = train(config(catalog, tiny_sdxl, tmp_path / "b"), resume=True, log=quiet)
+    assert half["losses"] + rest["losses"] == pytest.approx(straight["losses"], rel=1e-5)
+    a = load_file(Path(straight["checkpoint"]) / "model.safetensors")
+    b = load_file(Path(rest["checkpoint"]) / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    # the run wrote what a user looks at
+    out = tmp_path / "a"
+    assert (out / "log.csv").read_text().splitlines()[0].startswith("step,loss,lr,grad_norm,images_per_s")
+    assert list((out / "tensorboard").iterdir())
+    assert (out / "config.yaml").is_file() and (out / "result.json").is_file()
+    assert [p.name for p in checkpoint.step_dirs(out / "checkpoints")] == ["step-00000002", "step-00000004"]
+    state = torch.load(Path(straight["checkpoint"]) / "state.pt", weights_only=True)
+    assert {"optimizer", "weighting", "weighting_optimizer", "scaler", "lr_schedule", "position"} <= set(state)
+
+
+def test_kill_mid_run_and_resume(catalog, tiny_sdxl, tmp_path):
+    straight = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.max_steps=6"), log=quiet)
+    out = tmp_path / "killed"
+    args = [f"--set={s}" for s in config_overrides(catalog, tiny_sdxl, out, "loop.max_steps=6", "loop.save_every=1")]
+    proc = subprocess.Popen([sys.executable, "-m", "zxl", "train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoints" / "step-00000003").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = checkpoint.step_dirs(out / "checkpoints")
+    assert done, "the run never wrote a checkpoint"
+    for d in done:  # every folder with a final name is whole
+        checkpoint.load(d)
+    resumed = train(config(catalog, tiny_sdxl, out, "loop.max_steps=6", "loop.save_every=1"), resume=True, log=quiet)
+    n = len(resumed["losses"])
+    assert 0 < n < 6
+    assert resumed["losses"] == pytest.approx(straight["losses"][-n:], rel=1e-5)
+
+
+def config_overrides(catalog, tiny_sdxl, out, *extra) -> list[str]:
+    cfg = config(catalog, tiny_sdxl, out, *extra)
+    flat = []
+    for section in ("model", "data", "optim", "loop", "loss"):
+        for k, v in vars(getattr(cfg, section)).items():
+            flat.append(f"{section}.{k}={json.dumps(v) if not isinstance(v, str) else v}")
+    return flat
+
+
+def test_nan_steps_are_skipped_then_stop_the_run(catalog, tiny_sdxl, tmp_path, monkeypatch):
+    import trainer.train as tt
+
+    real = tt.per_sample_loss
+    calls = {"n": 0}
+
+    def once_nan(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(tt, "per_sample_loss", once_nan)
+    result = train(config(catalog, tiny_sdxl, tmp_path / "a"), log=quiet)
+    assert result["nan_steps"] == 1 and result["steps"] == 4
+    monkeypatch.setattr(tt, "per_sample_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(FloatingPointError, match="3 steps in a row had a non-finite loss"):
+        train(config(catalog, tiny_sdxl, tmp_path / "b", "loop.max_nan_steps=3"), log=quiet)
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(catalog, tiny_sdxl, tmp_path, monkeypatch):
+    real = checkpoint.save_file
+    calls = {"n": 0}
+
+    def disk_full_on_second(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full_on_second)
+    out = tmp_path / "a"
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"No space left on device; the previous checkpoint .*step-00000002 is intact"
+    ):
+        train(config(catalog, tiny_sdxl, out), log=quiet)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no temporary left behind
+    checkpoint.load(out / "checkpoints" / "step-00000002")
+
+
+def test_missing_base_model_is_named(catalog, tmp_path):
+    with pytest.raises(ConfigError, match="model.base: .*nope does not exist"):
+        train(config(catalog, tmp_path / "nope", tmp_path / "a"), log=quiet)
+
+
+def test_export_merge_and_load_back(catalog, tiny_sdxl, tmp_path):
+    from sampler.pipeline import SDXL
+    from trainer.export import merge_and_write
+
+    result = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.save_every=1", "loop.keep_last=4"), log=quiet)
+    exported = Path(result["export"])
+    assert exported.suffix == ".safetensors" and exported.with_suffix(".yaml").is_file()
+    sd = load_file(exported)
+    assert "v_pred" in sd and "ztsnr" in sd and any(k.startswith("model.diffusion_model.") for k in sd)
+    trained = checkpoint.split(load_file(Path(result["checkpoint"]) / "model.safetensors"))
+    model = SDXL.load(exported, device="cpu", precision="fp32", config=tiny_sdxl)
+    assert model.v_pred and model.ztsnr
+    for name, t in model.unet.state_dict().items():
+        assert torch.equal(t, trained["unet"][name]), name
+    for name, t in model.text_encoder_2.state_dict().items():
+        assert torch.equal(t, trained["text_encoder_2"][name]), name
+
+    # diffusers reads the exported file too, with the same weights
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_single_file(str(exported), config=str(tiny_sdxl), local_files_only=True)
+    for name, t in pipe.unet.state_dict().items():
+        assert torch.equal(t, trained["unet"][name]), name
+
+    # merge: the mean of the checkpoints, exported as a single file and as a diffusers folder
+    ckpts = checkpoint.step_dirs(tmp_path / "a" / "checkpoints")
+    assert len(ckpts) == 4
+    merged = merge_and_write(ckpts[-3:], tmp_path / "merged.safetensors")
+    parts = [checkpoint.split(load_file(c / "model.safetensors"))["unet"] for c in ckpts[-3:]]
+    m = SDXL.load(merged, device="cpu", precision="fp32", config=tiny_sdxl)
+    for name, t in m.unet.state_dict().items():
+        assert torch.allclose(t, sum(p[name] for p in parts) / 3, atol=1e-6), name
+    weighted = merge_and_write(ckpts[-2:], tmp_path / "w.safetensors", weights=[3, 1])
+    w = load_file(weighted)
+    single_a = load_file(merge_and_write([ckpts[-2]], tmp_path / "a.safetensors"))
+    single_b = load_file(merge_and_write([ckpts[-1]], tmp_path / "b.safetensors"))
+    key = next(k for k in w if k.startswith("model.diffusion_model.") and w[k].numel() > 1)
+    assert torch.allclose(w[key], 0.75 * single_a[key] + 0.25 * single_b[key], atol=1e-6)
+    folder = merge_and_write(ckpts[-1:], tmp_path / "diffusers")
+    back = SDXL.load(folder, device="cpu", precision="fp32")
+    assert back.v_pred and back.ztsnr
+    for name, t in back.unet.state_dict().items():
+        assert torch.equal(t, checkpoint.split(load_file(ckpts[-1] / "model.safetensors"))["unet"][name])
+
+
+def test_a_tiny_model_overfits_eight_images(catalog, tiny_sdxl, tmp_path):
+    """Eight images of one bucket, 120 steps (t in 300..699 so that steps compare): the loss falls by half."""
+    table = pq.read_table(catalog)
+    ok = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.greater(table["repeats"], 0)))
+    bucket = Counter(ok["bucket"].to_pylist()).most_common(1)[0][0]
+    eight = ok.filter(pc.equal(ok["bucket"], bucket)).slice(0, 8)
+    assert eight.num_rows == 8
+    small = catalog.parent / "catalog-eight"
+    shutil.rmtree(small, ignore_errors=True)
+    small.mkdir()
+    ones = pa.array([1] * 8, pa.int16())
+    pq.write_table(eight.set_column(eight.schema.get_field_index("repeats"), eight.schema.field("repeats"), ones),
+                   small / "part-00000.parquet")  # fmt: skip
+    shutil.copy(catalog / "_manifest.json", small / "_manifest.json")
+    cfg = config(small, tiny_sdxl, tmp_path / "a", "loop.max_steps=120", "loop.save_every=1000", "optim.batch_size=4",
+                 "optim.grad_accum=1", "loss.ip_noise_gamma=0", "data.caption_dropout=0", "optim.warmup_steps=5",
+                 "optim.unet_lr=3e-3", "loss.min_timestep=300", "loss.max_timestep=700")  # fmt: skip
+    losses = train(cfg, log=quiet)["losses"]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first / 2, (first, last)
