@@ -10,13 +10,14 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate browse browser sample test bench bench-gpu lint format lock clean help
+.PHONY: install curate browse browser train sample test bench bench-gpu lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
 	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
 	@echo "make browse     the catalog browser on http://127.0.0.1:8765 (CATALOG=runs/demo/catalog)"
-	@echo "make sample     a validation grid (MODEL=diffusers SDXL folder; a tiny random model without)"
+	@echo "make train      train on the demo catalog (a tiny SDXL on the CPU); real: CONFIG=configs/train/zero-xl.yaml BASE=model.safetensors"
+	@echo "make sample     a validation grid (MODEL=.safetensors or diffusers folder; the demo checkpoint without)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
 	@echo "make bench      CPU benchmarks: a markdown table and JSON under bench/results/"
 	@echo "make bench-gpu  GPU benchmarks on a CUDA machine (CLIP scoring, WD, SDXL sampling): JSON under bench/results/"
@@ -40,15 +41,27 @@ browse: $(STAMP)
 	test -f $(CATALOG)/_manifest.json || $(MAKE) curate
 	$(BIN)/zxl catalog browse $(CATALOG) $(ARGS)
 
-# A validation grid: from MODEL when given, else (until the trainer lands) a tiny random
-# SDXL-architecture model built here, with small sizes so it runs on a CPU in seconds.
+# Training: the demo trains the tiny SDXL-architecture model (random weights, built here) on the
+# demo catalog; CONFIG=configs/train/zero-xl.yaml BASE=… trains the recipe on a real base model.
+BASE ?=
+TINY := .cache/tiny-sdxl
+DEMO_EXPORT := runs/demo/train/export/demo-step-00000100.safetensors
+train: CONFIG = configs/train/demo.yaml
+train: $(STAMP)
+	@if [ "$(CONFIG)" = configs/train/demo.yaml ]; then \
+	  test -f $(CATALOG)/_manifest.json || $(MAKE) curate; \
+	  $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_tiny_sdxl; \
+	    p = Path('$(TINY)'); (p / 'model_index.json').exists() or build_tiny_sdxl(p)"; fi
+	$(BIN)/zxl train -c $(CONFIG) $(if $(BASE),--base $(BASE)) $(ARGS)
+
+# A validation grid: from MODEL when given, else from the demo checkpoint (trained first if missing).
 MODEL ?=
 PROMPTS ?= configs/sample/validation.txt
 sample: $(STAMP)
 	@if [ -z "$(MODEL)" ]; then \
-	  $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_tiny_sdxl; p = Path('.cache/tiny-sdxl'); (p / 'model_index.json').exists() or build_tiny_sdxl(p)"; \
-	  $(BIN)/zxl sample --model .cache/tiny-sdxl --prompts configs/sample/tiny.txt --x cfg=3,4,5 --y prompt \
-	    --out runs/samples/tiny $(ARGS); \
+	  test -f $(DEMO_EXPORT) || $(MAKE) train; \
+	  $(BIN)/zxl sample --model $(DEMO_EXPORT) --model-config $(TINY) --prompts configs/sample/tiny.txt \
+	    --x cfg=3,4,5 --y prompt --out runs/samples/demo $(ARGS); \
 	else $(BIN)/zxl sample --model $(MODEL) --prompts $(PROMPTS) --x cfg=3,4,5 --y prompt $(ARGS); fi
 
 # The browser tests drive Debian's chromium through Playwright; installed here, not by hand.

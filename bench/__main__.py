@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import catalog, fetch, sampling, scoring, tagging
+from bench import catalog, fetch, sampling, scoring, tagging, training
 
 ENTRIES = {
     "fetch": fetch.run,
@@ -27,6 +27,7 @@ ENTRIES = {
     "wd": tagging.wd,
     "catalog": catalog.run,
     "sampling": sampling.run,
+    "training": training.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -73,6 +73,7 @@ class LoopConfig:
     log_every: int = 10
     max_nan_steps: int = 10  # a non-finite loss skips the step; this many in a row stops the run
     device: str = "auto"
+    cpu_threads: int = 0  # torch threads when training on the CPU; 0 = torch's default (one per core)
     progress: bool = True
 
 

@@ -117,6 +117,8 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # n
     say = log if d.main else (lambda *a, **k: None)
     out = output_dir(cfg)
     device = _device(cfg.loop.device, d)
+    if device.type == "cpu" and cfg.loop.cpu_threads:
+        torch.set_num_threads(cfg.loop.cpu_threads)
     rows = load_rows(cfg.data.catalog, cfg.data.resolution)
     fields = caption_fields(rows)
     buckets = buckets_for(cfg.data.resolution)
