@@ -15,6 +15,9 @@ is one function and one line):
   alone on a batch already on the device — the ceiling. Target: 2,000 images/s on an H100.
 - ``wd``: the WD tagger (``taggers.wd``) on a real model given by ``ZXL_BENCH_WD_MODEL`` (a folder
   with model.onnx and selected_tags.csv); skipped, with a note, without one.
+- ``train``: the SDXL U-Net training step at 1024×1024, batch 4, images/s and peak memory, fp16 and
+  bf16, gradient checkpointing on and off: ``trainer.train`` against a plain diffusers loop with the
+  same U-Net and Adafactor.
 - ``sdxl``: seconds per 1024×1024 image, 28 Euler steps with CFG, prompt encoding and VAE decode
   included: ``sampler.pipeline.generate`` against diffusers' ``StableDiffusionXLPipeline`` on the
   same random-weight full-size SDXL in fp16, both calling the same U-Net object.
@@ -423,7 +426,72 @@ def sdxl(setup: Setup) -> list[dict]:
     ]  # fmt: skip
 
 
-ENTRIES: dict[str, Callable[[Setup], list[dict]]] = {"clip": clip, "wd": wd, "sdxl": sdxl}
+def train_step(setup: Setup) -> list[dict]:
+    """The SDXL U-Net training step at 1024×1024, batch 4: ours (``trainer.train`` on a synthetic
+    one-bucket catalog: cached latents, captions encoded each step by the frozen text encoders,
+    pseudo-Huber + adaptive weighting, Adafactor) against the plain diffusers loop of
+    bench/training.py (embeddings precomputed, MSE, the same Adafactor), on one random-weight
+    U-Net with fp32 master weights; fp16 (gradient scaler) and bf16, gradient checkpointing on and
+    off. images/s over the steps after the warm-up, and peak memory."""
+    from bench.training import plain_loop, steady_rate, synthetic_catalog
+    from trainer.config import TrainConfig
+    from trainer.train import train
+    from zxl.config import load_config
+
+    side, batch, warm, steps = (64, 2, 1, 2) if setup.tiny else (1024, 4, 3, 8)
+    ours_model, _, source, params = build_sdxl(setup)
+    for m in (ours_model.unet, ours_model.text_encoder, ours_model.text_encoder_2):
+        m.float()  # fp32 master weights; autocast does the rest
+    ours_model.dtype = torch.float32
+    catalog = synthetic_catalog(setup.work / "train-run", 4 * batch, side)
+    out = []
+    for precision in ("fp16", "bf16"):
+        for checkpointing in (True, False):
+            if setup.device.type == "cpu" and precision == "fp16":
+                continue  # fp16 autocast with a gradient scaler is a GPU set-up
+            overrides = [
+                f"data.catalog={catalog}", f"data.resolution={side}", f"optim.batch_size={batch}", "optim.grad_accum=1",
+                f"optim.precision={precision}", f"optim.gradient_checkpointing={str(checkpointing).lower()}",
+                "optim.text_encoder_lr=0", "optim.warmup_steps=0", f"loop.max_steps={warm + steps}",
+                "loop.save_every=0", "loop.sample_every=0", "loop.log_every=1", "loop.progress=false",
+                f"loop.output={setup.work / 'train-out'}", f"loop.device={setup.device}",
+            ]  # fmt: skip
+            cfg = load_config(TrainConfig, [], overrides)
+            setup.sync()
+            result = train(cfg, log=lambda *a: None, model=ours_model)
+            ours = steady_rate(result["log"], batch, warm)
+            ours_peak = result["log"][-1]["peak_memory_gb"] if setup.device.type == "cuda" else None
+            unet = ours_model.unet
+            unet.enable_gradient_checkpointing() if checkpointing else unet.disable_gradient_checkpointing()
+            cache = next((setup.work / "train-run" / "latents").iterdir())
+            from safetensors import safe_open
+
+            with safe_open(next(cache.glob("*.safetensors")), "pt") as f:
+                latents = torch.stack([f.get_tensor(k).float() for k in f.keys()])
+            if setup.device.type == "cuda":
+                torch.cuda.empty_cache()
+            setup.reset_peak()
+            theirs = plain_loop(unet, ours_model.text_encoder, ours_model.text_encoder_2, ours_model.tokenizer,
+                                latents, steps, batch, optimizer="adafactor", precision=precision, warmup=warm,
+                                sync=setup.sync)  # fmt: skip
+            theirs_peak = setup.peak_gib()
+            log(f"  train {side}px b{batch} {precision} ckpt={checkpointing}: ours {ours:.2f} img/s, "
+                f"diffusers {theirs:.2f} img/s; peak {ours_peak} vs {theirs_peak} GiB")  # fmt: skip
+            out.append({
+                "name": f"SDXL U-Net training step {side}×{side}, batch {batch}, {precision}, gradient checkpointing "
+                        f"{'on' if checkpointing else 'off'}, Adafactor, text encoders frozen ({setup.device.type}; "
+                        f"{'tiny' if setup.tiny else 'full-size'} random weights)",
+                "ours": ours, "baseline": theirs, "baseline_name": "plain diffusers loop, same U-Net and optimizer",
+                "unit": "images/s", "ratio": ours / theirs, "target": "≥ 1.0 (ratio), less memory",
+                "met": ours >= theirs, "peak_gib": {"ours": ours_peak, "baseline": theirs_peak},
+                "configs": source, "unet_parameters": params,
+            })  # fmt: skip
+            if setup.device.type == "cuda":
+                torch.cuda.empty_cache()
+    return out
+
+
+ENTRIES: dict[str, Callable[[Setup], list[dict]]] = {"clip": clip, "wd": wd, "sdxl": sdxl, "train": train_step}
 
 
 def _environment(device: torch.device) -> dict:

@@ -60,44 +60,82 @@ def synthetic_catalog(run_dir: Path, n: int, side: int) -> Path:
     return run_dir / "catalog"
 
 
-def diffusers_loop(folder: Path, latents: torch.Tensor, steps: int, batch: int) -> float:
-    """images/s of the plain loop (diffusers' SDXL fine-tuning example, v-prediction, ZTSNR)."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def plain_loop(unet, te1, te2, tok, latents: torch.Tensor, steps: int, batch: int, optimizer: str = "adamw",
+               precision: str = "fp32", warmup: int = 0, sync=lambda: None) -> float:  # fmt: skip
+    """images/s of the plain loop (diffusers' SDXL fine-tuning example, v-prediction, ZTSNR) over
+    ``steps`` timed steps after ``warmup`` untimed ones: prompt embeddings computed once, then noise,
+    v target, U-Net, MSE, clipping, the optimizer; fp16 with a gradient scaler, or bf16 autocast."""
+    from diffusers import DDPMScheduler
 
-    from sampler.tokenizer import clip_tokenizer
-
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet").train()
-    te1 = CLIPTextModel.from_pretrained(folder / "text_encoder")
-    te2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")
-    tok = clip_tokenizer(folder.parent / (folder.name + "-tokenizer"))
+    device = next(unet.parameters()).device
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                           rescale_betas_zero_snr=True, prediction_type="v_prediction")  # fmt: skip
     with torch.no_grad():  # the example precomputes prompt embeddings
         ids = tok(["score_9, rating:general, year 2020, 1girl, smile, outdoors"] * batch, padding="max_length",
-                  max_length=77, truncation=True, return_tensors="pt").input_ids  # fmt: skip
+                  max_length=77, truncation=True, return_tensors="pt").input_ids.to(device)  # fmt: skip
         o1, o2 = te1(ids, output_hidden_states=True), te2(ids, output_hidden_states=True)
-        emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1)
-        pooled = o2.text_embeds
+        emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], dim=-1).float()
+        pooled = o2.text_embeds.float()
     h, w = latents.shape[-2:]
-    time_ids = torch.tensor([[h * 2, w * 2, 0, 0, h * 2, w * 2]] * batch, dtype=torch.float32)
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=1e-2)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        x0 = latents[(torch.arange(batch) + s * batch) % len(latents)]
+    time_ids = torch.tensor([[h * 8, w * 8, 0, 0, h * 8, w * 8]] * batch, dtype=torch.float32, device=device)
+    if optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        opt = Adafactor(unet.parameters(), lr=1e-5, relative_step=False, scale_parameter=False, warmup_init=False)
+    else:
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, weight_decay=1e-2)
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    acs = sched.alphas_cumprod.to(device)
+    sched.alphas_cumprod = acs
+    latents = latents.to(device)
+    unet.train()
+
+    def step(s):
+        x0 = latents[(torch.arange(batch, device=device) + s * batch) % len(latents)]
         noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch,))
+        t = torch.randint(0, 1000, (batch,), device=device)
         noisy = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
-        pred = unet(
-            noisy, t, encoder_hidden_states=emb, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
-        ).sample
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            cond = {"text_embeds": pooled, "time_ids": time_ids}
+            pred = unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs=cond).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
+
+    for s in range(warmup):
+        step(s)
+    sync()
+    t0 = time.perf_counter()
+    for s in range(steps):
+        step(warmup + s)
+    sync()
     return steps * batch / (time.perf_counter() - t0)
+
+
+def steady_rate(log_rows: list[dict], batch: int, skip: int) -> float:
+    """images/s between step ``skip`` and the last, from the loop's cumulative images/s per step."""
+    a, b = log_rows[skip - 1], log_rows[-1]
+    elapsed = [r["step"] * batch / r["images_per_s"] for r in (a, b)]
+    return (b["step"] - a["step"]) * batch / (elapsed[1] - elapsed[0])
+
+
+def _folder_loop(folder: Path, latents: torch.Tensor, steps: int, batch: int) -> float:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from sampler.tokenizer import clip_tokenizer
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    te1 = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    te2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")
+    tok = clip_tokenizer(folder.parent / (folder.name + "-tokenizer"))
+    return plain_loop(unet, te1, te2, tok, latents, steps, batch)
 
 
 def _run(quick: bool) -> dict:
@@ -127,7 +165,7 @@ def _run(quick: bool) -> dict:
             cache = next((d / "run" / "latents").iterdir()) / "00000.safetensors"
             with safe_open(cache, "pt") as f:
                 latents = torch.stack([f.get_tensor(k).float() for k in f.keys()])
-            theirs.append(diffusers_loop(folder, latents, steps, batch))
+            theirs.append(_folder_loop(folder, latents, steps, batch))
     o, t = max(ours), max(theirs)
     return {
         "name": f"SDXL training, tiny model, {res}px, batch {batch}, AdamW, CPU, 1 thread ({steps} steps)",

@@ -23,7 +23,7 @@ def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path):
     assert json.loads(written.read_text()) == report
     assert report["tiny"] is True and report["machine"]["device"] == "cpu"
     assert {"torch", "diffusers", "open_clip_torch"} <= set(report["versions"])
-    assert set(report["seconds"]) == {"clip", "wd", "sdxl", "total"}
+    assert set(report["seconds"]) == {"clip", "wd", "sdxl", "train", "total"}
     entries = report["entries"]
     names = [e["name"] for e in entries]
     assert [n.split(",")[1].strip().split(" (")[0] for n in names[:3]] == [
@@ -36,6 +36,10 @@ def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path):
     sdxl = entries[4]
     assert sdxl["baseline_name"].startswith("diffusers StableDiffusionXLPipeline")
     assert sdxl["configs"].startswith("tiny") and sdxl["met"] in (True, False)
+    train = entries[5:]  # bf16 with gradient checkpointing on and off (fp16 + scaler is for a GPU)
+    assert [e["name"].split(", ")[2:4] for e in train] == [["bf16", "gradient checkpointing on"],
+                                                          ["bf16", "gradient checkpointing off"]]  # fmt: skip
+    assert all(e["baseline_name"].startswith("plain diffusers loop") and e["unit"] == "images/s" for e in train)
 
 
 def test_bench_gpu_refuses_to_run_full_size_without_cuda(tmp_path):

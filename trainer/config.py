@@ -65,7 +65,7 @@ class OptimConfig:
 class LoopConfig:
     output: str = ""  # empty = <run dir of the catalog>/train
     max_steps: int = 10_000  # optimizer steps
-    save_every: int = 500
+    save_every: int = 500  # and at the last step; 0 = no checkpoints (benchmarks)
     keep_last: int = 3  # checkpoints kept; older ones are removed after a new one is safely written
     sample_every: int = 500  # 0 = no validation grids
     prompts: str = "configs/sample/validation.txt"  # kohya prompt file for the validation grids

@@ -109,7 +109,9 @@ class Logger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # noqa: C901 - the loop reads top to bottom
+def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -> dict:  # noqa: C901 - the loop reads top to bottom
+    """Train as ``cfg`` says; ``model`` is an already built ``sampler.pipeline.SDXL`` with fp32 weights
+    (the GPU benchmark's random full-size model) instead of loading ``model.base``."""
     validate(cfg)
     from sampler.pipeline import SDXL
 
@@ -124,12 +126,13 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # n
     buckets = buckets_for(cfg.data.resolution)
     for note in check_plan(rows, cfg.optim.batch_size * d.world, buckets):
         say(f"warning: {note}")
-    if not cfg.model.base:
+    if model is None and not cfg.model.base:
         raise ConfigError("model.base: give the base model (a single-file SDXL .safetensors or a diffusers folder)")
-    if not Path(cfg.model.base).exists():
+    if model is None and not Path(cfg.model.base).exists():
         raise ConfigError(f"model.base: {cfg.model.base} does not exist (a single-file SDXL .safetensors or a "
                           "diffusers folder; nothing is downloaded)")  # fmt: skip
-    model = SDXL.load(cfg.model.base, device=str(device), precision="fp32", config=cfg.model.config or None)
+    if model is None:
+        model = SDXL.load(cfg.model.base, device=str(device), precision="fp32", config=cfg.model.config or None)
     model.v_pred, model.ztsnr = cfg.model.v_pred, cfg.model.ztsnr
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +344,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # n
             window = []
             logger.log(pos["step"], values)
             logger.curve(pos["step"], weighting.curve())
-        if pos["step"] % cfg.loop.save_every == 0 or pos["step"] == cfg.loop.max_steps:
+        if cfg.loop.save_every and (pos["step"] % cfg.loop.save_every == 0 or pos["step"] == cfg.loop.max_steps):
             last_ckpt = save_checkpoint()
         if cfg.loop.sample_every and (pos["step"] % cfg.loop.sample_every == 0 or pos["step"] == cfg.loop.max_steps):
             if d.main:
@@ -352,7 +355,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print) -> dict:  # n
     result = {"steps": pos["step"], "epoch": pos["epoch"], "losses": [r["loss"] for r in logger.rows],
               "log": logger.rows, "checkpoint": str(last_ckpt) if last_ckpt else None, "output": str(out),
               "nan_steps": pos["nan_total"], "latents": stats}  # fmt: skip
-    if d.main and last_ckpt:
+    if d.main and last_ckpt and cfg.model.base:
         from trainer.export import export
 
         name = f"{cfg.name}-step-{pos['step']:08d}.safetensors"
