@@ -285,37 +285,6 @@ def wd(setup: Setup) -> list[dict]:
 
 # --------------------------------------------------------------------------- sdxl
 
-# stabilityai/stable-diffusion-xl-base-1.0's component configs (diffusers 0.19 layout), used until
-# sampler/configs/sdxl/<component>/config.json is there; defaults are left out.
-SDXL_BASE = {
-    "unet": {
-        "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
-        "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-        "center_input_sample": False, "cross_attention_dim": 2048,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-        "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
-        "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
-        "transformer_layers_per_block": [1, 2, 10],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "use_linear_projection": True,
-    },
-    "vae": {
-        "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "force_upcast": True, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
-        "out_channels": 3, "sample_size": 1024, "scaling_factor": 0.13025, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    },
-    "text_encoder": {
-        "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 77,
-        "num_attention_heads": 12, "num_hidden_layers": 12, "projection_dim": 768, "vocab_size": 49408,
-        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
-    },
-    "text_encoder_2": {
-        "hidden_act": "gelu", "hidden_size": 1280, "intermediate_size": 5120, "max_position_embeddings": 77,
-        "num_attention_heads": 20, "num_hidden_layers": 32, "projection_dim": 1280, "vocab_size": 49408,
-        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
-    },
-}  # fmt: skip
-
 SDXL_TINY = {  # zxl.testing.build_tiny_sdxl's shapes
     "unet": {
         "sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64], "layers_per_block": 1,
@@ -337,13 +306,12 @@ SDXL_TINY["text_encoder_2"] = SDXL_TINY["text_encoder"]
 
 
 def sdxl_configs(tiny: bool) -> tuple[dict, str]:
-    """The four component configs, and where they came from."""
+    """The four component configs (stable-diffusion-xl-base-1.0's, as the sampler ships them), and
+    where they came from."""
     if tiny:
         return SDXL_TINY, "tiny (zxl.testing's shapes)"
-    files = {part: SDXL_CONFIGS / part / "config.json" for part in SDXL_BASE}
-    if all(f.is_file() for f in files.values()):
-        return {part: json.loads(f.read_text()) for part, f in files.items()}, str(SDXL_CONFIGS)
-    return SDXL_BASE, "inline stable-diffusion-xl-base-1.0 values (bench/gpu.py SDXL_BASE)"
+    configs = {part: json.loads((SDXL_CONFIGS / part / "config.json").read_text()) for part in SDXL_TINY}
+    return configs, "sampler/configs/sdxl (stable-diffusion-xl-base-1.0)"
 
 
 def build_sdxl(setup: Setup):
