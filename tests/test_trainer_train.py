@@ -3,6 +3,7 @@ resume, kill and resume, NaN steps, a full disk while saving, export, merge, ove
 
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -233,3 +234,31 @@ def test_two_process_data_parallel_equals_one_process_with_the_doubled_batch(cat
     # get is rounding noise, which Adafactor's normalisation turns into lr-sized steps either way
     noise_only = [k for k in a if k.endswith("k_proj.bias")]
     assert max((a[k] - b[k]).abs().max().item() for k in a if k not in noise_only) < 1e-5
+
+
+def test_precision_checkpointing_ema_and_loss_options(catalog, tiny_sdxl, tmp_path):
+    from trainer.export import export
+
+    plain = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.max_steps=2"), log=quiet)
+    ckpt = train(config(catalog, tiny_sdxl, tmp_path / "b", "loop.max_steps=2", "optim.gradient_checkpointing=true"),
+                 log=quiet)  # fmt: skip
+    assert ckpt["losses"] == pytest.approx(plain["losses"], rel=1e-5)  # recomputation changes nothing
+    for precision in ("bf16", "fp16"):
+        r = train(config(catalog, tiny_sdxl, tmp_path / precision, "loop.max_steps=2", f"optim.precision={precision}"),
+                  log=quiet)  # fmt: skip
+        assert r["steps"] == 2 and all(math.isfinite(x) for x in r["losses"]) and r["nan_steps"] == 0
+    for extra in (["loss.loss=l2"], ["loss.huber_schedule=exponential"], ["loss.adaptive_weighting=false"],
+                  ["data.flip=true"], ["optim.optimizer=adamw", "optim.text_encoder_lr=0"]):  # fmt: skip
+        r = train(
+            config(catalog, tiny_sdxl, tmp_path / extra[0].replace("=", "-"), "loop.max_steps=1", *extra), log=quiet
+        )
+        assert r["steps"] == 1 and math.isfinite(r["losses"][0]), extra
+    ema = train(config(catalog, tiny_sdxl, tmp_path / "ema", "loop.max_steps=2", "optim.ema_decay=0.5"), log=quiet)
+    weights = load_file(Path(ema["checkpoint"]) / "model.safetensors")
+    name = "conv_in.weight"
+    assert not torch.equal(weights[f"ema.unet.{name}"], weights[f"unet.{name}"])
+    out = export(Path(ema["checkpoint"]), tmp_path / "ema.safetensors", str(tiny_sdxl), "", ema=True)
+    from sampler.pipeline import SDXL
+
+    model = SDXL.load(out, device="cpu", precision="fp32", config=tiny_sdxl)
+    assert torch.equal(model.unet.state_dict()[name], weights[f"ema.unet.{name}"])

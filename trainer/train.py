@@ -155,9 +155,8 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
         enc.train(train_te).requires_grad_(train_te)
     if cfg.optim.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if train_te:
-            te1.gradient_checkpointing_enable()
-            te2.gradient_checkpointing_enable()
+        for enc in (te1, te2) if train_te else ():  # transformers 5 renamed it
+            (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
     groups = [{"params": list(unet.parameters()), "lr": cfg.optim.unet_lr}]
     if train_te:
         groups.append({"params": list(te1.parameters()) + list(te2.parameters()), "lr": cfg.optim.text_encoder_lr})
