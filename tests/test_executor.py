@@ -68,20 +68,20 @@ def test_resource_and_storage_mistakes_are_config_errors(overrides, key):
 
 
 def test_local_cluster_with_a_gpu_worker_gives_the_sync_catalog(sync_models, urls_file, models, tmp_path):
-    """Three worker processes, worker 0 offering GPU=1: score and tag run there and only there, fetch
-    spreads over the others, and the catalog is the in-process one, value for value."""
+    """Two worker processes, worker 0 offering GPU=1: score and tag run there and only there, fetch
+    on both, and the catalog is the in-process one, value for value."""
     cfg = make_config(
-        tmp_path, "gpu", urls_file, *models, "run.scheduler=local", "run.workers=3",
+        tmp_path, "gpu", urls_file, *models, "run.scheduler=local", "run.workers=2",
         "run.worker_resources=[{GPU: 1}]", "run.model_resources={GPU: 1}",
     )  # fmt: skip
     res = curate(cfg, log=lambda *_: None)
-    assert res.executor == "LocalCluster with 3 workers (1 offering GPU=1)"
+    assert res.executor == "LocalCluster with 2 workers (1 offering GPU=1)"
     gpu = [addr for addr, offered in res.workers.items() if offered.get("GPU")]
-    assert len(gpu) == 1 and len(res.workers) == 3
+    assert len(gpu) == 1 and len(res.workers) == 2
     stages = res.stage_stats
     assert stages["score"]["workers"] == gpu and stages["tag"]["workers"] == gpu
     assert stages["score"]["shards_run"] == stages["tag"]["shards_run"] == 4
-    assert set(stages["fetch"]["workers"]) - set(gpu), stages["fetch"]  # CPU stages use the other workers
+    assert set(stages["fetch"]["workers"]) - set(gpu), stages["fetch"]  # CPU stages use the other worker too
     assert res.manifest["stages"]["score"]["workers"] == gpu
     assert_same_catalog(res.catalog_dir, sync_models.catalog_dir)
 
