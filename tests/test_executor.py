@@ -108,3 +108,40 @@ def test_a_dask_worker_with_resources_joins_a_cluster_by_address(sync_models, ur
     assert len(gpu) == 1 and res.executor == f"cluster at {addr} with 2 workers (1 offering GPU=1)"
     assert res.stage_stats["score"]["workers"] == gpu == res.stage_stats["tag"]["workers"]
     assert_same_catalog(res.catalog_dir, sync_models.catalog_dir)
+
+
+def _can_hide_folders(tmp_path) -> bool:
+    """Whether this machine lets a process mount over a folder in its own mount namespace (root)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        cmd = ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none {probe}"]
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_a_worker_that_cannot_see_the_run_folder_stops_the_run(urls_file, tmp_path):
+    """A worker on other storage (here: its own empty mount over the runs folder) is named, before any task."""
+    from dask.distributed import Client, LocalCluster
+
+    if not _can_hide_folders(tmp_path):
+        pytest.skip("needs unshare -m and mount (root) to give one worker its own view of the runs folder")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        blind = f"mount -t tmpfs none {runs} && exec {DASK} worker {addr} --nthreads 1 --name blind --no-dashboard"
+        worker = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", blind], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            with Client(addr) as client:
+                client.wait_for_workers(2, timeout=60)
+            cfg = make_config(runs, "blind", urls_file, f"run.scheduler={addr}")
+            with pytest.raises(ConfigError, match=r"run.runs_dir: 1 of 2 workers cannot see the run folder"):
+                curate(cfg, log=lambda *_: None)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert not (runs / "blind" / "stages" / "fetch").exists()  # stopped before the first task
