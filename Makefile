@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate browse browser train sample test bench bench-gpu lint format lock clean help
+.PHONY: install curate browse browser train sample grid test bench bench-gpu lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
@@ -63,6 +63,8 @@ sample: $(STAMP)
 	  $(BIN)/zxl sample --model $(DEMO_EXPORT) --model-config $(TINY) --prompts configs/sample/tiny.txt \
 	    --x cfg=3,4,5 --y prompt --out runs/samples/demo $(ARGS); \
 	else $(BIN)/zxl sample --model $(MODEL) --prompts $(PROMPTS) --x cfg=3,4,5 --y prompt $(ARGS); fi
+
+grid: sample
 
 # The browser tests drive Debian's chromium through Playwright; installed here, not by hand.
 browser:
