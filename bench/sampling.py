@@ -11,17 +11,11 @@ from pathlib import Path
 
 import torch
 
+from bench import one_torch_thread
 
+
+@one_torch_thread
 def run(quick: bool = False) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(quick: bool) -> dict:
     from diffusers import StableDiffusionXLPipeline
 
     from sampler.pipeline import SDXL, generate

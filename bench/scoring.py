@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench import one_torch_thread
 from zxl.config import DedupConfig, ScoreConfig
 from zxl.demo_corpus import build_corpus
 
@@ -60,21 +61,9 @@ def technical(quick: bool = False) -> dict:
     }
 
 
+@one_torch_thread
 def clip_batched(quick: bool = False) -> dict:
     """clip-mlp with ViT-B-32 (random weights) on the CPU: batches of 32 against one image at a time."""
-    import torch
-
-    threads = torch.get_num_threads()
-    # One torch thread, as on a Dask worker (OMP_NUM_THREADS=1 there); on a small shared machine a
-    # second thread also makes each call wait on a busy core (10x slower, measured under load).
-    torch.set_num_threads(1)
-    try:
-        return _clip_batched(quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _clip_batched(quick: bool) -> dict:
     import torch
 
     from scorers.clip_mlp import ClipMlpScorer

@@ -21,14 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def run(quick: bool = False) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
+from bench import one_torch_thread
 
 
 def synthetic_catalog(run_dir: Path, n: int, side: int) -> Path:
@@ -138,7 +131,8 @@ def _folder_loop(folder: Path, latents: torch.Tensor, steps: int, batch: int) ->
     return plain_loop(unet, te1, te2, tok, latents, steps, batch)
 
 
-def _run(quick: bool) -> dict:
+@one_torch_thread
+def run(quick: bool = False) -> dict:
     from safetensors import safe_open
 
     from trainer.config import TrainConfig

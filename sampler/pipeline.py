@@ -108,8 +108,9 @@ class SDXL:
             ztsnr = v_pred and bool(sched.get("rescale_betas_zero_snr", False))
         return parts, v_pred, ztsnr, (path.stem, file_hash(path))
 
-    @torch.no_grad()
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_with_grad(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL conditioning: both encoders' penultimate hidden states concatenated, and the second
+        encoder's pooled projection (RECIPE.md "SDXL conditioning"); the trainer calls this directly."""
         hidden, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -119,6 +120,10 @@ class SDXL:
             if enc is self.text_encoder_2:
                 pooled = out.text_embeds
         return torch.cat(hidden, dim=-1), pooled
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_with_grad(texts)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -34,20 +34,6 @@ def output_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.loop.output) if cfg.loop.output else Path(cfg.data.catalog).resolve().parent / "train"
 
 
-def encode_text(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL conditioning with gradients: penultimate hidden states of both encoders, concatenated,
-    and the second encoder's pooled projection (RECIPE.md "SDXL conditioning")."""
-    hidden, pooled = [], None
-    for tok, enc in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(model.device)  # fmt: skip
-        out = enc(ids, output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        if enc is model.text_encoder_2:
-            pooled = out.text_embeds
-    return torch.cat(hidden, dim=-1), pooled
-
-
 def sample_noise(shape, seed: int, micro: int, slot: int, t_range=(0, 1000)) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(ε, ξ, t) of one sample: drawn on the CPU from a generator keyed by (seed, micro-step, slot)."""
     digest = hashlib.sha256(repr(("noise", seed, micro, slot)).encode()).digest()
@@ -284,7 +270,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
             )
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 with torch.set_grad_enabled(train_te):
-                    emb, pooled = encode_text(model, texts)
+                    emb, pooled = model.encode_with_grad(texts)
                 ids = torch.tensor(time_ids, device=device, dtype=emb.dtype)
                 cond = {"text_embeds": pooled, "time_ids": ids}
                 pred = unet(x_t, t, encoder_hidden_states=emb, added_cond_kwargs=cond).sample
