@@ -425,8 +425,17 @@ def train_step(setup: Setup) -> list[dict]:
                 f"loop.output={setup.work / 'train-out'}", f"loop.device={setup.device}",
             ]  # fmt: skip
             cfg = load_config(TrainConfig, [], overrides)
+            label = f"SDXL U-Net training step {side}×{side}, batch {batch}, {precision}, gradient checkpointing " \
+                    f"{'on' if checkpointing else 'off'}"  # fmt: skip
             setup.sync()
-            result = train(cfg, log=lambda *a: None, model=ours_model)
+            try:
+                result = train(cfg, log=lambda *a: None, model=ours_model)
+            except torch.cuda.OutOfMemoryError as e:  # checkpointing off at 1024 px may not fit: say so, go on
+                log(f"  {label}: out of memory")
+                out.append({"name": label, "error": f"out of memory: {str(e).splitlines()[0]}"})
+                ours_model.unet.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                continue
             ours = steady_rate(result["log"], batch, warm)
             ours_peak = result["log"][-1]["peak_memory_gb"] if setup.device.type == "cuda" else None
             unet = ours_model.unet
@@ -439,15 +448,19 @@ def train_step(setup: Setup) -> list[dict]:
             if setup.device.type == "cuda":
                 torch.cuda.empty_cache()
             setup.reset_peak()
-            theirs = plain_loop(unet, ours_model.text_encoder, ours_model.text_encoder_2, ours_model.tokenizer,
-                                latents, steps, batch, optimizer="adafactor", precision=precision, warmup=warm,
-                                sync=setup.sync)  # fmt: skip
-            theirs_peak = setup.peak_gib()
+            try:
+                theirs = plain_loop(unet, ours_model.text_encoder, ours_model.text_encoder_2, ours_model.tokenizer,
+                                    latents, steps, batch, optimizer="adafactor", precision=precision, warmup=warm,
+                                    sync=setup.sync)  # fmt: skip
+                theirs_peak = setup.peak_gib()
+            except torch.cuda.OutOfMemoryError:
+                theirs, theirs_peak = float("nan"), "out of memory"
+                unet.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
             log(f"  train {side}px b{batch} {precision} ckpt={checkpointing}: ours {ours:.2f} img/s, "
                 f"diffusers {theirs:.2f} img/s; peak {ours_peak} vs {theirs_peak} GiB")  # fmt: skip
             out.append({
-                "name": f"SDXL U-Net training step {side}×{side}, batch {batch}, {precision}, gradient checkpointing "
-                        f"{'on' if checkpointing else 'off'}, Adafactor, text encoders frozen ({setup.device.type}; "
+                "name": f"{label}, Adafactor, text encoders frozen ({setup.device.type}; "
                         f"{'tiny' if setup.tiny else 'full-size'} random weights)",
                 "ours": ours, "baseline": theirs, "baseline_name": "plain diffusers loop, same U-Net and optimizer",
                 "unit": "images/s", "ratio": ours / theirs, "target": "≥ 1.0 (ratio), less memory",
@@ -499,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.names or ENTRIES:
             log(f"== {name}")
             t0 = time.perf_counter()
-            entries.extend(ENTRIES[name](setup))
+            try:
+                entries.extend(ENTRIES[name](setup))
+            except Exception as e:  # noqa: BLE001 - one failed entry must not cost the others their figures
+                log(f"  {name} failed: {e!r}")
+                entries.append({"name": name, "error": f"{type(e).__name__}: {e}"})
             seconds[name] = round(time.perf_counter() - t0, 1)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
