@@ -211,7 +211,13 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(root: type, key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid_keys(root), n=1, cutoff=0.5)
+    section, _, last = key.rpartition(".")
+    keys = valid_keys(root)
+    siblings = [k for k in keys if section and k.startswith(section + ".") and k.count(".") == key.count(".")]
+    # a known section with a misspelt key: suggest from that section first (optim.lr → optim.unet_lr)
+    close = [k for k in difflib.get_close_matches(key, siblings, n=1, cutoff=0.5)] if siblings else []
+    close = close or [k for k in siblings if last and last in k.rsplit(".", 1)[-1]][:1]
+    close = close or difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not close:  # a misspelt last part of a long key: compare last parts too
         last = key.rsplit(".", 1)[-1]
         tails = {k.rsplit(".", 1)[-1]: k for k in valid_keys(root)}
