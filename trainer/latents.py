@@ -135,7 +135,7 @@ class LatentCache:
         return self._open[shard]
 
     def get(self, shard: str, key: str, flip: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(fp16 latent, crop (top, left)) of one image; the flipped copy mirrors the crop's left."""
+        """(fp16 latent, crop (top, left)) of one image (or its flipped copy, which keeps the crop offsets)."""
         f, crops = self._handle(shard)
         latent = f.get_tensor(key + ("/flip" if flip else ""))
         top, left = crops[key]
