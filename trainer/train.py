@@ -349,9 +349,8 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
         )
         say(f"exported: {result['export']}")
     d.barrier()
-    (out / "result.json").write_text(
-        json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1)
-    ) if d.main else None
+    if d.main:
+        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1))
     d.close()
     return result
 
