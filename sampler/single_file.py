@@ -377,12 +377,39 @@ def _read_configs(folder: Path) -> list[dict]:
     return out
 
 
+def hash_cache_path() -> Path:
+    """Where file hashes are remembered: ``$ZXL_CACHE/hashes.json`` (default ``~/.cache/zxl``)."""
+    return Path(os.environ.get("ZXL_CACHE") or Path.home() / ".cache" / "zxl") / "hashes.json"
+
+
 def file_hash(path) -> str:
-    """A1111's short model hash: the first 10 hex digits of the file's sha256."""
+    """A1111's short model hash: the first 10 hex digits of the file's sha256. Hashing a 7 GB
+    checkpoint takes 10–20 s, so the result is remembered by (absolute path, size, mtime), as A1111
+    remembers its own; an unreadable or unwritable cache only costs the time."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+    cache_file = hash_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key) if isinstance(cache, dict) else None
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+        return hit["sha256"][:10]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             h.update(block)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"stamp": stamp, "sha256": h.hexdigest()}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
     return h.hexdigest()[:10]
 
 

@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+if "ZXL_CACHE" not in os.environ:  # the model-hash cache of the tests is theirs, not the user's
+    import tempfile
+
+    os.environ["ZXL_CACHE"] = tempfile.mkdtemp(prefix="zxl-test-cache-")
 
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402

@@ -200,3 +200,25 @@ def test_not_sdxl_files_are_config_errors(pipe, single, tmp_path):
     other.write_bytes(b"not safetensors")
     with pytest.raises(ConfigError, match="must be .safetensors"):
         SDXL.load(other, device="cpu")
+
+
+def test_file_hash_is_remembered_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from sampler.single_file import hash_cache_path
+
+    monkeypatch.setenv("ZXL_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"a" * 1000)
+    first = file_hash(f)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()[:10]
+    assert hash_cache_path().is_file()
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)  # same size; put the old mtime back: the remembered hash answers
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert file_hash(f) == first
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new mtime: hashed again
+    assert file_hash(f) == hashlib.sha256(b"b" * 1000).hexdigest()[:10]
+    hash_cache_path().write_text("not json")  # a broken cache costs only the time
+    assert file_hash(f) == hashlib.sha256(b"b" * 1000).hexdigest()[:10]
