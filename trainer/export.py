@@ -55,16 +55,18 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
     return folder
 
 
-def write_model(model, out: Path, v_pred: bool = True, ztsnr: bool = True) -> Path:
-    """``out`` ending in .safetensors: a single file; otherwise a diffusers folder."""
+def write_model(model, out: Path, v_pred: bool = True, ztsnr: bool = True, unet_state: dict | None = None) -> Path:
+    """``out`` ending in .safetensors: a single file; otherwise a diffusers folder. ``unet_state``
+    replaces the U-Net's weights in a single file (the trainer's EMA weights)."""
     from sampler.single_file import write_single_file
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
-        return write_single_file(out, model.unet.state_dict(), model.vae.state_dict(),
-                                 model.text_encoder.state_dict(), model.text_encoder_2.state_dict(),
-                                 v_pred=v_pred, ztsnr=ztsnr)  # fmt: skip
+        cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+        unet = cpu({**model.unet.state_dict(), **(unet_state or {})})
+        return write_single_file(out, unet, cpu(model.vae.state_dict()), cpu(model.text_encoder.state_dict()),
+                                 cpu(model.text_encoder_2.state_dict()), v_pred=v_pred, ztsnr=ztsnr)  # fmt: skip
     return write_diffusers(model, out, v_pred, ztsnr)
 
 

@@ -109,6 +109,10 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
         torch.set_num_threads(cfg.loop.cpu_threads)
     rows = load_rows(cfg.data.catalog, cfg.data.resolution)
     fields = caption_fields(rows)
+    shards, keys = rows.shard.tolist(), rows.key.tolist()
+    # SDXL's size conditioning: the source's size before the fetch resized it, else the stored size
+    original = list(zip(rows.original_height.fillna(rows.height).astype(int).tolist(),
+                        rows.original_width.fillna(rows.width).astype(int).tolist(), strict=True))  # fmt: skip
     buckets = buckets_for(cfg.data.resolution)
     for note in check_plan(rows, cfg.optim.batch_size * d.world, buckets):
         say(f"warning: {note}")
@@ -235,9 +239,8 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
             w, h = buckets[batch.bucket]
             latents, noise, perturb, ts, texts, time_ids = [], [], [], [], [], []
             for slot, i in mine:
-                row = rows.iloc[i]
                 flip = cfg.data.flip and rng_for("flip", cfg.data.seed, micro_id, slot).random() < 0.5
-                z, (top, left) = cache.get(row.shard, row.key, flip)
+                z, (top, left) = cache.get(shards[i], keys[i], flip)
                 eps, xi, t = sample_noise(
                     z.shape, cfg.data.seed, micro_id, slot, (cfg.loss.min_timestep, cfg.loss.max_timestep)
                 )
@@ -257,9 +260,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
                         cfg.data.year_format,
                     )
                 )
-                oh = int(row.original_height) if row.original_height == row.original_height else int(row.height)
-                ow = int(row.original_width) if row.original_width == row.original_width else int(row.width)
-                time_ids.append([oh, ow, top, left, h, w])
+                time_ids.append([*original[i], top, left, h, w])
             x0 = torch.stack(latents).to(device)
             t = torch.tensor(ts, device=device)
             x_t, target = schedule.noisy_and_target(
@@ -341,12 +342,12 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
               "log": logger.rows, "checkpoint": str(last_ckpt) if last_ckpt else None, "output": str(out),
               "nan_steps": pos["nan_total"], "latents": stats}  # fmt: skip
     if d.main and last_ckpt and cfg.model.base:
-        from trainer.export import export
+        from trainer.export import write_model
 
+        # the model in memory holds the last checkpoint's weights and the base's VAE: no reload
         name = f"{cfg.name}-step-{pos['step']:08d}.safetensors"
-        result["export"] = str(
-            export(last_ckpt, out / "export" / name, cfg.model.base, cfg.model.config, ema is not None)
-        )
+        path = write_model(model, out / "export" / name, cfg.model.v_pred, cfg.model.ztsnr, unet_state=ema)
+        result["export"] = str(path)
         say(f"exported: {result['export']}")
     d.barrier()
     if d.main:
