@@ -237,7 +237,7 @@ def test_two_process_data_parallel_equals_one_process_with_the_doubled_batch(cat
 
 
 def test_precision_checkpointing_ema_and_loss_options(catalog, tiny_sdxl, tmp_path):
-    from trainer.export import export
+    from trainer.export import merge_and_write
 
     plain = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.max_steps=2"), log=quiet)
     ckpt = train(config(catalog, tiny_sdxl, tmp_path / "b", "loop.max_steps=2", "optim.gradient_checkpointing=true"),
@@ -257,7 +257,7 @@ def test_precision_checkpointing_ema_and_loss_options(catalog, tiny_sdxl, tmp_pa
     weights = load_file(Path(ema["checkpoint"]) / "model.safetensors")
     name = "conv_in.weight"
     assert not torch.equal(weights[f"ema.unet.{name}"], weights[f"unet.{name}"])
-    out = export(Path(ema["checkpoint"]), tmp_path / "ema.safetensors", str(tiny_sdxl), "", ema=True)
+    out = merge_and_write([Path(ema["checkpoint"])], tmp_path / "ema.safetensors", None, str(tiny_sdxl), ema=True)
     from sampler.pipeline import SDXL
 
     model = SDXL.load(out, device="cpu", precision="fp32", config=tiny_sdxl)

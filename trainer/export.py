@@ -70,11 +70,6 @@ def write_model(model, out: Path, v_pred: bool = True, ztsnr: bool = True, unet_
     return write_diffusers(model, out, v_pred, ztsnr)
 
 
-def export(ckpt: Path, out: Path, base: str | None = None, config: str | None = None, ema: bool = False) -> Path:
-    """One checkpoint folder as a single file or diffusers folder."""
-    return merge_and_write([Path(ckpt)], Path(out), None, base, ema, config)
-
-
 def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = None, base: str | None = None,
                     ema: bool = False, config: str | None = None) -> Path:  # fmt: skip
     """``zxl merge``: average checkpoints (or single files) and write the result."""
