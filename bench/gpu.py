@@ -401,6 +401,8 @@ def train_step(setup: Setup) -> list[dict]:
     bench/training.py (embeddings precomputed, MSE, the same Adafactor), on one random-weight
     U-Net with fp32 master weights; fp16 (gradient scaler) and bf16, gradient checkpointing on and
     off. images/s over the steps after the warm-up, and peak memory."""
+    from safetensors import safe_open
+
     from bench.training import plain_loop, steady_rate, synthetic_catalog
     from trainer.config import TrainConfig
     from trainer.train import train
@@ -412,7 +414,7 @@ def train_step(setup: Setup) -> list[dict]:
         m.float()  # fp32 master weights; autocast does the rest
     ours_model.dtype = torch.float32
     catalog = synthetic_catalog(setup.work / "train-run", 4 * batch, side)
-    out = []
+    out, latents = [], None
     for precision in ("fp16", "bf16"):
         for checkpointing in (True, False):
             if setup.device.type == "cpu" and precision == "fp16":
@@ -439,12 +441,14 @@ def train_step(setup: Setup) -> list[dict]:
             ours = steady_rate(result["log"], batch, warm)
             ours_peak = result["log"][-1]["peak_memory_gb"] if setup.device.type == "cuda" else None
             unet = ours_model.unet
-            unet.enable_gradient_checkpointing() if checkpointing else unet.disable_gradient_checkpointing()
-            cache = next((setup.work / "train-run" / "latents").iterdir())
-            from safetensors import safe_open
-
-            with safe_open(next(cache.glob("*.safetensors")), "pt") as f:
-                latents = torch.stack([f.get_tensor(k).float() for k in f.keys()])
+            if checkpointing:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
+            if latents is None:  # the trainer's latent cache, written by its first run: the baseline's data
+                cache = next((setup.work / "train-run" / "latents").iterdir())
+                with safe_open(next(cache.glob("*.safetensors")), "pt") as f:
+                    latents = torch.stack([f.get_tensor(k).float() for k in f.keys()])
             if setup.device.type == "cuda":
                 torch.cuda.empty_cache()
             setup.reset_peak()
