@@ -18,11 +18,11 @@ from catalog.build import assemble_shard, write_catalog
 from catalog.schema import SCHEMA_VERSION
 from pipeline import calibrate, caption, executor, fetch, inspection, reduce, score, sources, tag
 from pipeline.executor import Executor, Progress, Task
-from pipeline.stages import write_text_atomic
+from pipeline.stages import remove_temporaries, run_lock, write_text_atomic
 from scorers.registry import scorer_class
 from taggers import registry as tagger_registry
 from zxl import __version__
-from zxl.config import CurateConfig, config_hash, dump_yaml, to_dict
+from zxl.config import CurateConfig, check_ranges, config_hash, dump_yaml, to_dict
 
 STAGES = ("fetch", "inspect", "score", "tag", "caption", "catalog")
 
@@ -38,9 +38,10 @@ class CurateResult:
     workers: dict[str, dict[str, float]]  # Dask worker address → resources it offered ({} on sync)
 
 
-# Settings that change how fast a stage runs, not what it writes: changing them redoes nothing.
+# Settings that change how fast a stage runs (or, like DNS, where a URL's host is), not what it writes:
+# changing them redoes nothing.
 SPEED_ONLY = {
-    "fetch": {"thread_count"},
+    "fetch": {"thread_count", "connect_to"},
     "score": {"batch_size", "loader_threads", "device"},
     "tag": {"batch_size", "device"},
     "caption": {"batch_size", "device"},
@@ -158,6 +159,7 @@ def _models(cfg: CurateConfig) -> dict:
 
 def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> CurateResult:
     """Run every stage; ``urls`` overrides reading ``cfg.source.path`` (used by ``--demo``)."""
+    check_ranges(cfg)
     executor.validate(cfg.run)
     fetch.validate(cfg.fetch)
     reduce.validate(cfg)
@@ -169,8 +171,17 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
         raise ValueError(f"the URL table has no column '{cfg.source.url_column}' (source.url_column)")
     run_dir = Path(cfg.run.runs_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _curate(cfg, table, run_dir, log)
+
+
+def _curate(cfg: CurateConfig, table: pa.Table, run_dir: Path, log) -> CurateResult:
+    removed = remove_temporaries(run_dir)  # what a killed run left; this run holds the lock, so none is live
+    if removed:
+        log(f"removed {removed} temporary files left by an earlier, interrupted run")
     write_text_atomic(dump_yaml(cfg), run_dir / "config.yaml")
     t0 = time.time()
+    source_report = sources.report(table, cfg.source)
     n_shards, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
     split_seconds = time.time() - t0
     hashes = stage_hashes(cfg, source_hash)
@@ -208,6 +219,7 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
             "config_hash": config_hash(cfg),
             "stage_hashes": hashes,
             "models": _models(cfg),
+            "source": source_report,
             "score_edges": reduced["score_edges"],
             "dedup": reduced["dedup"],
             "tag_problems": tag.problem_counts(run_dir, n_shards),

@@ -16,11 +16,18 @@ zxl adds sits at the edges:
   first (OpenCV saturates 16-bit values when it writes a JPEG: a white picture);
 - the size filters (``fetch.min_image_size``, ``fetch.max_aspect_ratio``) are applied to the
   upright header size before any decoding and give the status ``filtered``;
-- a response must arrive whole within ``RESPONSE_DEADLINE_FACTOR`` × ``fetch.timeout``
-  (``netguard``'s response deadline), so a slow drip cannot hold a download thread for ever;
+- every request goes through the shard's own ``netguard.Guard`` (only http and https, first URL
+  and redirects; only allowed addresses): img2dataset's timeout carries it, so threads and other
+  shards in the same worker never share or swap a policy. A response must arrive whole within
+  ``RESPONSE_DEADLINE_FACTOR`` × ``fetch.timeout`` and hold at most ``fetch.max_response_bytes``,
+  so a slow drip or an endless body cannot hold a download thread or fill memory;
+- img2dataset gets only the URL, the key and the row's position: the source's other columns stay
+  in ``stages/source/`` (img2dataset's writer JSON-encodes every column it is given, and loses
+  the row when one does not encode), and rows are matched back by position, not by key;
 - every input row comes out as exactly one row, with img2dataset's status mapped onto ours
   (success → ok, failed_to_download → failed_download, failed_to_resize → failed_decode, or
-  filtered for a size filter), and urllib's error text made to name the cause (``explain``).
+  filtered for a size filter), and urllib's error text made to name the cause (``explain``) and
+  the same in every run (``plain_error``).
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from pipeline import netguard  # noqa: E402
-from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic  # noqa: E402
-from zxl.config import FetchConfig  # noqa: E402
+from pipeline.stages import plain_error, shard_name, skipped, stage_path, write_table_atomic  # noqa: E402
+from zxl.config import ConfigError, FetchConfig, check_ranges  # noqa: E402
 
 STATUS = {"success": "ok", "failed_to_download": "failed_download", "failed_to_resize": "failed_decode"}
 # A response (status line, headers, body) must arrive whole within this many fetch.timeouts:
@@ -101,7 +108,7 @@ def look(data: bytes, max_pixels: int) -> tuple[str | None, dict]:
     except Image.DecompressionBombError as e:
         return f"decompression bomb: {e}", {}
     except Exception as e:  # noqa: BLE001 - anything Pillow cannot identify is not an image
-        return _not_an_image(data, e), {}
+        return _not_an_image(data, plain_error(e)), {}
     if w * h > max_pixels:
         return (
             f"decompression bomb: {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (fetch.max_image_pixels)",
@@ -138,7 +145,7 @@ def explain(error: str, timeout: float) -> str:
     text = error
     while m := re.fullmatch(r"<urlopen error (.*)>", text, re.S):
         text = m.group(1)
-    text = " ".join(text.split())
+    text = plain_error(text)
     if "did not arrive whole within" in text:
         return f"{text} ({RESPONSE_DEADLINE_FACTOR} x fetch.timeout: a slow drip)"
     if "timed out" in text:
@@ -146,6 +153,8 @@ def explain(error: str, timeout: float) -> str:
     if m := re.fullmatch(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)", text):
         got, more = int(m.group(1)), int(m.group(2))
         return f"truncated: the connection closed after {got} of the {got + more} bytes its Content-Length promised"
+    if text.startswith("unknown url type"):
+        return f"refused: not an http or https URL ({text})"
     if "infinite loop" in text:
         return f"redirect loop ({text})"
     return text
@@ -156,7 +165,7 @@ def _pillow_reason(data: bytes) -> str:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
     except Exception as e:  # noqa: BLE001 - we only want the message
-        return str(e)
+        return plain_error(e)
     return "OpenCV cannot decode it, Pillow can"
 
 
@@ -183,7 +192,7 @@ def _resizer_class():
                 try:
                     data = upright_8bit(data)
                 except Exception as e:  # noqa: BLE001 - a decoder failure is this row's data
-                    return None, None, None, None, None, f"Image decoding error: {e}"
+                    return None, None, None, None, None, f"Image decoding error: {plain_error(e)}"
                 img_stream = io.BytesIO(data)
             result = super().__call__(img_stream, blurring_bbox_list)
             if result[-1] == "Image decoding error":  # OpenCV says no more than that: ask Pillow why
@@ -202,9 +211,38 @@ def _resizer_class():
     return GuardedResizer
 
 
+def guard(cfg: FetchConfig) -> netguard.Guard:
+    """The fetch policy of ``cfg`` (netguard): addresses, response deadline and size, connect_to."""
+    connect_to = {}
+    for rule in cfg.connect_to:
+        host, port, host2, port2 = parse_connect_to(rule)
+        connect_to[(host, port)] = (host2, port2)
+    return netguard.Guard(
+        cfg.allowed_hosts,
+        cfg.allow_private_networks,
+        response_deadline=RESPONSE_DEADLINE_FACTOR * cfg.timeout,
+        max_bytes=cfg.max_response_bytes or None,
+        connect_to=connect_to,
+    )
+
+
+def parse_connect_to(rule: str) -> tuple[str, int, str, int]:
+    """``HOST:PORT:HOST2:PORT2`` (curl's --connect-to; IPv6 in brackets) → its four parts."""
+    parts = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):(\d+):(\[[^\]]+\]|[^:\[\]]+):(\d+)", rule.strip())
+    if not parts:
+        raise ConfigError(f"fetch.connect_to entries are HOST:PORT:HOST2:PORT2, got {rule!r}")
+    host, port, host2, port2 = parts.groups()
+    ports = int(port), int(port2)
+    if not all(1 <= p <= 65535 for p in ports):
+        raise ConfigError(f"fetch.connect_to: ports must be in 1..65535, got {rule!r}")
+    return host.strip("[]"), ports[0], host2.strip("[]"), ports[1]
+
+
 def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str], shard_size: int):
     from img2dataset.downloader import Downloader
     from img2dataset.writer import WebDatasetSampleWriter
+
+    netguard.patch_img2dataset()  # its requests go through the Guard that the timeout carries
 
     # OpenCV reads its pixel limit once per process from the environment: set it before any decode.
     os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(cfg.max_image_pixels))
@@ -228,7 +266,7 @@ def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str
         extract_exif=cfg.extract_exif,
         output_folder=str(output_folder),
         column_list=column_list,
-        timeout=cfg.timeout,
+        timeout=guard(cfg).timeout(cfg.timeout),
         number_sample_per_shard=max(shard_size, 2),
         oom_shard_count=5,
         compute_hash=None,
@@ -242,27 +280,30 @@ def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str
 
 def validate(cfg: FetchConfig) -> None:
     """Configuration errors before any work starts, named by key."""
-    from zxl.config import ConfigError
-
+    check_ranges(cfg, "fetch.")
     modes = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
     if cfg.resize_mode not in modes:
         raise ConfigError(f"fetch.resize_mode must be one of {', '.join(modes)}, got '{cfg.resize_mode}'")
     if cfg.encode_format not in ("jpg", "png", "webp"):
         raise ConfigError(f"fetch.encode_format must be jpg, png or webp, got '{cfg.encode_format}'")
-    if cfg.thread_count < 1:
-        raise ConfigError(f"fetch.thread_count must be at least 1, got {cfg.thread_count}")
-    if cfg.timeout <= 0:
-        raise ConfigError(f"fetch.timeout must be positive, got {cfg.timeout}")
+    if cfg.encode_format == "png" and cfg.encode_quality > 9:
+        raise ConfigError(
+            f"fetch.encode_quality must be in 0..9 with encode_format png (it is the compression level there), "
+            f"got {cfg.encode_quality}"
+        )
+    for rule in cfg.connect_to:
+        parse_connect_to(rule)
 
 
 def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) -> pa.Table:
-    """img2dataset's per-shard parquet → our fetch table, in source order, one row per input."""
-    by_key = {k: i for i, k in enumerate(i2d["zxl_key"].to_pylist())}
+    """img2dataset's per-shard parquet → our fetch table, in source order, one row per input
+    (matched by the row's position in the shard, which no source id can make ambiguous)."""
+    by_row = {r: i for i, r in enumerate(i2d["zxl_row"].to_pylist())}
     cols = {c: i2d[c].to_pylist() for c in ("key", "status", "error_message", "width", "height",
                                             "original_width", "original_height")}  # fmt: skip
     rows = {name: [] for name in FETCH_SCHEMA.names}
-    for key in source["key"].to_pylist():
-        i = by_key.get(key)
+    for row, key in enumerate(source["key"].to_pylist()):
+        i = by_row.get(row)
         rows["key"].append(key)
         rows["shard"].append(f"{shard_name(shard)}.tar")
         if i is None:  # img2dataset drops a sample only when its writer raised; keep the row
@@ -281,7 +322,7 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) 
             status = "filtered"
         rows["shard_key"].append(cols["key"][i])
         rows["status"].append(status)
-        rows["error"].append(None if status == "ok" else str(error))
+        rows["error"].append(None if status == "ok" else plain_error(error))
         for name in ("width", "height", "original_width", "original_height"):
             rows[name].append(cols[name][i] if status == "ok" else None)
     return pa.table(rows, schema=FETCH_SCHEMA)
@@ -301,16 +342,18 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
     tmp = shards_dir / f".tmp-{shard_name(shard)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        # img2dataset's input: an Arrow IPC file with "url" and the columns that travel with it.
-        extra = [c for c in source.column_names if c not in ("key", "url")]
-        i2d_in = source.rename_columns(["zxl_key" if c == "key" else c for c in source.column_names])
-        columns = ["url", "zxl_key", *extra]
+        # img2dataset's input: an Arrow IPC file with the URL, our key and the row's position only.
+        i2d_in = pa.table(
+            {
+                "url": source["url"],
+                "zxl_key": source["key"],
+                "zxl_row": pa.array(range(source.num_rows), pa.int64()),
+            }
+        )
         with pa.OSFile(str(tmp / "input.arrow"), "wb") as sink, pa.ipc.new_file(sink, i2d_in.schema) as w:
             w.write_table(i2d_in)
-        downloader = make_downloader(cfg, tmp, columns, shard_size)
-        deadline = RESPONSE_DEADLINE_FACTOR * cfg.timeout
-        with netguard.guarded(cfg.allowed_hosts, cfg.allow_private_networks, deadline):
-            downloader.download_shard((shard, str(tmp / "input.arrow")))
+        downloader = make_downloader(cfg, tmp, i2d_in.column_names, shard_size)
+        downloader.download_shard((shard, str(tmp / "input.arrow")))
         name = shard_name(shard)
         i2d = pq.read_table(tmp / f"{name}.parquet")
         for suffix in (".tar", "_stats.json", ".parquet"):

@@ -23,7 +23,7 @@ import scipy.fft
 from PIL import Image
 
 from pipeline.buckets import bucket_name
-from pipeline.stages import skipped, stage_path, write_table_atomic
+from pipeline.stages import plain_error, skipped, stage_path, write_table_atomic
 from zxl.config import InspectConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -82,7 +82,7 @@ def inspect_image(data: bytes, cfg: InspectConfig) -> dict:
                 im.load()
                 row["phash"] = phash(im, cfg.phash_size)
     except Exception as e:  # noqa: BLE001 - any decoder failure is this row's data
-        return {**row, "status": "failed_decode", "error": f"stored image does not decode: {e}"}
+        return {**row, "status": "failed_decode", "error": f"stored image does not decode: {plain_error(e)}"}
     return {**row, "status": "ok", "error": None, "width": w, "height": h, "bucket": bucket_name(w, h)}
 
 

@@ -1,38 +1,48 @@
-"""Refuse to fetch from this machine's or the cloud's own network (SSRF), redirects included.
+"""Fetch only what a scraped URL list may fetch: http(s), public addresses, bounded responses.
 
 A scraped URL list is hostile input: a URL (or a redirect from a harmless one) can point at
-127.0.0.1, a private network, a link-local address or a cloud metadata service. img2dataset
-fetches with ``urllib.request.urlopen``, so zxl installs, in the worker process, an opener whose
-HTTP and HTTPS connections check the address they actually connected to — after DNS, for every
-hop of a redirect, so neither a redirect nor DNS rebinding gets around it. A refused request
-fails with an error that names the address and the setting that would allow it.
+127.0.0.1, a private network, a link-local address, a cloud metadata service, or use another
+scheme altogether (``file:///etc/passwd``, ``file:///dev/zero``, ``ftp://``, ``data:``). A
+``Guard`` is one fetch policy with an opener of its own, never urllib's global one:
 
-The address is checked twice: every address the host name resolves to is checked *before* a
-connection is opened (a redirect to 169.254.169.254 or 10.0.0.1 never sends a packet there; the
-connection goes to the checked address, not to a second lookup), and the peer the socket ended
-up connected to is checked again after.
+- **schemes**: only ``http`` and ``https``, for the first URL and for every redirect; the opener
+  has no file, FTP, data or proxy handler at all, so nothing else can be reached by any path;
+- **addresses**: every address the host name resolves to is checked *before* a connection is
+  opened (a redirect to 169.254.169.254 or 10.0.0.1 never sends a packet there; the connection
+  goes to the checked address, not to a second lookup), and the peer the socket ended up
+  connected to is checked again after. Allowed anyway: the addresses in ``fetch.allowed_hosts``,
+  or everything with ``fetch.allow_private_networks``;
+- **time**: urllib's timeout is per socket read, so a server that dribbles a byte just inside it
+  could hold a download thread for ever. Every read of a response (status line, headers and body,
+  redirects included) gets the per-read timeout or what is left of one deadline for the whole
+  request, whichever is shorter;
+- **size**: a response that announces or sends more than ``max_bytes`` fails at that byte.
 
-Allowed anyway: the addresses in ``fetch.allowed_hosts`` (the demo allows 127.0.0.1 only), or
-everything with ``fetch.allow_private_networks``.
-
-The same opener bounds the time a response may take as a whole (``response_deadline``):
-urllib's timeout is per socket read, so a server that dribbles a byte just inside it could hold
-a download thread for ever. Every read of a response (status line, headers and body) gets the
-per-read timeout or what is left of the deadline, whichever is shorter, and a response still
-arriving at the deadline fails with a ``TimeoutError`` that says so.
+img2dataset fetches with ``urllib.request.urlopen(request, timeout=...)`` from its own threads.
+``patch_img2dataset`` points img2dataset's ``urllib`` (its module's binding, nobody else's) at
+``urlopen`` below, and zxl gives img2dataset a timeout that carries its Guard
+(``Guard.timeout``): the policy travels with each request, so two shards with different
+policies in one worker, on any number of threads, each get their own, and a request that carries
+no policy is refused rather than fetched unguarded. ``connect_to`` (curl's ``--connect-to``)
+sends the connection for one host:port to another without changing the URL; the checks apply to
+the address really connected to.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import http.client
 import io
 import ipaddress
 import socket
+import threading
 import time
+import types
 import urllib.error
+import urllib.parse
 import urllib.request
 
+SCHEMES = ("http", "https")
 # Cloud metadata services that are not covered by the link-local / private checks.
 METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
 
@@ -57,6 +67,17 @@ def why_refused(address: str) -> str | None:
     return None
 
 
+def scheme_refusal(url: str, redirect: bool = False) -> urllib.error.URLError | None:
+    """The error for a URL whose scheme is not http or https, else None."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in SCHEMES:
+        return None
+    what = f"scheme {scheme}" if scheme else "a URL without a scheme"
+    if redirect:
+        return urllib.error.URLError(f"refused: a redirect to {what} (only http and https are followed)")
+    return urllib.error.URLError(f"refused: {what} (only http and https are fetched)")
+
+
 class Policy:
     def __init__(self, allowed_hosts: list[str], allow_private: bool):
         self.allow_private = allow_private
@@ -77,65 +98,100 @@ class Policy:
             )
 
 
-class _DeadlineReader(io.RawIOBase):
-    """A response's socket reads: each within the per-read timeout, all within one deadline."""
+class ResponseTooLargeError(OSError):
+    pass
 
-    def __init__(self, sock: socket.socket, seconds: float):
+
+class _Budget:
+    """What one request (all its redirects together) may still take: time and bytes."""
+
+    def __init__(self, seconds: float | None, max_bytes: int | None):
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.max_bytes = max_bytes
+        self.read = 0
+        self.lock = threading.Lock()
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def late(self) -> TimeoutError:
+        return TimeoutError(f"timed out: the response did not arrive whole within {self.seconds:g} s")
+
+    def too_large(self, announced: int | None = None) -> ResponseTooLargeError:
+        said = f"announces {announced} bytes" if announced is not None else f"sent more than {self.max_bytes} bytes"
+        return ResponseTooLargeError(f"response too large: it {said}, over fetch.max_response_bytes={self.max_bytes}")
+
+    def spend(self, n: int) -> None:
+        with self.lock:
+            self.read += n
+            if self.max_bytes is not None and self.read > self.max_bytes:
+                raise self.too_large()
+
+
+class _BudgetReader(io.RawIOBase):
+    """A response's socket reads: each within the per-read timeout, all within the budget."""
+
+    def __init__(self, sock: socket.socket, budget: _Budget):
         self._sock = sock
         self._io = sock.makefile("rb", buffering=0)  # holds the socket open after urllib closes it
         self._per_read = sock.gettimeout()
-        self._seconds = seconds
-        self._deadline = time.monotonic() + seconds
+        self._budget = budget
 
     def readable(self) -> bool:
         return True
 
-    def _late(self) -> TimeoutError:
-        return TimeoutError(f"timed out: the response did not arrive whole within {self._seconds:g} s")
-
     def readinto(self, buffer) -> int | None:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise self._late()
-        by_deadline = self._per_read is None or left < self._per_read
+        left = self._budget.left()
+        if left is not None and left <= 0:
+            raise self._budget.late()
+        by_deadline = left is not None and (self._per_read is None or left < self._per_read)
         self._sock.settimeout(left if by_deadline else self._per_read)
         try:
-            return self._io.readinto(buffer)
+            n = self._io.readinto(buffer)
         except TimeoutError:
             if by_deadline:  # the deadline, not the per-read timeout, ran out
-                raise self._late() from None
+                raise self._budget.late() from None
             raise
+        if n:
+            self._budget.spend(n)
+        return n
 
     def close(self) -> None:
         self._io.close()
         super().close()
 
 
-def _response_class(seconds: float) -> type:
-    class DeadlineResponse(http.client.HTTPResponse):
-        def __init__(self, sock, *args, **kwargs):
-            super().__init__(sock, *args, **kwargs)
-            self.fp.close()  # the plain reader http.client made; ours replaces it
-            self.fp = io.BufferedReader(_DeadlineReader(sock, seconds))
+class _BudgetResponse(http.client.HTTPResponse):
+    budget: _Budget
 
-    return DeadlineResponse
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the plain reader http.client made; ours replaces it
+        self.fp = io.BufferedReader(_BudgetReader(sock, self.budget))
+
+    def begin(self):
+        super().begin()
+        length = self.getheader("Content-Length")
+        if length and length.strip().isdigit() and self.budget.max_bytes is not None:
+            if int(length) > self.budget.max_bytes:
+                raise self.budget.too_large(int(length))
 
 
-def _connection(base: type, policy: Policy, response_deadline: float | None) -> type:
+def _connection(base: type, guard: Guard) -> type:
     class Guarded(base):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, budget: _Budget, **kwargs):
             super().__init__(*args, **kwargs)
             self._create_connection = self._checked_connection
-            if response_deadline:
-                self.response_class = _response_class(response_deadline)
+            self.response_class = type("Response", (_BudgetResponse,), {"budget": budget})
 
         def _checked_connection(self, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):  # noqa: SLF001
             """socket.create_connection, but only ever to addresses the policy allows."""
-            host, port = address
+            host, port = guard.connect_to.get((address[0], address[1]), address)
             allowed, refusal = [], None
             for *_, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
                 try:
-                    policy.check(sockaddr[0])
+                    guard.policy.check(sockaddr[0])
                 except urllib.error.URLError as e:
                     refusal = refusal or e
                     continue
@@ -153,7 +209,7 @@ def _connection(base: type, policy: Policy, response_deadline: float | None) -> 
         def connect(self):
             super().connect()
             try:
-                policy.check(self.sock.getpeername()[0])
+                guard.policy.check(self.sock.getpeername()[0])
             except urllib.error.URLError:
                 self.close()
                 raise
@@ -161,33 +217,110 @@ def _connection(base: type, policy: Policy, response_deadline: float | None) -> 
     return Guarded
 
 
-def install(allowed_hosts: list[str], allow_private: bool, response_deadline: float | None = None) -> None:
-    """Make this process's ``urllib.request.urlopen`` refuse private addresses (see above).
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects (it would follow ftp://), but only to http and https."""
 
-    ``response_deadline``: seconds a response may take from the request sent to its last byte
-    (None: no bound but urllib's per-read timeout).
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = headers.get("location") or headers.get("uri")
+        if target is not None:
+            refusal = scheme_refusal(urllib.parse.urljoin(req.full_url, target.strip()), redirect=True)
+            if refusal is not None:
+                fp.close()
+                raise refusal
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.zxl_budget = req.zxl_budget  # one budget for the request and all its hops
+        return new
+
+
+class GuardedTimeout(float):
+    """A urllib timeout (seconds per read) that carries the Guard its request must go through."""
+
+    guard: Guard
+
+    def __new__(cls, seconds: float, guard: Guard):
+        self = super().__new__(cls, seconds)
+        self.guard = guard
+        return self
+
+
+class Guard:
+    """One fetch policy and its own opener (see the module docstring).
+
+    ``response_deadline``: seconds a request may take from the first byte sent to the last byte
+    of its final response, redirects included (None: no bound but urllib's per-read timeout).
+    ``max_bytes``: the most a request's responses may hold (None: no bound).
+    ``connect_to``: {(host, port): (host2, port2)}, where to connect instead.
     """
-    policy = Policy(allowed_hosts, allow_private)
-    http_conn = _connection(http.client.HTTPConnection, policy, response_deadline)
-    https_conn = _connection(http.client.HTTPSConnection, policy, response_deadline)
 
-    class HTTPHandler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(http_conn, req)
+    def __init__(
+        self,
+        allowed_hosts: list[str] = (),
+        allow_private: bool = False,
+        response_deadline: float | None = None,
+        max_bytes: int | None = None,
+        connect_to: dict[tuple[str, int], tuple[str, int]] | None = None,
+    ):
+        self.policy = Policy(list(allowed_hosts), allow_private)
+        self.response_deadline, self.max_bytes = response_deadline, max_bytes
+        self.connect_to = dict(connect_to or {})
+        http_conn, https_conn = (
+            _connection(http.client.HTTPConnection, self),
+            _connection(http.client.HTTPSConnection, self),
+        )
 
-    class HTTPSHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(https_conn, req, context=self._context)
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(functools.partial(http_conn, budget=req.zxl_budget), req)
 
-    urllib.request.install_opener(urllib.request.build_opener(HTTPHandler, HTTPSHandler))
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(functools.partial(https_conn, budget=req.zxl_budget), req, context=self._context)
+
+        self.opener = urllib.request.OpenerDirector()
+        for handler in (
+            HTTPHandler(),
+            HTTPSHandler(),
+            urllib.request.HTTPDefaultErrorHandler(),
+            _RedirectHandler(),
+            urllib.request.HTTPErrorProcessor(),
+            urllib.request.UnknownHandler(),
+        ):
+            self.opener.add_handler(handler)
+
+    def timeout(self, seconds: float) -> GuardedTimeout:
+        """What to hand img2dataset as its timeout so that its requests go through this Guard."""
+        return GuardedTimeout(seconds, self)
+
+    def open(self, url: str | urllib.request.Request, timeout: float = 10.0):
+        """Like ``urllib.request.urlopen``, through this policy only."""
+        refusal = scheme_refusal(url.full_url if isinstance(url, urllib.request.Request) else url)
+        if refusal is not None:
+            raise refusal
+        req = url if isinstance(url, urllib.request.Request) else urllib.request.Request(url)
+        req.zxl_budget = _Budget(self.response_deadline, self.max_bytes)
+        return self.opener.open(req, timeout=float(timeout))
 
 
-@contextlib.contextmanager
-def guarded(allowed_hosts: list[str], allow_private: bool, response_deadline: float | None = None):
-    """``install`` for the length of a block, then the process's previous opener again."""
-    previous = urllib.request._opener  # noqa: SLF001 - urllib keeps its global opener here
-    install(allowed_hosts, allow_private, response_deadline)
-    try:
-        yield
-    finally:
-        urllib.request.install_opener(previous)
+def urlopen(url, data=None, timeout=None, **_):
+    """``urllib.request.urlopen`` for img2dataset: only through the Guard its timeout carries."""
+    if not isinstance(timeout, GuardedTimeout):
+        raise urllib.error.URLError("refused: a request without a zxl fetch policy (netguard.Guard.timeout)")
+    if data is not None:
+        raise urllib.error.URLError("refused: zxl fetches with GET only")
+    return timeout.guard.open(url, timeout)
+
+
+def patch_img2dataset() -> None:
+    """Point img2dataset's downloader (only it) at ``urlopen`` above; idempotent."""
+    import img2dataset.downloader as downloader
+
+    if getattr(downloader.urllib, "zxl_guarded", False):
+        return
+    request = types.SimpleNamespace(Request=urllib.request.Request, urlopen=urlopen)
+    downloader.urllib = types.SimpleNamespace(request=request, zxl_guarded=True)

@@ -1,14 +1,21 @@
 """Read a URL list (parquet, csv or jsonl), map its columns onto ours and split it into shards.
 
 Every input row becomes exactly one row downstream. Its ``key`` is the source's own id where the
-list has one (``source.id_column``), else a hash of the URL; a key seen twice gets ``#2``, ``#3``…
-in input order, so keys stay unique and stable. The source's other columns travel with the row
-(renamed ``src_<name>`` where they would clash with a column zxl or img2dataset adds).
+list has one (``source.id_column``), else a hash of the URL. An id seen again gets ``#2``, ``#3``…
+in input order, skipping any such name that is itself an id in the list, so keys are unique,
+every id that appears keeps its own key, and the same list always gives the same keys.
+
+The source's other columns travel with the row in ``stages/source/`` (renamed ``src_<name>`` where
+they would clash with a column zxl adds), whatever their Arrow type: timestamps become ISO 8601
+text in their own offset (``2021-03-04T05:06:07+09:00``; a naive timestamp stays naive), dates and
+times ISO text, decimals exact text, durations seconds; binary columns are dropped and named in the
+manifest (``source.dropped_columns``), which also counts the repeated ids.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,19 +80,52 @@ def read_url_list(cfg: SourceConfig) -> pa.Table:
 
 
 def _keys(urls: list, ids: list | None) -> list[str]:
-    keys, seen = [], {}
-    for i, url in enumerate(urls):
-        base = str(ids[i]) if ids is not None and ids[i] is not None else None
-        if base is None:
-            base = hashlib.sha256((url or "").encode()).hexdigest()[:20]
-        n = seen.get(base, 0) + 1
+    bases = [
+        str(ids[i]) if ids is not None and ids[i] is not None else hashlib.sha256((url or "").encode()).hexdigest()[:20]
+        for i, url in enumerate(urls)
+    ]
+    taken, keys, seen = set(bases), [], {}
+    for base in bases:
+        if base not in seen:
+            seen[base] = 1
+            keys.append(base)
+            continue
+        n = seen[base]
+        while True:  # the next #n that is neither an id of the list nor a key already given
+            n += 1
+            key = f"{base}#{n}"
+            if key not in taken:
+                break
         seen[base] = n
-        keys.append(base if n == 1 else f"{base}#{n}")
+        taken.add(key)
+        keys.append(key)
     return keys
 
 
+def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """A source column as types every stage (and img2dataset's JSON) can carry; None: drop it."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        return _plain(col.cast(t.value_type))
+    if pa.types.is_null(t):
+        return col.cast(pa.string())
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return None
+    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        return pa.chunked_array(
+            [pa.array([None if v is None else v.isoformat() for v in col.to_pylist()], pa.string())]
+        )
+    if pa.types.is_decimal(t):
+        return col.cast(pa.string())
+    if pa.types.is_duration(t):
+        return pa.chunked_array(
+            [pa.array([None if v is None else v.total_seconds() for v in col.to_pylist()], pa.float64())]
+        )
+    return col
+
+
 def normalize(table: pa.Table, cfg: SourceConfig) -> pa.Table:
-    """key, url, source_id first, then the kept source columns."""
+    """key, url, source_id first, then the kept source columns (see the module docstring)."""
     urls = [None if u is None else str(u).strip() for u in table[cfg.url_column].to_pylist()]
     ids = table[cfg.id_column].to_pylist() if cfg.id_column else None
     out = {
@@ -93,17 +133,33 @@ def normalize(table: pa.Table, cfg: SourceConfig) -> pa.Table:
         "url": pa.array([u or "" for u in urls], pa.string()),
         "source_id": pa.array([None if i is None else str(i) for i in ids] if ids else [None] * len(urls), pa.string()),
     }
+    for name in kept_columns(table, cfg):
+        col = _plain(table[name])
+        if col is not None:
+            out[f"src_{name}" if name in RESERVED else name] = col
+    return pa.table(out)
+
+
+def kept_columns(table: pa.Table, cfg: SourceConfig) -> list[str]:
+    """The source columns that travel with each row (``source.keep_columns``), the URL's aside."""
     keep = table.column_names if "*" in cfg.keep_columns else cfg.keep_columns
     for name in keep:
         if name not in table.column_names:
             raise ConfigError(f"source.keep_columns names '{name}', which the URL list does not have")
-        if name == cfg.url_column:
-            continue
-        col = table[name]
-        if pa.types.is_null(col.type):
-            col = col.cast(pa.string())
-        out[f"src_{name}" if name in RESERVED else name] = col
-    return pa.table(out)
+    return [name for name in keep if name != cfg.url_column]
+
+
+def report(table: pa.Table, cfg: SourceConfig) -> dict:
+    """What the manifest says of the list: rows, repeated ids, columns dropped (binary) and why."""
+    dropped = {n: str(table[n].type) for n in kept_columns(table, cfg) if _plain(table.slice(0, 0)[n]) is None}
+    ids = table[cfg.id_column].to_pylist() if cfg.id_column else None
+    repeats = sum(n - 1 for n in Counter(str(i) for i in ids if i is not None).values()) if ids else 0
+    return {
+        "rows": table.num_rows,
+        "id_column": cfg.id_column or None,
+        "repeated_ids": repeats,  # rows whose id an earlier row already had: keyed <id>#2, #3, …
+        "dropped_columns": {n: f"{t}: binary columns are not carried" for n, t in dropped.items()},
+    }
 
 
 def split(table: pa.Table, cfg: SourceConfig, run_dir: Path, shard_size: int) -> tuple[int, str]:

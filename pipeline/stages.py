@@ -8,8 +8,12 @@ exactly the stages it touches.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -17,6 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 HASH_KEY = b"zxl.stage_hash"
+
+
+_OBJECT_AT = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def plain_error(error: BaseException | str) -> str:
+    """An error's text without what changes from run to run (``<_io.BytesIO object at 0x7f…>``
+    becomes ``<_io.BytesIO object>``), so a redone shard gives the same catalog."""
+    return _OBJECT_AT.sub(r"<\1 object>", " ".join(str(error).split()))
 
 
 def shard_name(shard: int) -> str:
@@ -92,3 +105,54 @@ def remove_stale(folder: Path, keep: int, pattern: str = "*.parquet") -> None:
         stem = p.name.split(".", 1)[0].split("_", 1)[0]
         if stem.isdigit() and int(stem) >= keep:
             p.unlink()
+
+
+# What a writer leaves behind when it is killed between writing and renaming: ``.<name>.tmp-…`` (the
+# writers above), ``.catalog.tmp-<pid>`` / ``.catalog.old-<pid>`` (catalog/build.py), ``.tmp-NNNNN-…``
+# (a fetch shard's img2dataset folder), ``.zxl-probe-…`` (Executor.check_shared).
+_TEMPORARY = re.compile(r"^\.(.+\.(tmp|old)-.+|tmp-.+|zxl-probe-.+)$")
+
+
+def remove_temporaries(run_dir: Path) -> int:
+    """Delete the temporaries any earlier process left in a run folder (its top, ``stages/*``,
+    ``shards/``, ``embeddings/``); returns how many. Call it only while holding ``run_lock``."""
+    run_dir = Path(run_dir)
+    folders = [run_dir, run_dir / "shards", run_dir / "embeddings", *sorted((run_dir / "stages").glob("*"))]
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if _TEMPORARY.match(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+class RunFolderBusyError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``<run_dir>/.lock`` (an advisory flock) for the block: one curate per run folder at a time."""
+    path = Path(run_dir) / ".lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunFolderBusyError(
+                f"run folder {run_dir} is in use by {holder}: wait for it to finish, or set another run.name"
+            ) from None
+        f.truncate(0)
+        f.write(f"zxl curate pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -13,7 +13,6 @@ import io
 import socket
 import time
 import urllib.error
-import urllib.request
 
 import cv2
 import numpy as np
@@ -220,25 +219,25 @@ def test_a_blocked_redirect_never_connects(faults, monkeypatch):
         return create(address, *args, **kwargs)
 
     monkeypatch.setattr(socket, "create_connection", recording)
-    with netguard.guarded(["127.0.0.1"], allow_private=False):
-        for path, address in (("/redirect-metadata", "169.254.169.254"), ("/redirect-private", "10.0.0.1")):
-            start = time.monotonic()
-            with pytest.raises(urllib.error.URLError, match=f"refused: {address.replace('.', '[.]')} is a"):
-                urllib.request.urlopen(faults.url(path), timeout=5)
-            assert time.monotonic() - start < 1
+    guard = netguard.Guard(["127.0.0.1"], allow_private=False)
+    for path, address in (("/redirect-metadata", "169.254.169.254"), ("/redirect-private", "10.0.0.1")):
+        start = time.monotonic()
+        with pytest.raises(urllib.error.URLError, match=f"refused: {address.replace('.', '[.]')} is a"):
+            guard.open(faults.url(path), timeout=5)
+        assert time.monotonic() - start < 1
     assert connected == ["127.0.0.1", "127.0.0.1"]  # the two first hops only
 
 
 def test_the_response_deadline_bounds_a_slow_drip(faults):
-    with netguard.guarded(["127.0.0.1"], allow_private=False, response_deadline=1.5):
-        start = time.monotonic()
-        with pytest.raises(TimeoutError, match="did not arrive whole within 1.5 s"):
-            with urllib.request.urlopen(faults.url("/drip-forever"), timeout=1) as r:
-                r.read()
-        assert 1.4 < time.monotonic() - start < 3
-        # a drip that is slow but whole within the deadline arrives (6 pieces, 0.2 s apart)
-        with urllib.request.urlopen(faults.url("/drip-ok.png"), timeout=1) as r:
-            assert r.read() == faults.bodies["/drip-ok.png"]
+    guard = netguard.Guard(["127.0.0.1"], allow_private=False, response_deadline=1.5)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not arrive whole within 1.5 s"):
+        with guard.open(faults.url("/drip-forever"), timeout=1) as r:
+            r.read()
+    assert 1.4 < time.monotonic() - start < 3
+    # a drip that is slow but whole within the deadline arrives (6 pieces, 0.2 s apart)
+    with guard.open(faults.url("/drip-ok.png"), timeout=1) as r:
+        assert r.read() == faults.bodies["/drip-ok.png"]
 
 
 @pytest.mark.parametrize(

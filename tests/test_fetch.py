@@ -51,9 +51,11 @@ def test_fetch_one_shard(urls_file, tmp_path, truth):
     assert stored_hash(stage_path(run_dir, "fetch", 1)) == "h1"
     shards = run_dir / "shards"
     assert sorted(p.name for p in shards.iterdir()) == ["00001.parquet", "00001.tar", "00001_stats.json"]
-    # img2dataset's own parquet keeps the source columns next to its results
+    # img2dataset gets the URL, the key and the position only; the source columns stay in stages/source
     i2d = pq.read_table(shards / "00001.parquet")
-    assert {"tag_string_general", "rating", "created_at", "zxl_key", "status", "error_message"} <= set(i2d.column_names)
+    assert {"url", "zxl_key", "zxl_row", "status", "error_message"} <= set(i2d.column_names)
+    assert not {"tag_string_general", "rating", "created_at"} & set(i2d.column_names)
+    assert {"tag_string_general", "rating", "created_at"} <= set(src.columns)
     ok = out[out["status"] == "ok"]
     with tarfile.open(shards / "00001.tar") as tar:
         stored = {m.name.split(".")[0] for m in tar if m.name.endswith(".jpg")}

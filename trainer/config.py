@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from zxl.config import ConfigError
+from zxl.config import ConfigError, check_ranges, num
 
 
 @dataclasses.dataclass
@@ -24,56 +24,62 @@ class ModelConfig:
 @dataclasses.dataclass
 class DataConfig:
     catalog: str = "runs/demo/catalog"
-    resolution: int = 1024  # bucket area = resolution²; the eleven recipe buckets scale with it (multiple of 64)
+    resolution: int = num(
+        1024, "[64, 8192]"
+    )  # bucket area = resolution²; the eleven recipe buckets scale with it (multiple of 64)
     flip: bool = False  # also cache horizontally flipped latents and draw one of the two per sample
-    seed: int = 0  # shuffles, bucket order, noise, timesteps, captions: all keyed by seed + step
+    seed: int = num(
+        0, "[0, 4294967295]"
+    )  # shuffles, bucket order, noise, timesteps, captions: all keyed by seed + step
     caption_styles: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.25])  # tags, natural, mixed
-    caption_dropout: float = 0.05  # the caption becomes the empty string
+    caption_dropout: float = num(0.05, "[0, 1)")  # the caption becomes the empty string
     rating_format: str = "rating:{}"
     year_format: str = "year {}"
-    cache_batch_size: int = 8  # images per VAE encode
+    cache_batch_size: int = num(8, "[1, 4096]")  # images per VAE encode
 
 
 @dataclasses.dataclass
 class LossConfig:
     loss: str = "huber"  # huber (pseudo-Huber) | l2
     huber_schedule: str = "snr"  # snr | exponential | constant
-    huber_c: float = 0.1  # c₀
-    ip_noise_gamma: float = 0.1  # input perturbation; the target stays clean
-    min_timestep: int = 0  # t ~ uniform over [min, max) (kohya's --min_timestep/--max_timestep); the recipe: 0, 1000
-    max_timestep: int = 1000
+    huber_c: float = num(0.1, "(0, 1]")  # c₀
+    ip_noise_gamma: float = num(0.1, "[0, 1]")  # input perturbation; the target stays clean
+    min_timestep: int = num(
+        0, "[0, 999]"
+    )  # t ~ uniform over [min, max) (kohya's --min_timestep/--max_timestep); the recipe: 0, 1000
+    max_timestep: int = num(1000, "[1, 1000]")
     adaptive_weighting: bool = True  # EDM2's learned per-noise-level loss weighting u(t)
-    weighting_lr: float = 2e-2
-    weighting_channels: int = 128  # Fourier features of the noise level
+    weighting_lr: float = num(2e-2, "(0, 1]")
+    weighting_channels: int = num(128, "[2, 4096]")  # Fourier features of the noise level
 
 
 @dataclasses.dataclass
 class OptimConfig:
     optimizer: str = "adafactor"  # adafactor (fixed lr) | adamw
-    unet_lr: float = 2e-5
-    text_encoder_lr: float = 1e-5  # both encoders; 0 freezes them
-    warmup_steps: int = 250  # linear warm-up, then constant
-    batch_size: int = 4  # per process
-    grad_accum: int = 8
-    max_grad_norm: float = 1.0  # 0 turns clipping off
+    unet_lr: float = num(2e-5, "[0, 1]")
+    text_encoder_lr: float = num(1e-5, "[0, 1]")  # both encoders; 0 freezes them
+    warmup_steps: int = num(250, "[0, inf)")  # linear warm-up, then constant
+    batch_size: int = num(4, "[1, 4096]")  # per process
+    grad_accum: int = num(8, "[1, 4096]")
+    max_grad_norm: float = num(1.0, "[0, inf)")  # 0 turns clipping off
     precision: str = "fp16"  # fp16 (autocast + gradient scaler, fp32 master weights) | bf16 | fp32
     gradient_checkpointing: bool = True
-    ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.9999 keeps an fp32 EMA of the U-Net, exported instead
+    ema_decay: float = num(0.0, "[0, 1)")  # 0 = no EMA; e.g. 0.9999 keeps an fp32 EMA of the U-Net, exported instead
 
 
 @dataclasses.dataclass
 class LoopConfig:
     output: str = ""  # empty = <run dir of the catalog>/train
-    max_steps: int = 10_000  # optimizer steps
-    save_every: int = 500  # and at the last step; 0 = no checkpoints (benchmarks)
-    keep_last: int = 3  # checkpoints kept; older ones are removed after a new one is safely written
-    sample_every: int = 500  # 0 = no validation grids
+    max_steps: int = num(10_000, "[1, inf)")  # optimizer steps
+    save_every: int = num(500, "[0, inf)")  # and at the last step; 0 = no checkpoints (benchmarks)
+    keep_last: int = num(3, "[1, inf)")  # checkpoints kept; older ones are removed after a new one is safely written
+    sample_every: int = num(500, "[0, inf)")  # 0 = no validation grids
     prompts: str = "configs/sample/validation.txt"  # kohya prompt file for the validation grids
-    sample_steps: int = 28
-    log_every: int = 10
-    max_nan_steps: int = 10  # a non-finite loss skips the step; this many in a row stops the run
+    sample_steps: int = num(28, "[1, 1000]")
+    log_every: int = num(10, "[1, inf)")
+    max_nan_steps: int = num(10, "[1, inf)")  # a non-finite loss skips the step; this many in a row stops the run
     device: str = "auto"
-    cpu_threads: int = 0  # torch threads when training on the CPU; 0 = torch's default (one per core)
+    cpu_threads: int = num(0, "[0, 4096]")  # torch threads when training on the CPU; 0 = torch's default (one per core)
     progress: bool = True
 
 
@@ -97,6 +103,7 @@ CHOICES = {
 
 def validate(cfg: TrainConfig) -> None:
     """Values a type check cannot catch; each error names the key."""
+    check_ranges(cfg)
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -304,7 +304,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
         if cfg.demo.host not in cfg.fetch.allowed_hosts:  # the demo server, and nothing else private
             cfg.fetch.allowed_hosts = [*cfg.fetch.allowed_hosts, cfg.demo.host]
         with DemoServer(corpus, cfg.demo.host, cfg.demo.port, cfg.demo.slow_seconds) as server:
-            print(f"demo corpus {corpus} served on {server.base_url}", flush=True)
+            moved = f" (its URLs name {server.url_base}: demo.port is taken)" if server.connect_to else ""
+            print(f"demo corpus {corpus} served on {server.base_url}{moved}", flush=True)
+            cfg.fetch.connect_to = [*cfg.fetch.connect_to, *server.connect_to]
             result = curate(cfg, urls=server.url_table())
     print(summary(result), flush=True)
     return 0
@@ -689,9 +691,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 - a failed shard, checkpoint or loss: say so without a traceback
         from pipeline.executor import ShardFailedError
+        from pipeline.stages import RunFolderBusyError
         from trainer.checkpoint import CheckpointError
 
-        if not isinstance(e, ShardFailedError | CheckpointError | FloatingPointError):
+        if not isinstance(e, ShardFailedError | CheckpointError | FloatingPointError | RunFolderBusyError):
             raise
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 1

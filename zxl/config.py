@@ -3,7 +3,8 @@
 Presets live in ``configs/`` as plain YAML (loaded with ``yaml.safe_load``, never executed).
 Every key is checked against the dataclass it fills: an unknown key is a ``ConfigError`` that
 names the full dotted key and the closest valid one, and a value of the wrong type names the key
-and the type it wants. The resolved config is written next to every output with its hash
+and the type it wants, and a number outside its field's range (``num``) names the key and the
+allowed range (NaN is never in range). The resolved config is written next to every output with its hash
 (``runs/<name>/config.yaml``), so a run directory says exactly what produced it.
 """
 
@@ -13,7 +14,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,16 +29,70 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message says which key and what to change."""
 
 
+_INTERVAL = re.compile(r"([\[(])\s*(-?inf|[-+\d.eE]+)\s*,\s*(inf|[-+\d.eE]+)\s*([\])])")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """An interval of allowed values, written as in mathematics: ``[0, 1)``, ``(0, inf)``, ``[1, 64]``."""
+
+    text: str
+
+    @property
+    def bounds(self) -> tuple[float, bool, float, bool]:
+        m = _INTERVAL.fullmatch(self.text)
+        if m is None:
+            raise ValueError(f"not an interval: {self.text!r}")
+        return float(m[2]), m[1] == "[", float(m[3]), m[4] == "]"
+
+    def __contains__(self, value: float) -> bool:
+        lo, lo_in, hi, hi_in = self.bounds
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        return (lo < value or (lo_in and value == lo)) and (value < hi or (hi_in and value == hi))
+
+    def describe(self, integer: bool) -> str:
+        lo, lo_in, hi, hi_in = self.bounds
+
+        def show(v: float) -> str:
+            return f"{int(v)}" if v.is_integer() else f"{v:g}"
+
+        kind = "an integer" if integer else "a number"
+        if math.isinf(hi) and not hi_in:
+            return f"{kind} {'>=' if lo_in else '>'} {show(lo)}"
+        if integer and lo_in and hi_in:
+            return f"an integer from {show(lo)} to {show(hi)}"
+        return f"{kind} in {self.text.replace(' ', '')}"
+
+
+def num(default: float, allowed: str) -> Any:
+    """A numeric config field with its allowed range (an interval, see ``Range``)."""
+    return dataclasses.field(default=default, metadata={"range": Range(allowed)})
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Every numeric field against its range, sections included; the first failure names its key."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+        elif "range" in f.metadata and value is not None and value not in f.metadata["range"]:
+            raise ConfigError(f"{key} must be {f.metadata['range'].describe(hints[f.name] is int)}, got {value!r}")
+
+
 @dataclasses.dataclass
 class RunConfig:
     name: str = "demo"  # runs/<name>/
     runs_dir: str = "runs"  # a folder; on several machines one every worker and this one see at the same path
-    shard_size: int = 10_000  # URLs per shard, one Dask task per shard per stage
+    shard_size: int = num(10_000, "[1, inf)")  # URLs per shard, one Dask task per shard per stage
     scheduler: str = "local"  # local (a LocalCluster) | sync | tcp://host:8786
-    workers: int = 0  # LocalCluster worker processes; 0 = one per core
-    threads_per_worker: int = 1
-    dashboard_address: str = ":0"  # LocalCluster dashboard; "" turns it off
-    shard_retries: int = 1  # a failed shard task is retried this many times, then the run stops
+    workers: int = num(0, "[0, 4096]")  # LocalCluster worker processes; 0 = one per core
+    threads_per_worker: int = num(1, "[1, 1024]")
+    dashboard_address: str = (
+        "127.0.0.1:0"  # LocalCluster dashboard (this machine only); ":8787" = every interface; "" = off
+    )
+    shard_retries: int = num(1, "[0, 100]")  # a failed shard task is retried this many times, then the run stops
     progress: bool = True
     # Dask resources (docs/scale-out.md). Each task of a stage that runs a model (score with clip-mlp, tag with
     # wd, caption with hf) asks for these, e.g. {GPU: 1}: it runs only on a worker that offers them, as many at a
@@ -61,9 +118,9 @@ class SourceConfig:
 class FetchConfig:
     """img2dataset's downloader and resizer settings (its own names and meanings)."""
 
-    thread_count: int = 32
-    timeout: float = 10.0  # seconds per request
-    retries: int = 0
+    thread_count: int = num(32, "[1, 1024]")
+    timeout: float = num(10.0, "(0, 3600]")  # seconds per read of a response
+    retries: int = num(0, "[0, 100]")
     user_agent_token: str = "zxl"
     disallowed_header_directives: list[str] = dataclasses.field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
@@ -71,26 +128,31 @@ class FetchConfig:
     # Keep enough resolution for the largest training bucket: never upscale, and only downscale
     # images whose short side is above image_size (keep_ratio = short side; 1024 covers every
     # bucket of the recipe, whose short sides are 768..1024).
-    image_size: int = 1024
+    image_size: int = num(1024, "[1, 65535]")
     resize_mode: str = "keep_ratio"
     resize_only_if_bigger: bool = True
     encode_format: str = "jpg"
-    encode_quality: int = 95
+    encode_quality: int = num(95, "[0, 100]")  # JPEG/WebP quality; with png the compression level 0..9
     skip_reencode: bool = True  # a JPEG that needs no resize is stored byte for byte
     extract_exif: bool = True  # keep the original's EXIF (img2dataset's column): the year fallback
-    min_image_size: int = 0
-    max_aspect_ratio: float = float("inf")
-    max_image_pixels: int = 89_478_485  # decoder limit (Pillow's default): larger is a bomb
+    min_image_size: int = num(0, "[0, 65535]")
+    max_aspect_ratio: float = num(float("inf"), "[1, inf]")
+    max_image_pixels: int = num(89_478_485, "[1, inf)")  # decoder limit (Pillow's default): larger is a bomb
     # Never fetch from loopback, private, link-local or cloud-metadata addresses (redirects too)
     # unless they are listed here (host names or addresses) or allow_private_networks is set.
     allowed_hosts: list[str] = dataclasses.field(default_factory=list)
     allow_private_networks: bool = False
+    # The most one response (redirects included) may hold: an endless body fails there. 0 = no bound.
+    max_response_bytes: int = num(256 * 2**20, "[0, inf)")
+    # curl's --connect-to: "HOST:PORT:HOST2:PORT2" connects there for URLs naming HOST:PORT (the URL, its
+    # key and the Host header stay; the address checks apply to HOST2). Not in the stage hash, like DNS.
+    connect_to: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class InspectConfig:
-    max_image_pixels: int = 89_478_485  # stored images above this are not decoded
-    phash_size: int = 8  # 8 -> a 64-bit perceptual hash
+    max_image_pixels: int = num(89_478_485, "[1, inf)")  # stored images above this are not decoded
+    phash_size: int = num(8, "[2, 8]")  # 8 -> a 64-bit perceptual hash (stored in an int64: 8 at most)
 
 
 @dataclasses.dataclass
@@ -98,8 +160,8 @@ class ScoreConfig:
     """The embed + score stage (scorers/)."""
 
     scorer: str = "technical"  # a name from scorers.registry: technical | clip-mlp
-    batch_size: int = 32  # images per model call
-    loader_threads: int = 4  # decode + prepare threads per worker, overlapping the model
+    batch_size: int = num(32, "[1, 65536]")  # images per model call
+    loader_threads: int = num(4, "[1, 256]")  # decode + prepare threads per worker, overlapping the model
     device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp32 | fp16 | bf16
     clip_model: str = "ViT-L-14"  # an open_clip architecture name
@@ -121,14 +183,14 @@ class CalibrateConfig:
 @dataclasses.dataclass
 class DedupConfig:
     exact: bool = True  # same sha256 of the stored bytes
-    phash_distance: int = 5  # near: Hamming distance of the 64-bit phash <= this; -1 turns it off
-    embedding_cosine: float = 0.95  # near: cosine of the scorer's embeddings >= this; 0 turns it off
+    phash_distance: int = num(5, "[-1, 8]")  # near: Hamming distance of the 64-bit phash <= this; -1 turns it off
+    embedding_cosine: float = num(0.95, "[0, 1]")  # near: cosine of the scorer's embeddings >= this; 0 turns it off
 
 
 @dataclasses.dataclass
 class WeighConfig:
     repeats: dict[int, int] = dataclasses.field(default_factory=lambda: {9: 3, 8: 2})  # score -> repeats
-    default: int = 1  # repeats for any other score (and for rows without one)
+    default: int = num(1, "[0, 1000]")  # repeats for any other score (and for rows without one)
 
 
 @dataclasses.dataclass
@@ -145,10 +207,10 @@ class TagConfig:
     exif_year: bool = True  # no date in the source: take the year of EXIF DateTimeOriginal
     # wd: a SmilingWolf WD tagger (a folder or hub repo with model.onnx and selected_tags.csv)
     wd_model: str = ""
-    wd_general_threshold: float = 0.35  # v2 models; each v3 model publishes its own P=R threshold
-    wd_character_threshold: float = 0.85
+    wd_general_threshold: float = num(0.35, "[0, 1]")  # v2 models; each v3 model publishes its own P=R threshold
+    wd_character_threshold: float = num(0.85, "[0, 1]")
     wd_mcut: bool = False  # Maximum Cut Thresholding instead of the fixed thresholds
-    batch_size: int = 32
+    batch_size: int = num(32, "[1, 65536]")
     device: str = "auto"  # auto (CUDA execution provider when there is one) | cpu | cuda
 
 
@@ -157,12 +219,12 @@ class CaptionConfig:
     """Natural-language captions for the best-scored images (captioners/)."""
 
     captioner: str = "template"  # template | hf | none
-    min_score: int = 8  # only ok rows with score >= this are captioned
+    min_score: int = num(8, "[1, 9]")  # only ok rows with score >= this are captioned
     model: str = ""  # hf: a local folder or a hub repo id
     family: str = "auto"  # hf: auto | florence2 | blip2 | llava | qwen2-vl
     prompt: str = ""  # hf: empty = the family's own prompt
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    max_new_tokens: int = num(128, "[1, 8192]")
+    batch_size: int = num(8, "[1, 65536]")
     device: str = "auto"
     precision: str = "auto"  # auto (fp16 on cuda) | fp32 | fp16 | bf16
 
@@ -171,13 +233,13 @@ class CaptionConfig:
 class DemoConfig:
     """The bundled demo corpus: generated from a seed, served on 127.0.0.1."""
 
-    size: int = 600  # rows, bad ones included
-    seed: int = 0
-    bad_fraction: float = 0.05
+    size: int = num(600, "[1, 1000000]")  # rows, bad ones included
+    seed: int = num(0, "[0, 4294967295]")
+    bad_fraction: float = num(0.05, "[0, 1]")
     dir: str = ".cache/demo"  # built corpora are cached here, one folder per (size, seed)
     host: str = "127.0.0.1"
-    port: int = 8799  # preferred; a busy port falls back to a free one
-    slow_seconds: float = 8.0  # how long the "slow" rows stall; keep above fetch.timeout
+    port: int = num(8799, "[0, 65535]")  # preferred; a busy port falls back to a free one
+    slow_seconds: float = num(8.0, "(0, 3600]")  # how long the "slow" rows stall; keep above fetch.timeout
 
 
 @dataclasses.dataclass
@@ -294,7 +356,10 @@ def from_dict(cls: type, data: dict, root: type | None = None, prefix: str = "")
             kwargs[name] = from_dict(tp, value or {}, root, key + ".")
         else:
             kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    if root is cls:
+        check_ranges(built)
+    return built
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

@@ -2,6 +2,10 @@
 
 It serves ``<corpus>/files`` by path, answers 500 and stalls on the paths ``special.json``
 names, and 404 for everything else. It binds the loopback address only.
+
+Its URLs name the preferred port (``demo.port``) even when that port is taken and the server
+listens on another: ``connect_to`` then says where to connect instead (``fetch.connect_to``), so
+the URL list, its hash and every stage computed from it stay the same from one run to the next.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 _TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -85,15 +93,31 @@ class DemoServer:
     def __init__(self, corpus: str | Path, host: str = "127.0.0.1", port: int = 0, slow_seconds: float = 8.0):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"demo.host must be a loopback address, got {host!r}")
+        self.preferred_port = port
         if port and not _port_free(host, port):
-            port = 0  # the preferred port is taken: any free one will do
+            port = 0  # the preferred port is taken: any free one will do (see connect_to)
         self.httpd = DemoHTTPServer(Path(corpus), host, port, slow_seconds)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="zxl-demo-server", daemon=True)
 
     @property
     def base_url(self) -> str:
+        """Where the server listens."""
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{_url_host(host)}:{port}"
+
+    @property
+    def url_base(self) -> str:
+        """What its URLs name: the preferred port, whichever port it listens on."""
+        host, port = self.httpd.server_address[:2]
+        return f"http://{_url_host(host)}:{self.preferred_port or port}"
+
+    @property
+    def connect_to(self) -> list[str]:
+        """``fetch.connect_to`` for these URLs: [] when the server listens on the port they name."""
+        host, port = self.httpd.server_address[:2]
+        if not self.preferred_port or self.preferred_port == port:
+            return []
+        return [f"{_url_host(host)}:{self.preferred_port}:{_url_host(host)}:{port}"]
 
     def start(self) -> DemoServer:
         self.thread.start()
@@ -112,9 +136,9 @@ class DemoServer:
         self.stop()
 
     def url_table(self) -> pa.Table:
-        """The corpus's source table with ``file_url`` made absolute for this server."""
+        """The corpus's source table with ``file_url`` made absolute (on ``url_base``)."""
         src = pq.read_table(self.httpd.corpus / "source.parquet")
-        urls = pc.binary_join_element_wise(self.base_url, src["file_url"], "")
+        urls = pc.binary_join_element_wise(self.url_base, src["file_url"], "")
         return src.set_column(src.schema.get_field_index("file_url"), "file_url", urls)
 
     def write_urls(self, path: str | Path) -> Path:
@@ -129,9 +153,10 @@ def serve_forever(server: DemoServer, urls_path: Path) -> None:
     server.write_urls(urls_path)
     server.start()
     print(f"serving the demo corpus on {server.base_url}", flush=True)
+    extra = "".join(f" --set fetch.connect_to=[{rule}]" for rule in server.connect_to)
     print(
         f"URL list: {urls_path}   (zxl curate --urls {urls_path} --set source.url_column=file_url "
-        "--set source.id_column=id)",
+        f"--set source.id_column=id{extra})",
         flush=True,
     )
     try:
