@@ -31,6 +31,7 @@ PER_PAGE = (24, 48, 96)
 STATUSES = ("ok", "duplicate", "failed_download", "failed_decode", "filtered", "all")
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 THUMB = 256
+MAX_PAGE = 10**9  # any page number above the last shows the last
 
 
 def _int(value: str | None, lo: int | None = None, hi: int | None = None) -> int | None:
@@ -60,7 +61,7 @@ def parse_filters(args) -> dict:
         "q": args.get("q", "").strip()[:200],
         "sort": args.get("sort", "aesthetic") if args.get("sort", "aesthetic") in SORTS else "aesthetic",
         "per_page": _int(args.get("per_page")) if _int(args.get("per_page")) in PER_PAGE else PER_PAGE[0],
-        "page": _int(args.get("page"), 1) or 1,
+        "page": _int(args.get("page"), 1, MAX_PAGE) or 1,  # and at most the last page (index)
     }
     return f
 
@@ -221,22 +222,23 @@ def create_app(catalog_dir: str | Path) -> Flask:
     def index():
         f = parse_filters(request.args)
         total, charts = browser.summary(f)
-        rows = browser.page(f)
         pages = max(1, -(-total // f["per_page"]))
+        f["page"] = min(f["page"], pages)
+        rows = browser.page(f)
         return render_template(
             "index.html", rows=rows, total=total, f=f, pages=pages, charts=charts,
             manifest=catalog.manifest, problems=catalog.problems, sorts=SORTS, statuses=STATUSES,
             ratings=RATINGS, per_page=PER_PAGE, page_url=page_url,
         )  # fmt: skip
 
-    @app.get("/row/<key>")
+    @app.get("/row/<path:key>")  # a key may hold "/"
     def detail(key: str):
         row = browser.row(key)
         if row is None:
             abort(404)
         return render_template("row.html", row=row, duplicates=browser.duplicates(row), problems=catalog.problems)
 
-    @app.get("/image/<key>")
+    @app.get("/image/<path:key>")  # a key may hold "/"
     def image(key: str):
         found = browser.image(key)
         if found is None:
@@ -244,7 +246,7 @@ def create_app(catalog_dir: str | Path) -> Flask:
         data, ext = found
         return Response(data, mimetype={"jpg": "image/jpeg", "jpeg": "image/jpeg"}.get(ext, f"image/{ext}"))
 
-    @app.get("/thumb/<key>")
+    @app.get("/thumb/<path:key>")  # a key may hold "/"
     def thumb(key: str):
         data = browser.thumbnail(key)
         if data is None:

@@ -23,6 +23,7 @@ from sampler.prompts import Prompt
 from sampler.samplers import SAMPLERS, cfg, sample_ddim, v_to_denoised
 from sampler.schedule import alphas_cumprod, get_sigmas, sigma_to_t, sigmas_table, trailing_timesteps
 from zxl.config import ConfigError
+from zxl.models import unreadable
 
 
 @dataclass
@@ -42,21 +43,22 @@ class SDXL:
 
     @classmethod
     def load(cls, ref: str | Path, device: str = "auto", precision: str = "auto", compile: bool = False,  # noqa: A002
-             config: str | Path | None = None) -> SDXL:  # fmt: skip
+             config: str | Path | None = None, option: str = "--model") -> SDXL:  # fmt: skip
         """A diffusers SDXL folder (model_index.json, unet/, vae/, text_encoder(_2)/, tokenizer(_2)/), or a
         single-file ``.safetensors`` (A1111/ComfyUI layout, sampler/single_file.py) whose configs come from
         ``config`` (a diffusers folder) or the shipped SDXL base skeleton. A single file is v-prediction
         (and ZTSNR) when it carries the empty ``v_pred`` (``ztsnr``) key, else when ``config``'s scheduler
-        says so; otherwise it is taken for epsilon, which generate() refuses."""
+        says so; otherwise it is taken for epsilon, which generate() refuses. ``option`` is what a load
+        error names as the source of ``ref`` (``--model`` here, ``model.base`` for the trainer)."""
         from scorers.clip_mlp import pick_device, pick_dtype
 
         path = Path(ref)
         dev = pick_device(device)
         dtype = pick_dtype(precision, dev)
         if path.is_file():
-            parts, v_pred, ztsnr, name_hash = cls._file_parts(path, config, dtype)
+            parts, v_pred, ztsnr, name_hash = cls._file_parts(path, config, dtype, option)
         else:
-            parts, v_pred, ztsnr, name_hash = cls._folder_parts(path, dtype)
+            parts, v_pred, ztsnr, name_hash = cls._folder_parts(path, dtype, option)
         parts = {k: m.to(dev).eval() if isinstance(m, torch.nn.Module) else m for k, m in parts.items()}
         model = cls(**parts, v_pred=v_pred, ztsnr=ztsnr, name=name_hash[0], hash=name_hash[1], device=dev, dtype=dtype)
         if dev.type == "cuda":  # diffusers' attention is SDPA already; channels-last helps the convolutions
@@ -66,41 +68,44 @@ class SDXL:
         return model
 
     @staticmethod
-    def _folder_parts(folder: Path, dtype: torch.dtype):
+    def _folder_parts(folder: Path, dtype: torch.dtype, option: str):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         index = folder / "model_index.json"
         if not index.is_file():
             raise ConfigError(
-                f"--model {folder}: not a diffusers SDXL folder (no model_index.json) nor a single-file "
+                f"{option} {folder}: not a diffusers SDXL folder (no model_index.json) nor a single-file "
                 ".safetensors checkpoint"
             )
         if "StableDiffusionXL" not in json.loads(index.read_text()).get("_class_name", ""):
-            raise ConfigError(f"--model {folder}: model_index.json is not an SDXL pipeline")
+            raise ConfigError(f"{option} {folder}: model_index.json is not an SDXL pipeline")
         sched = _scheduler_config(folder)
         load = {"torch_dtype": dtype}
-        parts = {
-            "unet": UNet2DConditionModel.from_pretrained(folder / "unet", **load),
-            # the SDXL VAE overflows in fp16: it always decodes in fp32
-            "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
-            "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", **load),
-            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load),
-            "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            "tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
-        }
+        try:
+            parts = {
+                "unet": UNet2DConditionModel.from_pretrained(folder / "unet", **load),
+                # the SDXL VAE overflows in fp16: it always decodes in fp32
+                "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
+                "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", **load),
+                "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load),
+                "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                "tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+            }
+        except Exception as e:  # noqa: BLE001 - a missing, truncated or foreign part: one line naming the folder
+            raise unreadable(option, folder, e) from None
         v_pred = sched.get("prediction_type", "v_prediction") == "v_prediction"
         ztsnr = bool(sched.get("rescale_betas_zero_snr", True))
         digest = hashlib.sha256((folder / "unet" / "config.json").read_bytes()).hexdigest()[:10]
         return parts, v_pred, ztsnr, (folder.name, digest)
 
     @staticmethod
-    def _file_parts(path: Path, config: str | Path | None, dtype: torch.dtype):
+    def _file_parts(path: Path, config: str | Path | None, dtype: torch.dtype, option: str):
         from sampler.single_file import file_hash, load_single_file
 
         if path.suffix != ".safetensors":
-            raise ConfigError(f"--model {path}: a single-file checkpoint must be .safetensors")
-        parts, flags = load_single_file(path, config, dtype)
+            raise ConfigError(f"{option} {path}: a single-file checkpoint must be .safetensors")
+        parts, flags = load_single_file(path, config, dtype, option)
         v_pred, ztsnr = flags["v_pred"], flags["ztsnr"]
         if not v_pred and config is not None:  # no markers: the config folder's scheduler may say v-prediction
             sched = _scheduler_config(Path(config))

@@ -339,6 +339,8 @@ def write_single_file(path, unet, vae, text_encoder, text_encoder_2, v_pred: boo
     ``dtype`` casts the floating-point weights (fp16 is what the ecosystem ships)."""
     from safetensors.torch import save_file
 
+    from zxl.files import as_umask
+
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
@@ -359,7 +361,7 @@ def write_single_file(path, unet, vae, text_encoder, text_encoder_2, v_pred: boo
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(sd, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        os.replace(as_umask(tmp), path)
     finally:
         tmp.unlink(missing_ok=True)
     if yaml and v_pred:
@@ -413,29 +415,32 @@ def file_hash(path) -> str:
     return h.hexdigest()[:10]
 
 
-def load_single_file(path, config=None, dtype: torch.dtype = torch.float32):
+def load_single_file(path, config=None, dtype: torch.dtype = torch.float32, option: str = "--model"):
     """Modules from a single file: ``(parts, flags)`` with parts unet, vae (fp32), text_encoder(_2),
     tokenizer(_2). The configs come from ``config`` (a diffusers folder) or the shipped SDXL base
     skeleton; the tokenizers from that folder or, when it has none, sampler/tokenizer.py."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from sampler.tokenizer import clip_tokenizer
+    from zxl.models import read_safetensors, unreadable
 
     path, folder = Path(path), Path(config) if config else CONFIG_DIR
     configs = _read_configs(folder)
-    sd = load_file(str(path))
+    sd = read_safetensors(path, option)
     conv_in = sd.get(UNET + "input_blocks.0.0.weight")
     want = (configs[0]["block_out_channels"][0], configs[0]["in_channels"])
     if conv_in is not None and tuple(conv_in.shape[:2]) != want:
         where = "the SDXL base configs" if config is None else str(folder)
         raise ConfigError(
-            f"--model {path}: the U-Net's input_blocks.0.0.weight is {tuple(conv_in.shape)}, {where} want "
+            f"{option} {path}: the U-Net's input_blocks.0.0.weight is {tuple(conv_in.shape)}, {where} want "
             f"{want[0]}×{want[1]} channels: pass the model's diffusers config folder with --model-config DIR"
         )
-    unet_sd, vae_sd, te_sd, te2_sd, flags = from_single_file(sd, *configs)
+    try:
+        unet_sd, vae_sd, te_sd, te2_sd, flags = from_single_file(sd, *configs)
+    except ConfigError as e:
+        raise ConfigError(f"{option} {path}: {e}") from None
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(configs[0])
         vae = AutoencoderKL.from_config(configs[1])
@@ -443,7 +448,10 @@ def load_single_file(path, config=None, dtype: torch.dtype = torch.float32):
         te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(configs[3]))
     for model, weights, dt in ((unet, unet_sd, dtype), (vae, vae_sd, torch.float32), (te, te_sd, dtype),
                                (te2, te2_sd, dtype)):  # fmt: skip
-        model.load_state_dict({k: v.to(dt) for k, v in weights.items()}, strict=True, assign=True)
+        try:
+            model.load_state_dict({k: v.to(dt) for k, v in weights.items()}, strict=True, assign=True)
+        except RuntimeError as e:  # shapes or names that do not fit the configs
+            raise unreadable(option, path, e) from None
         model.eval()
     if (folder / "tokenizer").is_dir() and (folder / "tokenizer_2").is_dir():
         tok, tok2 = (

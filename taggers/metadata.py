@@ -2,8 +2,9 @@
 
 - rating: booru letters g/s/q/e and the spelled-out words (general, sensitive, questionable,
   explicit; the pre-2022 Danbooru "safe" is today's general) → the four classes;
-- year: from ``created_at`` in the source's own offset (2011-01-01T00:30+09:00 is 2011), or a
-  Unix timestamp (UTC); years outside 1990 … next year are rejected as clock errors;
+- year: from ``created_at`` in the source's own offset (2011-01-01T00:30+09:00 is 2011; a timestamp
+  column arrives as ISO text in its own offset, pipeline/sources.py), a date, or a Unix timestamp
+  (UTC); years outside 1990 … next year are rejected as clock errors;
 - tags: the general and character tag strings split on ``tag.separator``. A string that uses
   another separator (commas, semicolons, pipes where spaces were configured) is not guessed at:
   its tags stay null and the row's problem says why.
@@ -45,7 +46,7 @@ def parse_year(value) -> tuple[int | None, str | None]:
     try:
         if isinstance(value, (int, float)) or str(value).strip().isdigit():
             when = dt.datetime.fromtimestamp(float(value), dt.UTC)
-        elif isinstance(value, (dt.datetime, pd.Timestamp)):
+        elif isinstance(value, (dt.datetime, dt.date, pd.Timestamp)):  # a timestamp or date column read as such
             when = value
         else:
             text = str(value).strip().replace("Z", "+00:00")

@@ -3,6 +3,7 @@
 import shutil
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from catalog.browse import parse_filters, serve, where_clause
 CHROMIUM = "/usr/bin/chromium"
 HOSTILE_CAPTION = '<script>window.__pwned = 1</script>"><b>bold?</b>'
 HOSTILE_TAG = "<img src=x onerror=window.__pwned=2>"
+SLASH_KEY = "art/2021/5#2?x"
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,9 @@ def site(sync_run, tmp_path_factory):
     captions[ok[0]] = HOSTILE_CAPTION
     tags = t["tags"].to_pylist()
     tags[ok[0]] = [HOSTILE_TAG, *(tags[ok[0]] or [])]
+    keys = t["key"].to_pylist()
+    keys[ok[1]] = SLASH_KEY  # a source id may hold "/" (and "#", "?")
+    t = t.set_column(t.schema.get_field_index("key"), "key", pa.array(keys, pa.string()))
     t = t.set_column(t.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string()))
     t = t.set_column(t.schema.get_field_index("tags"), "tags", pa.array(tags, pa.list_(pa.string())))
     pq.write_table(t, part)
@@ -44,6 +49,20 @@ def site(sync_run, tmp_path_factory):
 def _get(url):
     with urllib.request.urlopen(url, timeout=10) as r:
         return r.status, r.headers.get("Content-Type"), r.read()
+
+
+def test_any_key_opens_and_any_page_number_answers(site):
+    base, _ = site
+    quoted = urllib.parse.quote(SLASH_KEY, safe="")
+    for route in ("row", "thumb", "image"):
+        assert _get(f"{base}/{route}/{quoted}")[0] == 200, route
+    body = b"".join(_get(f"{base}/?status=all&sort=key&per_page=96&page={n}")[2] for n in (1, 2))
+    assert f'href="/row/{urllib.parse.quote(SLASH_KEY, safe="/")}"'.encode() in body  # the link the page gives
+    assert _get(f"{base}/row/{urllib.parse.quote(SLASH_KEY, safe='/')}")[0] == 200
+    for page in ("9999999999999999999", "-5", "1e9", "abc"):
+        status, _, body = _get(f"{base}/?status=all&page={page}")
+        assert status == 200 and b'class="card"' in body, page  # beyond the end: the last page
+    assert b'id="next"' not in _get(f"{base}/?status=all&page=9999999999999999999")[2]
 
 
 def test_filters_are_parameters_not_sql():

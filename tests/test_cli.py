@@ -1,6 +1,7 @@
 import re
 
 import pytest
+import torch
 
 from zxl.cli import main
 
@@ -44,6 +45,33 @@ def test_curate_the_demo_end_to_end(capsys, tmp_path):
     assert "served on http://127.0.0.1:" in out
     assert "rows per status" in out and "failed_download" in out
     assert (tmp_path / "d" / "catalog" / "_manifest.json").exists()
+
+
+def test_the_demo_keeps_its_urls_when_its_port_is_taken(capsys, tmp_path):
+    """A rerun whose demo.port another program holds serves elsewhere, but its URLs (and so every
+    stage) are the same: nothing is fetched again."""
+    import socket
+
+    import pyarrow.parquet as pq
+
+    with socket.socket() as s:  # a free port for demo.port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["curate", "--demo", "--no-progress", "--runs-dir", str(tmp_path), "--name", "d", "--scheduler", "sync",
+            "--set", "demo.size=20", f"--set=demo.dir={tmp_path / 'corpus'}", f"--set=demo.port={port}",
+            "--set", "fetch.timeout=1", "--set", "demo.slow_seconds=3"]  # fmt: skip
+    assert main(args) == 0
+    first = pq.read_table(tmp_path / "d" / "catalog", columns=["url"])["url"].to_pylist()
+    capsys.readouterr()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the demo's own socket may linger
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"(its URLs name http://127.0.0.1:{port}: demo.port is taken)" in out
+    assert "fetch" in out and "shards already done" in out.split("fetch", 1)[1].splitlines()[0]
+    assert pq.read_table(tmp_path / "d" / "catalog", columns=["url"])["url"].to_pylist() == first
 
 
 def test_demo_build_prints_the_folder(capsys, tmp_path):
@@ -130,3 +158,19 @@ def test_print_sigmas(capsys):
     assert "4095.99" in capsys.readouterr().out
     assert main(["sample", "--print-sigmas", "--schedule", "cosine"]) == 2
     assert "trailing, simple, karras, exponential" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
+def test_sample_with_a_damaged_model_file_is_a_one_line_error(capsys, tmp_path, tiny_sdxl, damage):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(64, 64)}, str(bad))
+    bad.write_bytes({"truncated": bad.read_bytes()[:200], "not safetensors": b"\xff" * 300, "empty": b""}[damage])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    code = main(["sample", "--model", str(bad), "--model-config", str(tiny_sdxl), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"zxl sample: error: --model {bad}: cannot load it (") and "Traceback" not in err

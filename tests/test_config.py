@@ -104,3 +104,61 @@ def test_shipped_presets_load():
 
     for p in sorted(Path(__file__).parents[1].joinpath("configs/curate").glob("*.yaml")):
         load_config(CurateConfig, [p])
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _numeric_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif hints[f.name] in (int, float):
+            yield f"{prefix}{f.name}", f
+
+
+def test_every_numeric_key_has_a_range_and_its_default_is_in_it():
+    from trainer.config import TrainConfig
+
+    for root in (CurateConfig, TrainConfig):
+        for key, f in _numeric_fields(root):
+            assert "range" in f.metadata, f"{root.__name__} {key} has no allowed range (zxl.config.num)"
+            default = f.default if f.default is not f.default_factory else f.default_factory()
+            assert default in f.metadata["range"], key
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fetch.retries=-1", "fetch.retries must be an integer from 0 to 100, got -1"),
+        ("fetch.timeout=.nan", "fetch.timeout must be a number in (0,3600], got nan"),
+        ("fetch.timeout=0", "fetch.timeout must be a number in (0,3600], got 0.0"),
+        ("fetch.image_size=-1", "fetch.image_size must be an integer from 1 to 65535, got -1"),
+        ("fetch.max_image_pixels=-1", "fetch.max_image_pixels must be an integer >= 1, got -1"),
+        ("inspect.phash_size=-8", "inspect.phash_size must be an integer from 2 to 8, got -8"),
+        ("fetch.encode_quality=500", "fetch.encode_quality must be an integer from 0 to 100, got 500"),
+        ("demo.bad_fraction=2", "demo.bad_fraction must be a number in [0,1], got 2.0"),
+        ("demo.size=0", "demo.size must be an integer from 1 to 1000000, got 0"),
+        ("demo.size=-5", "demo.size must be an integer from 1 to 1000000, got -5"),
+        ("dedup.embedding_cosine=inf", "dedup.embedding_cosine must be a number in [0,1], got inf"),
+        ("fetch.max_aspect_ratio=0.5", "fetch.max_aspect_ratio must be a number in [1,inf], got 0.5"),
+    ],
+)
+def test_numbers_outside_their_range_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(CurateConfig, overrides=[override])
+    assert str(e.value) == message
+
+
+def test_trainer_ranges_and_programmatic_configs_are_checked():
+    from pipeline.curate import curate
+    from trainer.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"optim.ema_decay must be a number in \[0,1\), got 1.0"):
+        load_config(TrainConfig, overrides=["optim.ema_decay=1"])
+    cfg = CurateConfig()
+    cfg.fetch.retries = -1  # built in code, not loaded: curate checks before any work
+    with pytest.raises(ConfigError, match="fetch.retries must be an integer from 0 to 100"):
+        curate(cfg)
+    assert load_config(CurateConfig, overrides=["fetch.max_aspect_ratio=inf"]).fetch.max_aspect_ratio == float("inf")

@@ -164,9 +164,17 @@ def test_kill_mid_fetch_then_resume(sync_run, tmp_path):
     assert not (tmp_path / name / "catalog").exists()
     leftovers = [p for p in (tmp_path / name / "stages").rglob("*.parquet") if ".tmp-" in p.name]
     assert all(p.name.startswith(".") for p in leftovers)  # a temporary never has a final name
-    res = curate(make_config(tmp_path, name, cfg.source.path), log=lambda *_: None)
+    run = tmp_path / name
+    # and what other killed processes leave: a catalog being built, a stage file, a fetch folder
+    (run / ".catalog.tmp-4242").mkdir()
+    (run / "stages" / "fetch" / ".00003.parquet.tmp-4242-deadbeef").write_bytes(b"half a file")
+    (run / "shards" / ".tmp-00002-deadbeef").mkdir(parents=True, exist_ok=True)
+    logged = []
+    res = curate(make_config(tmp_path, name, cfg.source.path), log=logged.append)
     assert res.stage_stats["fetch"]["shards_skipped"] >= 1
     assert_same_catalog(res.catalog_dir, first.catalog_dir)
+    assert [p for p in run.rglob(".*") if p.name != ".lock"] == []  # no litter of any process is left
+    assert any(line.startswith("removed ") and "temporary files" in line for line in logged)
 
 
 def test_a_bad_url_list_stops_before_any_work(tmp_path, urls_file):

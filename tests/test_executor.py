@@ -145,3 +145,13 @@ def test_a_worker_that_cannot_see_the_run_folder_stops_the_run(urls_file, tmp_pa
             worker.terminate()
             worker.wait(timeout=30)
     assert not (runs / "blind" / "stages" / "fetch").exists()  # stopped before the first task
+
+
+def test_the_dashboard_listens_on_this_machine_only_unless_asked():
+    from pipeline.executor import Executor
+    from zxl.config import RunConfig
+
+    with Executor(RunConfig(workers=1)) as ex:
+        bound = {s.getsockname()[0] for s in ex.cluster.scheduler.http_server._sockets.values()}
+        assert bound == {"127.0.0.1"}, bound
+        assert ex.dashboard.startswith("http://127.0.0.1:")  # what the log prints is where it listens

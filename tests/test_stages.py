@@ -1,5 +1,8 @@
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.stages import is_done, stored_hash, write_table_atomic
 
@@ -18,3 +21,43 @@ def test_a_partial_file_is_not_done(tmp_path):
     path.write_bytes(b"PAR1 half a file")
     assert stored_hash(path) is None and not is_done(path, "abc")
     assert not is_done(tmp_path / "missing.parquet", "abc")
+
+
+def test_plain_error_drops_what_changes_between_runs():
+    from pipeline.stages import plain_error
+
+    a = plain_error("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c9d30>")
+    b = plain_error(OSError("cannot identify image file <_io.BytesIO object at 0x7fffd00d0e10>"))
+    assert a == b == "cannot identify image file <_io.BytesIO object>"
+    assert plain_error("two\nlines  and   spaces") == "two lines and spaces"
+
+
+def test_temporaries_of_any_process_are_removed_and_finished_files_kept(tmp_path):
+    from pipeline.stages import remove_temporaries, write_text_atomic
+
+    run = tmp_path / "run"
+    keep = [write_text_atomic(text, run / name) for text, name in
+            (("x", "stages/fetch/00000.parquet"), ("y", "config.yaml"), ("z", "shards/00000.tar"))]  # fmt: skip
+    litter = [run / "stages" / "fetch" / ".00001.parquet.tmp-999999-abcd1234", run / ".config.yaml.tmp-1-ffff0000",
+              run / "embeddings" / ".00000.parquet.tmp-5-0", run / ".zxl-probe-0a1b2c3d"]  # fmt: skip
+    for p in litter:
+        write_text_atomic("half", p)
+    folders = [run / ".catalog.tmp-31337", run / ".catalog.old-31337", run / "shards" / ".tmp-00001-beefcafe"]
+    for d in folders:
+        (d / "inner").mkdir(parents=True)
+    assert remove_temporaries(run) == len(litter) + len(folders)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in litter + folders)
+    assert remove_temporaries(run) == 0 and remove_temporaries(tmp_path / "none") == 0
+
+
+def test_one_curate_per_run_folder_at_a_time(tmp_path):
+    from pipeline.stages import RunFolderBusyError, run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(
+            RunFolderBusyError, match=f"run folder {tmp_path} is in use by zxl curate pid {os.getpid()}"
+        ):
+            with run_lock(tmp_path):
+                pass
+    with run_lock(tmp_path):  # released at the end of the block
+        pass

@@ -142,6 +142,30 @@ def test_missing_base_model_is_named(catalog, tmp_path):
         train(config(catalog, tmp_path / "nope", tmp_path / "a"), log=quiet)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors"])
+def test_a_damaged_base_or_checkpoint_is_a_one_line_error(catalog, tiny_sdxl, tmp_path, capsys, damage):
+    from safetensors.torch import save_file
+
+    from zxl.cli import main
+
+    bad = tmp_path / "base.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(64, 64)}, str(bad))
+    bad.write_bytes(bad.read_bytes()[:200] if damage == "truncated" else b"<html>not a model</html>")
+    code = main(["train", "--base", str(bad), "--set", f"data.catalog={catalog}", "--set", "data.resolution=64",
+                 "--set", f"loop.output={tmp_path / 'out'}", "--set", "loop.progress=false"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"zxl train: error: model.base (--base) {bad}: cannot load it (") and "Traceback" not in err
+    # a resume from a checkpoint whose weights were cut short
+    done = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.max_steps=2"), log=quiet)
+    weights = Path(done["checkpoint"]) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000] if damage == "truncated" else b"\0" * 64)
+    with pytest.raises(
+        checkpoint.CheckpointError, match=rf"--resume {done['checkpoint']}: the checkpoint does not load"
+    ):
+        train(config(catalog, tiny_sdxl, tmp_path / "a"), resume=True, log=quiet)
+
+
 def test_export_merge_and_load_back(catalog, tiny_sdxl, tmp_path):
     from sampler.pipeline import SDXL
     from trainer.export import merge_and_write
@@ -149,6 +173,11 @@ def test_export_merge_and_load_back(catalog, tiny_sdxl, tmp_path):
     result = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.save_every=1", "loop.keep_last=4"), log=quiet)
     exported = Path(result["export"])
     assert exported.suffix == ".safetensors" and exported.with_suffix(".yaml").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    ckpt_file = Path(result["checkpoint"]) / "model.safetensors"
+    for written in (exported, ckpt_file):  # safetensors alone would leave 0600: unreadable to another user
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask, written
     sd = load_file(exported)
     assert "v_pred" in sd and "ztsnr" in sd and any(k.startswith("model.diffusion_model.") for k in sd)
     trained = checkpoint.split(load_file(Path(result["checkpoint"]) / "model.safetensors"))

@@ -25,6 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zxl.config import ConfigError
+from zxl.files import as_umask
+from zxl.models import read_safetensors
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 PARTS = ("unet", "text_encoder", "text_encoder_2")
@@ -58,6 +60,7 @@ def save(folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict,
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        as_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -76,9 +79,16 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     for name in ("model.safetensors", "state.pt", "meta.json"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path} is not a zxl checkpoint (no {name})")
-    weights = load_file(path / "model.safetensors")
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    return weights, state, json.loads((path / "meta.json").read_text())
+    try:
+        weights = load_file(path / "model.safetensors")
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        meta = json.loads((path / "meta.json").read_text())
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming the checkpoint
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise CheckpointError(
+            f"--resume {path}: the checkpoint does not load ({why}); resume from an earlier one (--resume FOLDER)"
+        ) from None
+    return weights, state, meta
 
 
 def split(weights: dict[str, torch.Tensor], ema: bool = False) -> dict[str, dict[str, torch.Tensor]]:
@@ -100,10 +110,10 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
             raise ConfigError(f"{path}: neither a zxl checkpoint folder nor a .safetensors file")
-        return load_file(path / "model.safetensors"), "checkpoint"
+        return read_safetensors(path / "model.safetensors", "zxl merge"), "checkpoint"
     if path.suffix != ".safetensors" or not path.is_file():
         raise ConfigError(f"{path}: neither a zxl checkpoint folder nor a .safetensors file")
-    return load_file(path), "single-file"
+    return read_safetensors(path, "zxl merge"), "single-file"
 
 
 def merge(paths: list[Path], weights: list[float] | None = None) -> tuple[dict[str, torch.Tensor], str, dict]:

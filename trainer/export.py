@@ -19,6 +19,7 @@ import torch
 
 from trainer import checkpoint
 from zxl.config import ConfigError
+from zxl.files import as_umask
 
 
 def _complete(parts: dict, base: str, config: str | None):
@@ -51,7 +52,7 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
     pipe.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    os.replace(as_umask(tmp), folder)
     return folder
 
 
@@ -107,7 +108,7 @@ def _write_raw(out: Path, state: dict[str, torch.Tensor], metadata: dict, yaml: 
         save_file(
             {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={**metadata, "modelspec.title": out.stem}
         )
-        os.replace(tmp, out)
+        os.replace(as_umask(tmp), out)
     finally:
         tmp.unlink(missing_ok=True)
     if yaml:

@@ -122,7 +122,13 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
         raise ConfigError(f"model.base: {cfg.model.base} does not exist (a single-file SDXL .safetensors or a "
                           "diffusers folder; nothing is downloaded)")  # fmt: skip
     if model is None:
-        model = SDXL.load(cfg.model.base, device=str(device), precision="fp32", config=cfg.model.config or None)
+        model = SDXL.load(
+            cfg.model.base,
+            device=str(device),
+            precision="fp32",
+            config=cfg.model.config or None,
+            option="model.base (--base)",
+        )
     model.v_pred, model.ztsnr = cfg.model.v_pred, cfg.model.ztsnr
     if d.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -58,9 +58,27 @@ def load_state_dict(path: Path, key: str) -> dict:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or hostile file is a clear error
-        raise ConfigError(f"{key}: cannot load weights from {path}: {type(e).__name__}: {e}") from None
+        raise unreadable(key, path, e) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a Lightning checkpoint
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"{key}: {path} holds no state dict of tensors")
     return obj
+
+
+def unreadable(option: str, path, error: BaseException) -> ConfigError:
+    """The one-line error for a model file that does not load: the option, the file and why."""
+    why = " ".join(f"{type(error).__name__}: {error}".split())
+    if len(why) > 300:
+        why = why[:297] + "..."
+    return ConfigError(f"{option} {path}: cannot load it ({why}); is the file whole (a finished download)?")
+
+
+def read_safetensors(path, option: str) -> dict:
+    """All tensors of a .safetensors file; a truncated or malformed file is ``unreadable``."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors, OSError, a bad header: one clear line
+        raise unreadable(option, path, e) from None
