@@ -43,6 +43,7 @@ import urllib.parse
 import urllib.request
 
 SCHEMES = ("http", "https")
+HEADER_ALLOWANCE = 64 * 1024  # per response, beside the body's byte cap
 # Cloud metadata services that are not covered by the link-local / private checks.
 METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
 
@@ -110,6 +111,7 @@ class _Budget:
         self.deadline = None if seconds is None else time.monotonic() + seconds
         self.max_bytes = max_bytes
         self.read = 0
+        self.headers = 0
         self.lock = threading.Lock()
 
     def left(self) -> float | None:
@@ -125,8 +127,14 @@ class _Budget:
     def spend(self, n: int) -> None:
         with self.lock:
             self.read += n
-            if self.max_bytes is not None and self.read > self.max_bytes:
+            if self.max_bytes is not None and self.read > self.max_bytes + self.headers:
                 raise self.too_large()
+
+    def new_response(self) -> None:
+        """Room for one more response's status line and headers on top of the cap (the socket's
+        bytes are counted, and a read may take the headers and the body together)."""
+        with self.lock:
+            self.headers += HEADER_ALLOWANCE
 
 
 class _BudgetReader(io.RawIOBase):
@@ -167,6 +175,7 @@ class _BudgetResponse(http.client.HTTPResponse):
 
     def __init__(self, sock, *args, **kwargs):
         super().__init__(sock, *args, **kwargs)
+        self.budget.new_response()
         self.fp.close()  # the plain reader http.client made; ours replaces it
         self.fp = io.BufferedReader(_BudgetReader(sock, self.budget))
 

@@ -173,4 +173,4 @@ def test_sample_with_a_damaged_model_file_is_a_one_line_error(capsys, tmp_path, 
                  "--out", str(tmp_path / "out"), "--device", "cpu"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"zxl sample: error: --model {bad}: cannot load it (") and "Traceback" not in err
+    assert err.startswith(f"zxl sample: error: --model {bad}: cannot load weights from it (") and "Traceback" not in err

@@ -86,3 +86,39 @@ def test_split_writes_shards_and_reuses_them(tmp_path):
     n2, h2 = split(table, cfg, tmp_path, shard_size=20)
     assert (n2, h2 != h) == (2, True)
     assert not stage_path(tmp_path, "source", 2).exists()  # the earlier split's extra shard is gone
+
+
+def test_repeated_ids_never_take_a_key_that_is_an_id_of_the_list():
+    cfg = SourceConfig(url_column="u", id_column="id")
+    t = pa.table({"id": ["5", "5#2", "5", "5", None, None], "u": ["a", "b", "c", "d", "e", "e"]})
+    keys = normalize(t, cfg)["key"].to_pylist()
+    assert keys[:4] == ["5", "5#2", "5#3", "5#4"] and keys[5] == f"{keys[4]}#2" and len(set(keys)) == 6
+    assert keys == normalize(t, cfg)["key"].to_pylist()  # stable
+    from pipeline.sources import report
+
+    assert report(t, cfg)["repeated_ids"] == 2
+
+
+def test_a_csv_timestamp_and_other_arrow_types_travel_as_text(tmp_path):
+    import datetime as dt
+    import decimal
+
+    from pipeline.sources import report
+    from taggers.metadata import parse_year
+
+    path = tmp_path / "posts.csv"
+    path.write_text("id,url,created_at\n1,http://127.0.0.1:1/a.jpg,2021-03-04 05:06:07\n")
+    cfg = SourceConfig(path=str(path), id_column="id")
+    table = read_url_list(cfg)
+    assert pa.types.is_timestamp(table["created_at"].type)  # how pyarrow reads such a CSV
+    assert normalize(table, cfg)["created_at"].to_pylist() == ["2021-03-04T05:06:07"]
+    t = (
+        table.append_column("day", pa.array([dt.date(2020, 5, 6)]))
+        .append_column("price", pa.array([decimal.Decimal("12.30")], pa.decimal128(5, 2)))
+        .append_column("thumb", pa.array([b"\x89PNG"], pa.binary()))
+    )
+    row = normalize(t, cfg).to_pylist()[0]
+    assert (row["day"], row["price"]) == ("2020-05-06", "12.30") and "thumb" not in row
+    assert report(t, cfg)["dropped_columns"] == {"thumb": "binary: binary columns are not carried"}
+    assert parse_year(dt.date(2020, 5, 6)) == (2020, None)
+    assert parse_year(dt.datetime(2020, 12, 31, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5)))) == (2020, None)

@@ -155,7 +155,10 @@ def test_a_damaged_base_or_checkpoint_is_a_one_line_error(catalog, tiny_sdxl, tm
                  "--set", f"loop.output={tmp_path / 'out'}", "--set", "loop.progress=false"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"zxl train: error: model.base (--base) {bad}: cannot load it (") and "Traceback" not in err
+    assert (
+        err.startswith(f"zxl train: error: model.base (--base) {bad}: cannot load weights from it (")
+        and "Traceback" not in err
+    )
     # a resume from a checkpoint whose weights were cut short
     done = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.max_steps=2"), log=quiet)
     weights = Path(done["checkpoint"]) / "model.safetensors"

@@ -71,7 +71,9 @@ def unreadable(option: str, path, error: BaseException) -> ConfigError:
     why = " ".join(f"{type(error).__name__}: {error}".split())
     if len(why) > 300:
         why = why[:297] + "..."
-    return ConfigError(f"{option} {path}: cannot load it ({why}); is the file whole (a finished download)?")
+    return ConfigError(
+        f"{option} {path}: cannot load weights from it ({why}); is the file whole (a finished download)?"
+    )
 
 
 def read_safetensors(path, option: str) -> dict:
