@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.schema import SCHEMA_V1, conform
+from zxl.catalog.schema import SCHEMA_V1, conform
 from zxl.demo_corpus import CHARACTERS, GENERAL_TAGS
 
 RATINGS = ["general", "sensitive", "questionable", "explicit"]
@@ -66,8 +66,8 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
 def run(quick: bool = False) -> list[dict]:
     from werkzeug.datastructures import MultiDict
 
-    from catalog.browse import Browser, parse_filters, serve
-    from catalog.query import open_catalog, stats
+    from zxl.catalog.browse import Browser, parse_filters, serve
+    from zxl.catalog.query import open_catalog, stats
 
     n = 95_000 if quick else 950_000
     reps = 20 if quick else 40

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline import fetch as fetch_stage
-from pipeline import sources
-from pipeline.curate import stage_hashes
-from pipeline.executor import Executor, Progress, Task
 from zxl.config import CurateConfig, load_config
 from zxl.demo_corpus import build_corpus
 from zxl.demo_server import DemoServer
+from zxl.pipeline import fetch as fetch_stage
+from zxl.pipeline import sources
+from zxl.pipeline.curate import stage_hashes
+from zxl.pipeline.executor import Executor, Progress, Task
 
 CACHE = Path(".cache/bench")
 

@@ -168,11 +168,11 @@ def clip(setup: Setup) -> list[dict]:
     """CLIP ViT-L/14 + LAION head: the score stage's path, a GPU-decode path, and the model alone."""
     import open_clip
 
-    from pipeline.inspection import read_tar_images
-    from pipeline.score import score_stream
-    from scorers.clip_mlp import ClipMlpScorer
-    from scorers.heads import laion_state_dict
     from zxl.config import ScoreConfig
+    from zxl.pipeline.inspection import read_tar_images
+    from zxl.pipeline.score import score_stream
+    from zxl.scorers.clip_mlp import ClipMlpScorer
+    from zxl.scorers.heads import laion_state_dict
     from zxl.testing import TINY_CLIP
 
     tars, jpeg_side = shards(setup)
@@ -247,9 +247,9 @@ def wd(setup: Setup) -> list[dict]:
     alone on a prepared batch."""
     import onnxruntime as ort
 
-    from pipeline.inspection import read_tar_images
-    from taggers.wd import WDTagger, prepare
     from zxl.config import TagConfig
+    from zxl.pipeline.inspection import read_tar_images
+    from zxl.taggers.wd import WDTagger, prepare
     from zxl.testing import build_wd_model
 
     ref = os.environ.get(WD_ENV, "")
@@ -322,8 +322,8 @@ def build_sdxl(setup: Setup):
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sampler.pipeline import SDXL
-    from sampler.tokenizer import clip_tokenizer
+    from zxl.sampler.pipeline import SDXL
+    from zxl.sampler.tokenizer import clip_tokenizer
 
     diffusers_logging.set_verbosity_error()  # its advice on fp32 modules is for from_pretrained
     configs, source = sdxl_configs(setup.tiny)
@@ -358,8 +358,8 @@ def build_sdxl(setup: Setup):
 
 def sdxl(setup: Setup) -> list[dict]:
     """Seconds per image, ours against diffusers, alternating, best of each."""
-    from sampler.pipeline import generate
-    from sampler.prompts import Prompt
+    from zxl.sampler.pipeline import generate
+    from zxl.sampler.prompts import Prompt
 
     ours, pipe, source, params = build_sdxl(setup)
     side, steps, reps = (64, 2, 1) if setup.tiny else (1024, 28, 3)
@@ -404,9 +404,9 @@ def train_step(setup: Setup) -> list[dict]:
     from safetensors import safe_open
 
     from bench.training import plain_loop, steady_rate, synthetic_catalog
-    from trainer.config import TrainConfig
-    from trainer.train import train
     from zxl.config import load_config
+    from zxl.trainer.config import TrainConfig
+    from zxl.trainer.train import train
 
     side, batch, warm, steps = (64, 2, 1, 2) if setup.tiny else (1024, 4, 3, 8)
     ours_model, _, source, params = build_sdxl(setup)

@@ -18,8 +18,8 @@ from bench import one_torch_thread
 def run(quick: bool = False) -> dict:
     from diffusers import StableDiffusionXLPipeline
 
-    from sampler.pipeline import SDXL, generate
-    from sampler.prompts import Prompt
+    from zxl.sampler.pipeline import SDXL, generate
+    from zxl.sampler.prompts import Prompt
     from zxl.testing import build_tiny_sdxl
 
     steps = 8 if quick else 20

@@ -33,7 +33,7 @@ def _best(fn, repeats: int) -> float:
 
 def technical(quick: bool = False) -> dict:
     """Images/s of decode + technical features + score vs decode alone, same images, one thread."""
-    from scorers.technical import TechnicalScorer
+    from zxl.scorers.technical import TechnicalScorer
 
     blobs = _blobs(60 if quick else 200)
     scorer = TechnicalScorer()
@@ -66,8 +66,8 @@ def clip_batched(quick: bool = False) -> dict:
     """clip-mlp with ViT-B-32 (random weights) on the CPU: batches of 32 against one image at a time."""
     import torch
 
-    from scorers.clip_mlp import ClipMlpScorer
-    from scorers.heads import laion_state_dict
+    from zxl.scorers.clip_mlp import ClipMlpScorer
+    from zxl.scorers.heads import laion_state_dict
 
     torch.manual_seed(0)
     cfg = ScoreConfig(scorer="clip-mlp", clip_model="ViT-B-32", device="cpu", batch_size=32)
@@ -128,7 +128,7 @@ def dedup_growth(quick: bool = False) -> dict:
     """find_duplicates at n and 10 n rows (embeddings on a tenth of the rows): seconds per row, ratio."""
     import resource
 
-    from pipeline.dedup import find_duplicates
+    from zxl.pipeline.dedup import find_duplicates
 
     small, big = (9_500, 95_000) if quick else (95_000, 950_000)
     seconds = {}

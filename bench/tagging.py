@@ -53,8 +53,8 @@ def _join_baseline(tagged: pd.DataFrame) -> float:
 
 
 def metadata_and_template(quick: bool = False) -> list[dict]:
-    from captioners.template import TemplateCaptioner
-    from taggers.metadata import MetadataTagger
+    from zxl.captioners.template import TemplateCaptioner
+    from zxl.taggers.metadata import MetadataTagger
 
     n = 95_000 if quick else 950_000
     rows = synthetic_source(n)
@@ -90,7 +90,7 @@ def metadata_and_template(quick: bool = False) -> list[dict]:
 
 
 def wd(quick: bool = False) -> dict:
-    from taggers.wd import WDTagger, prepare
+    from zxl.taggers.wd import WDTagger, prepare
     from zxl.testing import build_wd_model
 
     images = [Image.new("RGB", (768 + i, 1024), (i * 3 % 255, 90, 160)) for i in range(32 if quick else 128)]

@@ -29,7 +29,7 @@ def synthetic_catalog(run_dir: Path, n: int, side: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from catalog.schema import SCHEMA_V1
+    from zxl.catalog.schema import SCHEMA_V1
 
     (run_dir / "shards").mkdir(parents=True)
     (run_dir / "catalog").mkdir()
@@ -122,7 +122,7 @@ def _folder_loop(folder: Path, latents: torch.Tensor, steps: int, batch: int) ->
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from sampler.tokenizer import clip_tokenizer
+    from zxl.sampler.tokenizer import clip_tokenizer
 
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     te1 = CLIPTextModel.from_pretrained(folder / "text_encoder")
@@ -135,10 +135,10 @@ def _folder_loop(folder: Path, latents: torch.Tensor, steps: int, batch: int) ->
 def run(quick: bool = False) -> dict:
     from safetensors import safe_open
 
-    from trainer.config import TrainConfig
-    from trainer.train import train
     from zxl.config import load_config
     from zxl.testing import build_tiny_sdxl
+    from zxl.trainer.config import TrainConfig
+    from zxl.trainer.train import train
 
     steps = 10 if quick else 30
     batch, res = 4, 128

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from captioners.base import Captioner
-from scorers.clip_mlp import pick_device, pick_dtype
+from zxl.captioners.base import Captioner
 from zxl.config import CaptionConfig, ConfigError
+from zxl.scorers.clip_mlp import pick_device, pick_dtype
 
 FAMILIES = {"florence2": "florence2", "blip-2": "blip2", "llava": "llava", "qwen2_vl": "qwen2-vl"}
 PROMPTS = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from captioners.base import Captioner
+from zxl.captioners.base import Captioner
 from zxl.config import CaptionConfig, ConfigError
 from zxl.registry import load_class, per_process
 
-CAPTIONERS = {"template": "captioners.template:TemplateCaptioner", "hf": "captioners.hf:HFCaptioner"}
+CAPTIONERS = {"template": "zxl.captioners.template:TemplateCaptioner", "hf": "zxl.captioners.hf:HFCaptioner"}
 OFF = "none"
 
 

@@ -18,7 +18,7 @@ import re
 
 import pandas as pd
 
-from captioners.base import Captioner
+from zxl.captioners.base import Captioner
 
 NUMBERS = {1: "a", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 COUNT = re.compile(r"^(\d)\+?(girl|boy|other)s?$")

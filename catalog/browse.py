@@ -17,8 +17,8 @@ from pathlib import Path
 from flask import Flask, Response, abort, render_template, request, url_for
 from PIL import Image
 
-from catalog.images import ImageStore
-from catalog.query import Catalog, open_catalog
+from zxl.catalog.images import ImageStore
+from zxl.catalog.query import Catalog, open_catalog
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
     "aesthetic": "aesthetic DESC NULLS LAST, rid",

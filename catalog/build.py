@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from catalog.schema import SCHEMA_V1, SCHEMA_VERSION, conform
-from pipeline.stages import shard_name, skipped, stage_path, write_json_atomic, write_table_atomic
+from zxl.catalog.schema import SCHEMA_V1, SCHEMA_VERSION, conform
+from zxl.pipeline.stages import shard_name, skipped, stage_path, write_json_atomic, write_table_atomic
 
 MANIFEST_KEY = "zxl.manifest"
 

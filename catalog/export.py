@@ -28,8 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog.captions import build_caption
-from catalog.images import ImageStore
+from zxl.catalog.captions import build_caption
+from zxl.catalog.images import ImageStore
 from zxl.config import ConfigError
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")

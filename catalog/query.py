@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from catalog.schema import SCHEMA_V1, SCHEMA_VERSION
+from zxl.catalog.schema import SCHEMA_V1, SCHEMA_VERSION
 
 
 class CatalogError(ValueError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from catalog.browse import serve
+from zxl.catalog.browse import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from captioners.registry import get_captioner
-from pipeline.inspection import read_tar_images
-from pipeline.stages import skipped, stage_path, write_table_atomic
-from pipeline.tag import decode_image
+from zxl.captioners.registry import get_captioner
 from zxl.config import CaptionConfig
+from zxl.pipeline.inspection import read_tar_images
+from zxl.pipeline.stages import skipped, stage_path, write_table_atomic
+from zxl.pipeline.tag import decode_image
 
 CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("problem", pa.string())])
 

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from captioners import registry as captioner_registry
-from catalog.build import assemble_shard, write_catalog
-from catalog.schema import SCHEMA_VERSION
-from pipeline import calibrate, caption, executor, fetch, inspection, reduce, score, sources, tag
-from pipeline.executor import Executor, Progress, Task
-from pipeline.stages import remove_temporaries, run_lock, write_text_atomic
-from scorers.registry import scorer_class
-from taggers import registry as tagger_registry
 from zxl import __version__
+from zxl.captioners import registry as captioner_registry
+from zxl.catalog.build import assemble_shard, write_catalog
+from zxl.catalog.schema import SCHEMA_VERSION
 from zxl.config import CurateConfig, check_ranges, config_hash, dump_yaml, to_dict
+from zxl.pipeline import calibrate, caption, executor, fetch, inspection, reduce, score, sources, tag
+from zxl.pipeline.executor import Executor, Progress, Task
+from zxl.pipeline.stages import remove_temporaries, run_lock, write_text_atomic
+from zxl.scorers.registry import scorer_class
+from zxl.taggers import registry as tagger_registry
 
 STAGES = ("fetch", "inspect", "score", "tag", "caption", "catalog")
 
@@ -144,7 +144,7 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
 
 
 def _models(cfg: CurateConfig) -> dict:
-    from scorers.registry import scorer_class
+    from zxl.scorers.registry import scorer_class
 
     refs = {"scorer": cfg.score.scorer, **scorer_class(cfg.score.scorer).references(cfg.score)}
     refs["taggers"] = list(cfg.tag.taggers)

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import scipy.fft
 from PIL import Image
 
-from pipeline.buckets import bucket_name
-from pipeline.stages import plain_error, skipped, stage_path, write_table_atomic
 from zxl.config import InspectConfig
+from zxl.pipeline.buckets import bucket_name
+from zxl.pipeline.stages import plain_error, skipped, stage_path, write_table_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 INSPECT_SCHEMA = pa.schema(

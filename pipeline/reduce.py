@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import calibrate, dedup, weigh
-from pipeline.score import read_embeddings
-from pipeline.stages import stage_path, write_table_atomic
 from zxl.config import CurateConfig
+from zxl.pipeline import calibrate, dedup, weigh
+from zxl.pipeline.score import read_embeddings
+from zxl.pipeline.stages import stage_path, write_table_atomic
 
 REDUCE_SCHEMA = pa.schema(
     [

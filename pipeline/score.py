@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.inspection import read_tar_images
-from pipeline.stages import shard_name, skipped, stage_path, write_table_atomic
-from scorers.registry import get_scorer
 from zxl.config import ScoreConfig
+from zxl.pipeline.inspection import read_tar_images
+from zxl.pipeline.stages import shard_name, skipped, stage_path, write_table_atomic
+from zxl.scorers.registry import get_scorer
 
 SCORE_SCHEMA = pa.schema(
     [("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("aesthetic", pa.float32())]

@@ -23,8 +23,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.stages import remove_stale, stage_path, stored_hash, write_table_atomic
 from zxl.config import ConfigError, SourceConfig, config_hash, to_dict
+from zxl.pipeline.stages import remove_stale, stage_path, stored_hash, write_table_atomic
 
 RESERVED = {
     "key", "url", "source_id", "zxl_key", "status", "error", "error_message", "width", "height",

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sampler.grid import make_grid, save_png
-from sampler.guidance import DynamicThresholding
-from sampler.pipeline import SDXL, generate
-from sampler.prompts import INFOTEXT_SAMPLER, Prompt, infotext, sampler_name
 from zxl.config import ConfigError
+from zxl.sampler.grid import make_grid, save_png
+from zxl.sampler.guidance import DynamicThresholding
+from zxl.sampler.pipeline import SDXL, generate
+from zxl.sampler.prompts import INFOTEXT_SAMPLER, Prompt, infotext, sampler_name
 
 AXES = ("prompt", "seed", "cfg", "steps", "sampler", "mimic", "checkpoint")
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sampler.guidance import DynamicThresholding
-from sampler.prompts import Prompt
-from sampler.samplers import SAMPLERS, cfg, sample_ddim, v_to_denoised
-from sampler.schedule import alphas_cumprod, get_sigmas, sigma_to_t, sigmas_table, trailing_timesteps
 from zxl.config import ConfigError
 from zxl.models import unreadable
+from zxl.sampler.guidance import DynamicThresholding
+from zxl.sampler.prompts import Prompt
+from zxl.sampler.samplers import SAMPLERS, cfg, sample_ddim, v_to_denoised
+from zxl.sampler.schedule import alphas_cumprod, get_sigmas, sigma_to_t, sigmas_table, trailing_timesteps
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SDXL:
         (and ZTSNR) when it carries the empty ``v_pred`` (``ztsnr``) key, else when ``config``'s scheduler
         says so; otherwise it is taken for epsilon, which generate() refuses. ``option`` is what a load
         error names as the source of ``ref`` (``--model`` here, ``model.base`` for the trainer)."""
-        from scorers.clip_mlp import pick_device, pick_dtype
+        from zxl.scorers.clip_mlp import pick_device, pick_dtype
 
         path = Path(ref)
         dev = pick_device(device)
@@ -101,7 +101,7 @@ class SDXL:
 
     @staticmethod
     def _file_parts(path: Path, config: str | Path | None, dtype: torch.dtype, option: str):
-        from sampler.single_file import file_hash, load_single_file
+        from zxl.sampler.single_file import file_hash, load_single_file
 
         if path.suffix != ".safetensors":
             raise ConfigError(f"{option} {path}: a single-file checkpoint must be .safetensors")

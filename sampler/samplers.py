@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sampler.schedule import sigma_to_t
+from zxl.sampler.schedule import sigma_to_t
 
 
 def v_to_denoised(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -423,8 +423,8 @@ def load_single_file(path, config=None, dtype: torch.dtype = torch.float32, opti
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sampler.tokenizer import clip_tokenizer
     from zxl.models import read_safetensors, unreadable
+    from zxl.sampler.tokenizer import clip_tokenizer
 
     path, folder = Path(path), Path(config) if config else CONFIG_DIR
     configs = _read_configs(folder)

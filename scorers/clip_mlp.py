@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scorers.base import EmbeddingScorer
-from scorers.heads import build_head, input_dim
 from zxl.config import ConfigError, ScoreConfig
 from zxl.models import load_state_dict, resolve
+from zxl.scorers.base import EmbeddingScorer
+from zxl.scorers.heads import build_head, input_dim
 
 HOW_CLIP = (
     "For the recipe: download open_clip's ViT-L-14 'openai' weights (open_clip_pytorch_model.bin from "

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from scorers.base import Scorer
 from zxl.config import ScoreConfig
 from zxl.registry import load_class, per_process
+from zxl.scorers.base import Scorer
 
 # Imported on first use, so naming a scorer never loads torch or open_clip for the others.
-SCORERS = {"technical": "scorers.technical:TechnicalScorer", "clip-mlp": "scorers.clip_mlp:ClipMlpScorer"}
+SCORERS = {"technical": "zxl.scorers.technical:TechnicalScorer", "clip-mlp": "zxl.scorers.clip_mlp:ClipMlpScorer"}
 
 
 def scorer_class(name: str) -> type[Scorer]:

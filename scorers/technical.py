@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.buckets import nearest_bucket
-from scorers.base import Scorer
+from zxl.pipeline.buckets import nearest_bucket
+from zxl.scorers.base import Scorer
 
 FEATURES = ("sharpness", "noise", "blocking", "jpeg_quality", "resolution", "exposure", "contrast", "colourfulness")
 CROP = 768

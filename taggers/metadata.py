@@ -20,7 +20,7 @@ import re
 
 import pandas as pd
 
-from taggers.base import Tagger, empty
+from zxl.taggers.base import Tagger, empty
 
 RATING_WORDS = {
     "g": "general", "general": "general", "safe": "general", "sfw": "general",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from taggers.base import COLUMNS, Tagger
 from zxl.config import ConfigError, TagConfig
 from zxl.registry import load_class, per_process
+from zxl.taggers.base import COLUMNS, Tagger
 
-TAGGERS = {"metadata": "taggers.metadata:MetadataTagger", "wd": "taggers.wd:WDTagger"}
+TAGGERS = {"metadata": "zxl.taggers.metadata:MetadataTagger", "wd": "zxl.taggers.wd:WDTagger"}
 
 
 def tagger_class(name: str) -> type[Tagger]:

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from taggers.base import RATINGS, Tagger, empty
 from zxl.config import ConfigError, TagConfig
 from zxl.models import resolve
+from zxl.taggers.base import RATINGS, Tagger, empty
 
 HOW = (
     "Download model.onnx and selected_tags.csv from a SmilingWolf WD tagger repository "

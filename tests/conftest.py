@@ -72,7 +72,7 @@ def make_config(runs_dir, name, urls_file, *overrides) -> CurateConfig:
 @pytest.fixture(scope="session")
 def sync_run(urls_file, tmp_path_factory):
     """One uninterrupted in-process run that several tests read."""
-    from pipeline.curate import curate
+    from zxl.pipeline.curate import curate
 
     cfg = make_config(tmp_path_factory.mktemp("runs"), "sync", urls_file)
     return cfg, curate(cfg, log=lambda *_: None)
@@ -87,7 +87,7 @@ def tiny_clip(tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from scorers.heads import laion_state_dict
+    from zxl.scorers.heads import laion_state_dict
 
     d = tmp_path_factory.mktemp("clip")
     (d / "zxl-tiny-clip.json").write_text(json.dumps(TINY_CLIP))

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.browse import parse_filters, serve, where_clause
+from zxl.catalog.browse import parse_filters, serve, where_clause
 
 CHROMIUM = "/usr/bin/chromium"
 HOSTILE_CAPTION = '<script>window.__pwned = 1</script>"><b>bold?</b>'

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.calibrate import apply_edges, choose_edges, edges_from_catalog, quantile_edges, validate
 from zxl.config import CalibrateConfig, ConfigError
+from zxl.pipeline.calibrate import apply_edges, choose_edges, edges_from_catalog, quantile_edges, validate
 
 
 def test_equal_ninths_within_one_percent():

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from captioners.hf import HFCaptioner, clean
-from captioners.registry import CAPTIONERS, captioner_class, check
-from captioners.template import TemplateCaptioner, character_name, sentence
+from zxl.captioners.hf import HFCaptioner, clean
+from zxl.captioners.registry import CAPTIONERS, captioner_class, check
+from zxl.captioners.template import TemplateCaptioner, character_name, sentence
 from zxl.config import CaptionConfig, ConfigError
 
 ROWS = pd.DataFrame(

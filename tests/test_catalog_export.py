@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from catalog.captions import build_caption
+from zxl.catalog.captions import build_caption
 from zxl.cli import main
 
 
@@ -14,7 +14,7 @@ from zxl.cli import main
 def trained(sync_run):
     import pyarrow.compute as pc
 
-    from catalog.build import read_catalog
+    from zxl.catalog.build import read_catalog
 
     cat = read_catalog(sync_run[1].catalog_dir)
     return cat.filter(pc.and_(pc.equal(cat["status"], "ok"), pc.greater(cat["repeats"], 0))).to_pandas()

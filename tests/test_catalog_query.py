@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from catalog.query import CatalogError, open_catalog, query, stats
+from zxl.catalog.query import CatalogError, open_catalog, query, stats
 from zxl.cli import main
 
 

@@ -119,7 +119,7 @@ def _numeric_fields(cls, prefix=""):
 
 
 def test_every_numeric_key_has_a_range_and_its_default_is_in_it():
-    from trainer.config import TrainConfig
+    from zxl.trainer.config import TrainConfig
 
     for root in (CurateConfig, TrainConfig):
         for key, f in _numeric_fields(root):
@@ -152,8 +152,8 @@ def test_numbers_outside_their_range_name_the_key_and_the_range(override, messag
 
 
 def test_trainer_ranges_and_programmatic_configs_are_checked():
-    from pipeline.curate import curate
-    from trainer.config import TrainConfig
+    from zxl.pipeline.curate import curate
+    from zxl.trainer.config import TrainConfig
 
     with pytest.raises(ConfigError, match=r"optim.ema_decay must be a number in \[0,1\), got 1.0"):
         load_config(TrainConfig, overrides=["optim.ema_decay=1"])

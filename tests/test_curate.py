@@ -10,11 +10,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.build import read_catalog, read_manifest
-from catalog.schema import SCHEMA_V1
-from pipeline.curate import curate, summary
-from pipeline.stages import stage_path
 from tests.conftest import make_config
+from zxl.catalog.build import read_catalog, read_manifest
+from zxl.catalog.schema import SCHEMA_V1
+from zxl.pipeline.curate import curate, summary
+from zxl.pipeline.stages import stage_path
 
 REPO = Path(__file__).resolve().parents[1]
 

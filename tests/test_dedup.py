@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.dedup import Pairs, embedding_pairs, find_duplicates, phash_pairs
-from pipeline.inspection import phash
 from zxl.config import DedupConfig
 from zxl.demo_corpus import draw_picture
+from zxl.pipeline.dedup import Pairs, embedding_pairs, find_duplicates, phash_pairs
+from zxl.pipeline.inspection import phash
 
 
 def _brute_force(h, k):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.curate import curate, model_stages
-from pipeline.executor import validate
 from tests.conftest import make_config
 from tests.test_curate import assert_same_catalog
 from zxl.config import ConfigError, CurateConfig, load_config
+from zxl.pipeline.curate import curate, model_stages
+from zxl.pipeline.executor import validate
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -148,8 +148,8 @@ def test_a_worker_that_cannot_see_the_run_folder_stops_the_run(urls_file, tmp_pa
 
 
 def test_the_dashboard_listens_on_this_machine_only_unless_asked():
-    from pipeline.executor import Executor
     from zxl.config import RunConfig
+    from zxl.pipeline.executor import Executor
 
     with Executor(RunConfig(workers=1)) as ex:
         bound = {s.getsockname()[0] for s in ex.cluster.scheduler.http_server._sockets.values()}

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from catalog.build import read_catalog
-from pipeline import netguard
-from pipeline.curate import curate
-from pipeline.fetch import RESPONSE_DEADLINE_FACTOR, sniff
-from pipeline.inspection import read_tar_images
 from tests.conftest import make_config
 from tests.fault_server import FAULTS, FaultServer, smooth
+from zxl.catalog.build import read_catalog
+from zxl.pipeline import netguard
+from zxl.pipeline.curate import curate
+from zxl.pipeline.fetch import RESPONSE_DEADLINE_FACTOR, sniff
+from zxl.pipeline.inspection import read_tar_images
 
 TIMEOUT = 1.0  # fetch.timeout for the run; the response deadline is RESPONSE_DEADLINE_FACTOR times it
 STALL, DRIP_PAUSE, DRIP_FOREVER = 2.0, 0.2, 15.0

@@ -5,12 +5,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import sources
-from pipeline.fetch import fetch_shard, sniff
-from pipeline.stages import stage_path, stored_hash
 from tests.conftest import make_config
 from zxl.config import ConfigError, FetchConfig
 from zxl.demo_corpus import bomb_png
+from zxl.pipeline import sources
+from zxl.pipeline.fetch import fetch_shard, sniff
+from zxl.pipeline.stages import stage_path, stored_hash
 
 
 def _png(size=(8, 8)):
@@ -71,7 +71,7 @@ def test_fetch_one_shard(urls_file, tmp_path, truth):
 
 
 def test_bad_fetch_settings_are_config_errors(urls_file, tmp_path):
-    from pipeline.fetch import validate
+    from zxl.pipeline.fetch import validate
 
     with pytest.raises(ConfigError, match="fetch.resize_mode"):
         validate(FetchConfig(resize_mode="stretch"))

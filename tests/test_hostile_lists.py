@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from catalog.build import read_catalog, read_manifest
-from pipeline.curate import curate
-from pipeline.inspection import read_tar_images
 from tests.conftest import make_config
 from tests.fault_server import smooth
+from zxl.catalog.build import read_catalog, read_manifest
+from zxl.pipeline.curate import curate
+from zxl.pipeline.inspection import read_tar_images
 
 N_GOOD = 12
 

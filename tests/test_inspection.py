@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.inspection import inspect_image, phash
 from zxl.config import InspectConfig
+from zxl.pipeline.inspection import inspect_image, phash
 
 
 def _image(seed, size=(96, 64), mode="RGB"):

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline import netguard
+from zxl.pipeline import netguard
 
 
 @pytest.mark.parametrize(
@@ -185,9 +185,9 @@ def test_connect_to_sends_the_connection_elsewhere_and_is_checked_there(servers)
 
 
 def test_a_curate_run_refuses_private_urls_by_default(urls_file, tmp_path):
-    from catalog.build import read_catalog
-    from pipeline.curate import curate
     from tests.conftest import make_config
+    from zxl.catalog.build import read_catalog
+    from zxl.pipeline.curate import curate
 
     cfg = make_config(tmp_path, "guarded", urls_file, "fetch.allowed_hosts=[]", "run.shard_size=200")
     cat = read_catalog(curate(cfg, log=lambda *_: None).catalog_dir).to_pandas()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sampler.guidance import SCHEDULES, DynamicThresholding, scheduled
 from zxl.config import ConfigError
+from zxl.sampler.guidance import SCHEDULES, DynamicThresholding, scheduled
 
 
 def reference(du, dc, s, m, p, measure, start, per_channel, phi):

@@ -4,11 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sampler.guidance import DynamicThresholding
-from sampler.pipeline import SDXL, generate
-from sampler.prompts import Prompt, parse_infotext
 from zxl.cli import main
 from zxl.config import ConfigError
+from zxl.sampler.guidance import DynamicThresholding
+from zxl.sampler.pipeline import SDXL, generate
+from zxl.sampler.prompts import Prompt, parse_infotext
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import pytest
 from PIL import Image
 
-from sampler.grid import make_grid, save_png
-from sampler.prompts import NEGATIVE_PRESETS, Prompt, infotext, parse_infotext, read_prompt_file
 from zxl.config import ConfigError
+from zxl.sampler.grid import make_grid, save_png
+from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, infotext, parse_infotext, read_prompt_file
 
 
 def test_prompt_file_with_comments_and_every_option(tmp_path):

@@ -5,8 +5,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
 
-from sampler.samplers import VDenoiser, cfg, sample_ddim, sample_dpmpp_2m, sample_euler
-from sampler.schedule import (
+from zxl.config import ConfigError
+from zxl.sampler.samplers import VDenoiser, cfg, sample_ddim, sample_dpmpp_2m, sample_euler
+from zxl.sampler.schedule import (
     alphas_cumprod,
     get_sigmas,
     rescale_zero_terminal_snr,
@@ -14,7 +15,6 @@ from sampler.schedule import (
     sigmas_table,
     trailing_timesteps,
 )  # fmt: skip
-from zxl.config import ConfigError
 
 COMMON = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
 

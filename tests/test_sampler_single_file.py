@@ -10,9 +10,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from sampler.pipeline import SDXL, generate
-from sampler.prompts import Prompt, parse_infotext
-from sampler.single_file import (
+from zxl.cli import main
+from zxl.config import ConfigError
+from zxl.sampler.pipeline import SDXL, generate
+from zxl.sampler.prompts import Prompt, parse_infotext
+from zxl.sampler.single_file import (
     CLIP_G,
     CLIP_L,
     CONFIG_DIR,
@@ -21,8 +23,6 @@ from sampler.single_file import (
     to_single_file,
     write_single_file,
 )
-from zxl.cli import main
-from zxl.config import ConfigError
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -206,7 +206,7 @@ def test_file_hash_is_remembered_by_path_size_and_mtime(tmp_path, monkeypatch):
     import hashlib
     import os
 
-    from sampler.single_file import hash_cache_path
+    from zxl.sampler.single_file import hash_cache_path
 
     monkeypatch.setenv("ZXL_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "model.safetensors"

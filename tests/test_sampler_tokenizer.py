@@ -3,7 +3,7 @@
 import open_clip
 import pytest
 
-from sampler.tokenizer import clip_tokenizer
+from zxl.sampler.tokenizer import clip_tokenizer
 
 PROMPTS = [
     "score_9, score_8_up, 1girl, long hair, looking at viewer",

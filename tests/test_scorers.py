@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from scorers.heads import build_head, laion_state_dict
-from scorers.registry import SCORERS, build_scorer, scorer_class
-from scorers.technical import TechnicalScorer, jpeg_quality
 from tests.conftest import clip_cfg
 from zxl.config import ConfigError, ScoreConfig
 from zxl.demo_corpus import LADDER
+from zxl.scorers.heads import build_head, laion_state_dict
+from zxl.scorers.registry import SCORERS, build_scorer, scorer_class
+from zxl.scorers.technical import TechnicalScorer, jpeg_quality
 
 
 def _images():
@@ -58,7 +58,7 @@ def test_registry_names_the_choices():
 
 def test_technical_ranks_the_demo_ladder(sync_run, truth):
     """On the stored demo images: Spearman of the raw score with the ladder, per picture."""
-    from catalog.build import read_catalog
+    from zxl.catalog.build import read_catalog
 
     cat = read_catalog(sync_run[1].catalog_dir).to_pandas().merge(truth, on="key")
     cat = cat[cat["aesthetic"].notna()]

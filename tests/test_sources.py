@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import normalize, read_url_list, split
-from pipeline.stages import stage_path
 from zxl.config import ConfigError, SourceConfig
+from zxl.pipeline.sources import normalize, read_url_list, split
+from zxl.pipeline.stages import stage_path
 
 ROWS = [
     {"post_id": 1, "file_url": "http://127.0.0.1:1/a.jpg", "status": "active", "tags": "1girl solo"},
@@ -94,7 +94,7 @@ def test_repeated_ids_never_take_a_key_that_is_an_id_of_the_list():
     keys = normalize(t, cfg)["key"].to_pylist()
     assert keys[:4] == ["5", "5#2", "5#3", "5#4"] and keys[5] == f"{keys[4]}#2" and len(set(keys)) == 6
     assert keys == normalize(t, cfg)["key"].to_pylist()  # stable
-    from pipeline.sources import report
+    from zxl.pipeline.sources import report
 
     assert report(t, cfg)["repeated_ids"] == 2
 
@@ -103,8 +103,8 @@ def test_a_csv_timestamp_and_other_arrow_types_travel_as_text(tmp_path):
     import datetime as dt
     import decimal
 
-    from pipeline.sources import report
-    from taggers.metadata import parse_year
+    from zxl.pipeline.sources import report
+    from zxl.taggers.metadata import parse_year
 
     path = tmp_path / "posts.csv"
     path.write_text("id,url,created_at\n1,http://127.0.0.1:1/a.jpg,2021-03-04 05:06:07\n")

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages import is_done, stored_hash, write_table_atomic
+from zxl.pipeline.stages import is_done, stored_hash, write_table_atomic
 
 
 def test_atomic_write_carries_the_stage_hash(tmp_path):
@@ -24,7 +24,7 @@ def test_a_partial_file_is_not_done(tmp_path):
 
 
 def test_plain_error_drops_what_changes_between_runs():
-    from pipeline.stages import plain_error
+    from zxl.pipeline.stages import plain_error
 
     a = plain_error("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c9d30>")
     b = plain_error(OSError("cannot identify image file <_io.BytesIO object at 0x7fffd00d0e10>"))
@@ -33,7 +33,7 @@ def test_plain_error_drops_what_changes_between_runs():
 
 
 def test_temporaries_of_any_process_are_removed_and_finished_files_kept(tmp_path):
-    from pipeline.stages import remove_temporaries, write_text_atomic
+    from zxl.pipeline.stages import remove_temporaries, write_text_atomic
 
     run = tmp_path / "run"
     keep = [write_text_atomic(text, run / name) for text, name in
@@ -51,7 +51,7 @@ def test_temporaries_of_any_process_are_removed_and_finished_files_kept(tmp_path
 
 
 def test_one_curate_per_run_folder_at_a_time(tmp_path):
-    from pipeline.stages import RunFolderBusyError, run_lock
+    from zxl.pipeline.stages import RunFolderBusyError, run_lock
 
     with run_lock(tmp_path):
         with pytest.raises(

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.tag import exif_year_of, exif_years, problem_kind
+from zxl.pipeline.tag import exif_year_of, exif_years, problem_kind
 
 
 def test_exif_year_of_an_image(tmp_path):

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from taggers.base import COLUMNS, RATINGS
-from taggers.metadata import MetadataTagger, parse_rating, parse_year, split_tags
-from taggers.registry import TAGGERS, check, merge, tagger_class
-from taggers.wd import WDTagger, mcut, prepare
 from zxl.config import ConfigError, TagConfig
+from zxl.taggers.base import COLUMNS, RATINGS
+from zxl.taggers.metadata import MetadataTagger, parse_rating, parse_year, split_tags
+from zxl.taggers.registry import TAGGERS, check, merge, tagger_class
+from zxl.taggers.wd import WDTagger, mcut, prepare
 
 ROWS = pd.DataFrame(
     {

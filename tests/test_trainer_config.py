@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig, validate
 from zxl.config import ConfigError, load_config
+from zxl.trainer.config import TrainConfig, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog.schema import SCHEMA_V1
-from pipeline.buckets import BUCKETS
-from trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, nearest
+from zxl.catalog.schema import SCHEMA_V1
 from zxl.config import ConfigError
+from zxl.pipeline.buckets import BUCKETS
+from zxl.trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, nearest
 
 
 def frame(n_per_bucket: dict[int, int], repeats=1) -> pd.DataFrame:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.data import buckets_for, load_rows
-from trainer.latents import LatentCache, cover_crop, tensor_hash
+from zxl.trainer.data import buckets_for, load_rows
+from zxl.trainer.latents import LatentCache, cover_crop, tensor_hash
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_cache_is_built_once_reused_and_redone_per_changed_shard(setup, tmp_path
     assert z.dtype == torch.float16 and tuple(z.shape) == (4, h // 2, w // 2)
     assert not torch.equal(z, zf)
     # the stored latent is the VAE mean of the cover-cropped image times the scaling factor
-    from catalog.images import ImageStore
-    from trainer.latents import load_rgb, to_tensor
+    from zxl.catalog.images import ImageStore
+    from zxl.trainer.latents import load_rgb, to_tensor
 
     data, _ = ImageStore(catalog).get(row.shard, row.shard_key)
     image, t2, l2 = cover_crop(load_rgb(data), w, h)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
+from zxl.trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.train import train
 from zxl.config import ConfigError, load_config
+from zxl.trainer import checkpoint
+from zxl.trainer.config import TrainConfig
+from zxl.trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def config_overrides(catalog, tiny_sdxl, out, *extra) -> list[str]:
 
 
 def test_nan_steps_are_skipped_then_stop_the_run(catalog, tiny_sdxl, tmp_path, monkeypatch):
-    import trainer.train as tt
+    import zxl.trainer.train as tt
 
     real = tt.per_sample_loss
     calls = {"n": 0}
@@ -170,8 +170,8 @@ def test_a_damaged_base_or_checkpoint_is_a_one_line_error(catalog, tiny_sdxl, tm
 
 
 def test_export_merge_and_load_back(catalog, tiny_sdxl, tmp_path):
-    from sampler.pipeline import SDXL
-    from trainer.export import merge_and_write
+    from zxl.sampler.pipeline import SDXL
+    from zxl.trainer.export import merge_and_write
 
     result = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.save_every=1", "loop.keep_last=4"), log=quiet)
     exported = Path(result["export"])
@@ -269,7 +269,7 @@ def test_two_process_data_parallel_equals_one_process_with_the_doubled_batch(cat
 
 
 def test_precision_checkpointing_ema_and_loss_options(catalog, tiny_sdxl, tmp_path):
-    from trainer.export import merge_and_write
+    from zxl.trainer.export import merge_and_write
 
     plain = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.max_steps=2"), log=quiet)
     ckpt = train(config(catalog, tiny_sdxl, tmp_path / "b", "loop.max_steps=2", "optim.gradient_checkpointing=true"),
@@ -290,7 +290,7 @@ def test_precision_checkpointing_ema_and_loss_options(catalog, tiny_sdxl, tmp_pa
     name = "conv_in.weight"
     assert not torch.equal(weights[f"ema.unet.{name}"], weights[f"unet.{name}"])
     out = merge_and_write([Path(ema["checkpoint"])], tmp_path / "ema.safetensors", None, str(tiny_sdxl), ema=True)
-    from sampler.pipeline import SDXL
+    from zxl.sampler.pipeline import SDXL
 
     model = SDXL.load(out, device="cpu", precision="fp32", config=tiny_sdxl)
     assert torch.equal(model.unet.state_dict()[name], weights[f"ema.unet.{name}"])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.weigh import repeats, validate
 from zxl.config import ConfigError, WeighConfig
+from zxl.pipeline.weigh import repeats, validate
 
 
 def test_default_table():

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint
 from zxl.config import ConfigError
 from zxl.files import as_umask
+from zxl.trainer import checkpoint
 
 
 def _complete(parts: dict, base: str, config: str | None):
     """The base model with the trained parts loaded into it."""
-    from sampler.pipeline import SDXL
+    from zxl.sampler.pipeline import SDXL
 
     model = SDXL.load(base, device="cpu", precision="fp32", config=config or None)
     model.unet.load_state_dict(parts["unet"])
@@ -59,7 +59,7 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
 def write_model(model, out: Path, v_pred: bool = True, ztsnr: bool = True, unet_state: dict | None = None) -> Path:
     """``out`` ending in .safetensors: a single file; otherwise a diffusers folder. ``unet_state``
     replaces the U-Net's weights in a single file (the trainer's EMA weights)."""
-    from sampler.single_file import write_single_file
+    from zxl.sampler.single_file import write_single_file
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def _write_raw(out: Path, state: dict[str, torch.Tensor], metadata: dict, yaml: 
     """A merged single file, as it came (layout, markers, metadata), written atomically."""
     from safetensors.torch import save_file
 
-    from sampler.single_file import YAML_V
+    from zxl.sampler.single_file import YAML_V
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -117,7 +117,7 @@ def _write_raw(out: Path, state: dict[str, torch.Tensor], metadata: dict, yaml: 
 
 
 def _save_loaded(single: Path, out: Path, config: str | None, v_pred: bool, ztsnr: bool) -> Path:
-    from sampler.pipeline import SDXL
+    from zxl.sampler.pipeline import SDXL
 
     model = SDXL.load(single, device="cpu", precision="fp32", config=config or None)
     with torch.no_grad():

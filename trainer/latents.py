@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from catalog.images import ImageStore
+from zxl.catalog.images import ImageStore
 
 
 def tensor_hash(state: dict[str, torch.Tensor]) -> str:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from sampler.schedule import alphas_cumprod
+from zxl.sampler.schedule import alphas_cumprod
 
 T = 1000
 

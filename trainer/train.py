@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint
-from trainer.config import TrainConfig, validate
-from trainer.data import buckets_for, caption, caption_fields, check_plan, epoch_plan, load_rows, rng_for
-from trainer.distributed import Dist
-from trainer.latents import LatentCache, tensor_hash
-from trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
 from zxl.config import ConfigError, config_hash, dump_yaml, to_dict
+from zxl.trainer import checkpoint
+from zxl.trainer.config import TrainConfig, validate
+from zxl.trainer.data import buckets_for, caption, caption_fields, check_plan, epoch_plan, load_rows, rng_for
+from zxl.trainer.distributed import Dist
+from zxl.trainer.latents import LatentCache, tensor_hash
+from zxl.trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
 
 AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
@@ -99,7 +99,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
     """Train as ``cfg`` says; ``model`` is an already built ``sampler.pipeline.SDXL`` with fp32 weights
     (the GPU benchmark's random full-size model) instead of loading ``model.base``."""
     validate(cfg)
-    from sampler.pipeline import SDXL
+    from zxl.sampler.pipeline import SDXL
 
     d = Dist.from_env()
     say = log if d.main else (lambda *a, **k: None)
@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
               "log": logger.rows, "checkpoint": str(last_ckpt) if last_ckpt else None, "output": str(out),
               "nan_steps": pos["nan_total"], "latents": stats}  # fmt: skip
     if d.main and last_ckpt and cfg.model.base:
-        from trainer.export import write_model
+        from zxl.trainer.export import write_model
 
         # the model in memory holds the last checkpoint's weights and the base's VAE: no reload
         name = f"{cfg.name}-step-{pos['step']:08d}.safetensors"
@@ -371,8 +371,8 @@ def _device(name: str, d: Dist) -> torch.device:
 @torch.no_grad()
 def _validation_grid(cfg: TrainConfig, model, ema, folder: Path, log) -> None:
     """A grid through the sampler from the current weights (the EMA weights when there are)."""
-    from sampler.grids import render
-    from sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
+    from zxl.sampler.grids import render
+    from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
 
     prompts = read_prompt_file(cfg.loop.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS["minimal"],
                                                          steps=cfg.loop.sample_steps))  # fmt: skip

@@ -284,7 +284,7 @@ def _build_demo(cfg: DemoConfig) -> Path:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from pipeline.curate import curate, summary
+    from zxl.pipeline.curate import curate, summary
 
     cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
     if not args.demo:
@@ -330,9 +330,9 @@ def _image_files(paths: list[str]) -> list[Path]:
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.calibrate import apply_edges, edges_from_catalog
-    from pipeline.score import score_stream
-    from scorers.registry import build_scorer
+    from zxl.pipeline.calibrate import apply_edges, edges_from_catalog
+    from zxl.pipeline.score import score_stream
+    from zxl.scorers.registry import build_scorer
 
     cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
     files = _image_files(args.paths)
@@ -390,7 +390,7 @@ def _image_tags(cfg: CurateConfig, files: list[Path], images: list):
     """The configured image taggers' merged output, or None when none is configured."""
     import pandas as pd
 
-    from pipeline.tag import tag_rows
+    from zxl.pipeline.tag import tag_rows
 
     taggers = [t for t in cfg.tag.taggers if t != "metadata"]
     if not taggers:
@@ -418,7 +418,7 @@ def _print_rows(rows: list[dict], as_json: bool, fields: list[str]) -> None:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from taggers.registry import check
+    from zxl.taggers.registry import check
 
     cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
     if [t for t in cfg.tag.taggers if t != "metadata"] == []:
@@ -427,7 +427,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     files = _image_files(args.paths)
     images, errors = _open_images(files)
     merged = _image_tags(cfg, files, images)
-    from pipeline.tag import exif_year_of
+    from zxl.pipeline.tag import exif_year_of
 
     rows = []
     for i, f in enumerate(files):
@@ -453,7 +453,7 @@ def _sidecar_tags(image: Path) -> list[str] | None:
 def cmd_caption(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from captioners.registry import check, get_captioner
+    from zxl.captioners.registry import check, get_captioner
 
     cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
     check(cfg.caption)
@@ -484,7 +484,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     import json
 
-    from catalog.query import CatalogError, open_catalog
+    from zxl.catalog.query import CatalogError, open_catalog
 
     try:
         cat = open_catalog(args.catalog)
@@ -499,7 +499,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def _catalog_stats(cat, args, json) -> int:
-    from catalog.query import stats
+    from zxl.catalog.query import stats
 
     st = stats(cat, args.top_tags)
     if args.json:
@@ -524,7 +524,7 @@ def _catalog_query(cat, args, json) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from catalog.query import query
+    from zxl.catalog.query import query
 
     con, rel = query(cat, args.where, args.columns, args.order, args.limit or None)
     if args.format == "table":
@@ -551,7 +551,7 @@ def _catalog_query(cat, args, json) -> int:
 
 
 def _catalog_show(cat, args, json) -> int:
-    from catalog.images import ImageStore
+    from zxl.catalog.images import ImageStore
 
     con = cat.connect()
     table = con.sql("SELECT * FROM catalog WHERE key = ?", params=[args.key]).to_arrow_table()
@@ -574,9 +574,9 @@ def _catalog_show(cat, args, json) -> int:
 
 
 def _catalog_export(cat, args, json) -> int:
-    from catalog.export import exporter
-    from catalog.images import ImageStore
-    from catalog.query import query
+    from zxl.catalog.export import exporter
+    from zxl.catalog.images import ImageStore
+    from zxl.catalog.query import query
 
     con, rel = query(cat, args.where, limit=None, order="key")
     rows = (r for batch in rel.to_arrow_reader(batch_size=2048) for r in batch.to_pylist())
@@ -595,7 +595,7 @@ def _catalog_export(cat, args, json) -> int:
 
 
 def _catalog_browse(cat, args, json) -> int:
-    from catalog.browse import serve
+    from zxl.catalog.browse import serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach it can read the catalog", file=sys.stderr)
@@ -611,7 +611,7 @@ def _catalog_browse(cat, args, json) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from sampler.schedule import format_table, get_sigmas
+    from zxl.sampler.schedule import format_table, get_sigmas
 
     if args.print_sigmas:
         sigmas, timesteps = get_sigmas(args.steps, args.schedule, ztsnr=not args.no_ztsnr, terminal=args.terminal)
@@ -621,8 +621,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.prompts:
         raise ConfigError("zxl sample needs --model and --prompts (or --print-sigmas)")
-    from sampler.grids import parse_axis, render
-    from sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
+    from zxl.sampler.grids import parse_axis, render
+    from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
 
     get_sigmas(1, args.schedule, terminal=args.terminal)  # bad names fail before any model loads
     prompts = read_prompt_file(args.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS[args.negative]))
@@ -635,8 +635,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from zxl.trainer.config import TrainConfig
+    from zxl.trainer.train import train
 
     extra = {}
     if args.base:
@@ -650,7 +650,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from trainer.export import merge_and_write
+    from zxl.trainer.export import merge_and_write
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     out = merge_and_write([Path(p) for p in args.checkpoints], Path(args.out), weights, args.base, args.ema)
@@ -690,9 +690,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zxl {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a failed shard, checkpoint or loss: say so without a traceback
-        from pipeline.executor import ShardFailedError
-        from pipeline.stages import RunFolderBusyError
-        from trainer.checkpoint import CheckpointError
+        from zxl.pipeline.executor import ShardFailedError
+        from zxl.pipeline.stages import RunFolderBusyError
+        from zxl.trainer.checkpoint import CheckpointError
 
         if not isinstance(e, ShardFailedError | CheckpointError | FloatingPointError | RunFolderBusyError):
             raise

@@ -175,7 +175,7 @@ def build_tiny_sdxl(folder, seed: int = 0):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sampler.tokenizer import clip_tokenizer
+    from zxl.sampler.tokenizer import clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
