@@ -21,7 +21,7 @@ from PIL import Image
 
 from zxl.captioners.base import Captioner
 from zxl.config import CaptionConfig, ConfigError
-from zxl.scorers.clip_mlp import pick_device, pick_dtype
+from zxl.devices import pick_device, pick_dtype
 
 FAMILIES = {"florence2": "florence2", "blip-2": "blip2", "llava": "llava", "qwen2_vl": "qwen2-vl"}
 PROMPTS = {
@@ -92,8 +92,8 @@ class HFCaptioner(Captioner):
             )
         self.family = family
         self.prompt = cfg.prompt or PROMPTS[family]
-        self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.precision, self.device)
+        self.device = pick_device(cfg.device, "caption.device")
+        self.dtype = pick_dtype(cfg.precision, self.device, "caption.precision")
         self.model = AutoModelForImageTextToText.from_pretrained(ref, dtype=self.dtype).to(self.device).eval()
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None and family in CHAT:

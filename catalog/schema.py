@@ -1,10 +1,16 @@
-"""Catalog schema v1 (DESIGN.md "The catalog"): one row per source item, failures included."""
+"""Catalog schema v1 (DESIGN.md "The catalog"): one row per source item, failures included, and
+reading a catalog's files (its parts and ``_manifest.json``)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
+MANIFEST_KEY = "zxl.manifest"  # the manifest, also in every part's key-value metadata
 STATUSES = ("ok", "failed_download", "failed_decode", "filtered", "duplicate")
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 
@@ -51,3 +57,15 @@ def conform(columns: dict[str, list | pa.Array], n_rows: int) -> pa.Table:
         else:
             arrays.append(pa.nulls(n_rows, field.type))
     return pa.Table.from_arrays(arrays, schema=SCHEMA_V1)
+
+
+def read_manifest(catalog_dir: str | Path) -> dict:
+    path = Path(catalog_dir) / "_manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{catalog_dir} is not a zxl catalog: it has no _manifest.json")
+    return json.loads(path.read_text())
+
+
+def read_catalog(catalog_dir: str | Path) -> pa.Table:
+    """The whole catalog as one Arrow table (small catalogs and tests; use DuckDB for large ones)."""
+    return pq.read_table(Path(catalog_dir), schema=SCHEMA_V1)

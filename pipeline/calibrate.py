@@ -51,7 +51,7 @@ def validate(cfg: CalibrateConfig) -> None:
 
 
 def edges_from_catalog(catalog: str) -> list[float]:
-    from zxl.catalog.build import read_manifest
+    from zxl.catalog.schema import read_manifest
 
     try:
         manifest = read_manifest(catalog)

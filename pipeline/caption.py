@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 
 from zxl.captioners.registry import get_captioner
 from zxl.config import CaptionConfig
+from zxl.files import write_table_atomic
 from zxl.pipeline.inspection import read_tar_images
-from zxl.pipeline.stages import skipped, stage_path, write_table_atomic
+from zxl.pipeline.stages import skipped, stage_path
 from zxl.pipeline.tag import decode_image
 
 CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("problem", pa.string())])

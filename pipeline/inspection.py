@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 import scipy.fft
 from PIL import Image
 
+from zxl.buckets import bucket_name
 from zxl.config import InspectConfig
-from zxl.pipeline.buckets import bucket_name
-from zxl.pipeline.stages import plain_error, skipped, stage_path, write_table_atomic
+from zxl.files import write_table_atomic
+from zxl.pipeline.stages import plain_error, skipped, stage_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 INSPECT_SCHEMA = pa.schema(

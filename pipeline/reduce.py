@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zxl.config import CurateConfig
+from zxl.files import write_table_atomic
 from zxl.pipeline import calibrate, dedup, weigh
 from zxl.pipeline.score import read_embeddings
-from zxl.pipeline.stages import stage_path, write_table_atomic
+from zxl.pipeline.stages import stage_path
 
 REDUCE_SCHEMA = pa.schema(
     [

@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from zxl.config import ScoreConfig
+from zxl.files import write_table_atomic
 from zxl.pipeline.inspection import read_tar_images
-from zxl.pipeline.stages import shard_name, skipped, stage_path, write_table_atomic
+from zxl.pipeline.stages import shard_name, skipped, stage_path
 from zxl.scorers.registry import get_scorer
 
 SCORE_SCHEMA = pa.schema(

@@ -24,7 +24,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from zxl.config import ConfigError, SourceConfig, config_hash, to_dict
-from zxl.pipeline.stages import remove_stale, stage_path, stored_hash, write_table_atomic
+from zxl.files import write_table_atomic
+from zxl.pipeline.stages import remove_stale, stage_path, stored_hash
 
 RESERVED = {
     "key", "url", "source_id", "zxl_key", "status", "error", "error_message", "width", "height",

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -38,44 +36,6 @@ def shard_name(shard: int) -> str:
 
 def stage_path(run_dir: Path, stage: str, shard: int) -> Path:
     return Path(run_dir) / "stages" / stage / f"{shard_name(shard)}.parquet"
-
-
-def temp_name(path: Path) -> Path:
-    """A sibling name no reader mistakes for a finished file."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def write_table_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write to a temporary name, then rename: a reader sees the whole file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if metadata:
-        merged = dict(table.schema.metadata or {})
-        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
-        table = table.replace_schema_metadata(merged)
-    tmp = temp_name(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=64 * 1024)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_json_atomic(obj, path: Path) -> Path:
-    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
 
 
 def stored_hash(path: Path) -> str | None:

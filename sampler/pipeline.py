@@ -50,11 +50,11 @@ class SDXL:
         (and ZTSNR) when it carries the empty ``v_pred`` (``ztsnr``) key, else when ``config``'s scheduler
         says so; otherwise it is taken for epsilon, which generate() refuses. ``option`` is what a load
         error names as the source of ``ref`` (``--model`` here, ``model.base`` for the trainer)."""
-        from zxl.scorers.clip_mlp import pick_device, pick_dtype
+        from zxl.devices import pick_device, pick_dtype
 
         path = Path(ref)
-        dev = pick_device(device)
-        dtype = pick_dtype(precision, dev)
+        dev = pick_device(device, "--device")
+        dtype = pick_dtype(precision, dev, "--precision")
         if path.is_file():
             parts, v_pred, ztsnr, name_hash = cls._file_parts(path, config, dtype, option)
         else:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from zxl.config import ConfigError, ScoreConfig
+from zxl.devices import pick_device, pick_dtype
 from zxl.models import load_state_dict, resolve
 from zxl.scorers.base import EmbeddingScorer
 from zxl.scorers.heads import build_head, input_dim
@@ -28,24 +29,6 @@ HOW_HEAD = (
     "For the recipe: download sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/"
     "improved-aesthetic-predictor and set score.head_weights to that file."
 )
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"score.device is '{name}' but this machine has no CUDA device; use auto or cpu")
-    return dev
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in table:
-        raise ConfigError(f"score.precision must be auto, fp32, fp16 or bf16, got '{name}'")
-    return table[name]
 
 
 def model_name(cfg: ScoreConfig) -> str:
@@ -95,8 +78,8 @@ class ClipMlpScorer(EmbeddingScorer):
 
         name = model_name(cfg)
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.precision, self.device)
+        self.device = pick_device(cfg.device, "score.device")
+        self.dtype = pick_dtype(cfg.precision, self.device, "score.precision")
         pretrained = _clip_pretrained(cfg) if load_weights else None
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -123,7 +106,7 @@ class ClipMlpScorer(EmbeddingScorer):
     def check(cls, cfg: ScoreConfig) -> None:
         _clip_pretrained(cfg)
         resolve(cfg.head_weights, "score.head_weights", "aesthetic head", HOW_HEAD)
-        pick_dtype(cfg.precision, pick_device(cfg.device))
+        pick_dtype(cfg.precision, pick_device(cfg.device, "score.device"), "score.precision")
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":

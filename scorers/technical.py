@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from zxl.pipeline.buckets import nearest_bucket
+from zxl.buckets import nearest_bucket
 from zxl.scorers.base import Scorer
 
 FEATURES = ("sharpness", "noise", "blocking", "jpeg_quality", "resolution", "exposure", "contrast", "colourfulness")

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from zxl.pipeline.buckets import BUCKETS, bucket_name, nearest_bucket, recipe_buckets
+from zxl.buckets import BUCKETS, bucket_name, nearest_bucket, recipe_buckets
 
 RECIPE = [
     (768, 1344), (768, 1280), (832, 1216), (896, 1152), (960, 1088), (1024, 1024),

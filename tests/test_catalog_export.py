@@ -14,7 +14,7 @@ from zxl.cli import main
 def trained(sync_run):
     import pyarrow.compute as pc
 
-    from zxl.catalog.build import read_catalog
+    from zxl.catalog.schema import read_catalog
 
     cat = read_catalog(sync_run[1].catalog_dir)
     return cat.filter(pc.and_(pc.equal(cat["status"], "ok"), pc.greater(cat["repeats"], 0))).to_pandas()

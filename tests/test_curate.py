@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import make_config
-from zxl.catalog.build import read_catalog, read_manifest
-from zxl.catalog.schema import SCHEMA_V1
+from zxl.catalog.schema import SCHEMA_V1, read_catalog, read_manifest
 from zxl.pipeline.curate import curate, summary
 from zxl.pipeline.stages import stage_path
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from tests.conftest import make_config
 from tests.fault_server import FAULTS, FaultServer, smooth
-from zxl.catalog.build import read_catalog
+from zxl.catalog.schema import read_catalog
 from zxl.pipeline import netguard
 from zxl.pipeline.curate import curate
 from zxl.pipeline.fetch import RESPONSE_DEADLINE_FACTOR, sniff

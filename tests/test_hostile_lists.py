@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import make_config
 from tests.fault_server import smooth
-from zxl.catalog.build import read_catalog, read_manifest
+from zxl.catalog.schema import read_catalog, read_manifest
 from zxl.pipeline.curate import curate
 from zxl.pipeline.inspection import read_tar_images
 

@@ -186,7 +186,7 @@ def test_connect_to_sends_the_connection_elsewhere_and_is_checked_there(servers)
 
 def test_a_curate_run_refuses_private_urls_by_default(urls_file, tmp_path):
     from tests.conftest import make_config
-    from zxl.catalog.build import read_catalog
+    from zxl.catalog.schema import read_catalog
     from zxl.pipeline.curate import curate
 
     cfg = make_config(tmp_path, "guarded", urls_file, "fetch.allowed_hosts=[]", "run.shard_size=200")

@@ -58,7 +58,7 @@ def test_registry_names_the_choices():
 
 def test_technical_ranks_the_demo_ladder(sync_run, truth):
     """On the stored demo images: Spearman of the raw score with the ladder, per picture."""
-    from zxl.catalog.build import read_catalog
+    from zxl.catalog.schema import read_catalog
 
     cat = read_catalog(sync_run[1].catalog_dir).to_pandas().merge(truth, on="key")
     cat = cat[cat["aesthetic"].notna()]

@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zxl.pipeline.stages import is_done, stored_hash, write_table_atomic
+from zxl.files import write_table_atomic
+from zxl.pipeline.stages import is_done, stored_hash
 
 
 def test_atomic_write_carries_the_stage_hash(tmp_path):
@@ -33,7 +34,8 @@ def test_plain_error_drops_what_changes_between_runs():
 
 
 def test_temporaries_of_any_process_are_removed_and_finished_files_kept(tmp_path):
-    from zxl.pipeline.stages import remove_temporaries, write_text_atomic
+    from zxl.files import write_text_atomic
+    from zxl.pipeline.stages import remove_temporaries
 
     run = tmp_path / "run"
     keep = [write_text_atomic(text, run / name) for text, name in

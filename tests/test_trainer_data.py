@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from zxl.buckets import BUCKETS
 from zxl.catalog.schema import SCHEMA_V1
 from zxl.config import ConfigError
-from zxl.pipeline.buckets import BUCKETS
 from zxl.trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, nearest
 
 

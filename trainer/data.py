@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from zxl.buckets import recipe_buckets
 from zxl.catalog.captions import build_caption
 from zxl.config import ConfigError
-from zxl.pipeline.buckets import recipe_buckets
 
 COLUMNS = ["key", "status", "shard", "shard_key", "sha256", "width", "height", "original_width", "original_height",
            "score", "rating", "year", "tags", "characters", "caption", "repeats"]  # fmt: skip

@@ -1,4 +1,7 @@
-"""File modes: what zxl writes is readable as the user's umask says, whatever wrote it.
+"""Writing files: atomically (a reader sees the whole file or none), with the user's umask.
+
+Every writer puts the bytes under a temporary sibling name (``.<name>.tmp-<pid>-<random>``, which
+``zxl.pipeline.stages.remove_temporaries`` sweeps after a kill), then renames it into place.
 
 safetensors' ``save_file`` (and so diffusers' ``save_pretrained``) creates files with mode 0600,
 whatever the umask: a model exported for a ComfyUI or A1111 running as another user would not be
@@ -8,8 +11,13 @@ plain ``open()`` would have given it (0644 and 0755 with the usual umask 022).
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def _umask() -> int:
@@ -26,3 +34,41 @@ def as_umask(path: str | os.PathLike) -> Path:
         if not entry.is_symlink():
             entry.chmod((0o777 if entry.is_dir() else 0o666) & ~mask)
     return path
+
+
+def temp_name(path: Path) -> Path:
+    """A sibling name no reader mistakes for a finished file."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def write_table_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write to a temporary name, then rename: a reader sees the whole file or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    tmp = temp_name(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=64 * 1024)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(obj, path: Path) -> Path:
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)

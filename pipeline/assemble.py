@@ -1,10 +1,10 @@
-"""Assemble the catalog: per-shard v1 tables, then the parts and ``_manifest.json``.
+"""The last stage: assemble each shard's catalog rows, then write ``catalog/`` with its manifest.
 
-``assemble_shard`` (a Dask task per shard) joins the source, fetch and inspect outputs of one
-shard into a v1 table, ``stages/catalog/NNNNN.parquet``. ``write_catalog`` (one global step)
-counts over all of them, then writes ``catalog/part-NNNNN.parquet`` with the manifest in each
-file's key-value metadata and ``_manifest.json`` last. The new catalog is built in a temporary
-folder and swapped in by rename, so a reader never sees half of one.
+``assemble_shard`` (a Dask task per shard) joins the source, fetch, inspect, score, reduce, tag and
+caption outputs of one shard into a v1 table, ``stages/catalog/NNNNN.parquet``. ``write_catalog``
+(one global step) counts over all of them, then writes ``catalog/part-NNNNN.parquet`` with the
+manifest in each file's key-value metadata and ``_manifest.json`` last. The new catalog is built in
+a temporary folder and swapped in by rename, so a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zxl.catalog.schema import SCHEMA_V1, SCHEMA_VERSION, conform
-from zxl.pipeline.stages import shard_name, skipped, stage_path, write_json_atomic, write_table_atomic
-
-MANIFEST_KEY = "zxl.manifest"
+from zxl.catalog.schema import MANIFEST_KEY, SCHEMA_V1, SCHEMA_VERSION, conform
+from zxl.files import write_json_atomic, write_table_atomic
+from zxl.pipeline.stages import shard_name, skipped, stage_path
 
 
 def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
@@ -131,15 +130,3 @@ def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return manifest
-
-
-def read_manifest(catalog_dir: str | Path) -> dict:
-    path = Path(catalog_dir) / "_manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{catalog_dir} is not a zxl catalog: it has no _manifest.json")
-    return json.loads(path.read_text())
-
-
-def read_catalog(catalog_dir: str | Path) -> pa.Table:
-    """The whole catalog as one Arrow table (small catalogs and tests; use DuckDB for large ones)."""
-    return pq.read_table(Path(catalog_dir), schema=SCHEMA_V1)

@@ -1,0 +1,67 @@
+"""Imports point one way: the core (zxl/) imports none of the packages; the families and the catalog
+build on the core alone; pipeline, sampler and trainer on those; the CLI (and the test support in
+zxl.testing) on top. Every import counts, the ones inside functions too."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"zxl": "zxl", **{f: f"zxl.{f}" for f in
+                            ("pipeline", "scorers", "taggers", "captioners", "trainer", "sampler", "catalog")}}  # fmt: skip
+TOP = {"zxl.cli", "zxl.__main__", "zxl.testing"}
+FAMILIES = {"zxl.scorers", "zxl.taggers", "zxl.captioners", "zxl.catalog"}
+# what each package may import besides the core (the core may import only the core)
+ALLOWED = {
+    **{family: set() for family in FAMILIES},
+    "zxl.pipeline": FAMILIES,
+    "zxl.sampler": FAMILIES,
+    "zxl.trainer": FAMILIES | {"zxl.sampler"},  # it trains and exports the sampler's SDXL
+}
+
+
+def package(module: str) -> str:
+    """zxl.pipeline.fetch → zxl.pipeline; zxl.config → core; zxl.cli → zxl.cli (the top)."""
+    if module in TOP:
+        return module
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and f"zxl.{parts[1]}" in ALLOWED else "core"
+
+
+def imports():
+    for folder, pkg in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = ".".join([pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__")
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    if name == "zxl" or name.startswith("zxl."):
+                        yield module, name, f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_every_arrow_points_down():
+    wrong = []
+    for module, name, where in imports():
+        src, dst = package(module), package(name)
+        if src in TOP or src == dst or dst == "core":
+            continue
+        if src == "core" or dst in TOP or dst not in ALLOWED.get(src, set()):
+            wrong.append(f"{where}: {module} ({src}) imports {name} ({dst})")
+    assert not wrong, "imports that point the wrong way:\n" + "\n".join(wrong)
+
+
+def test_the_walk_sees_the_imports():
+    seen = {(package(m), package(n)) for m, n, _ in imports()}
+    assert ("zxl.pipeline", "zxl.catalog") in seen and ("zxl.trainer", "zxl.sampler") in seen
+    assert ("zxl.cli", "zxl.pipeline") in seen and ("zxl.scorers", "core") in seen
+
+
+@pytest.mark.parametrize("module", ["zxl.config", "zxl.pipeline.fetch", "zxl.cli"])
+def test_package_names(module):
+    assert package(module) == {"zxl.config": "core", "zxl.pipeline.fetch": "zxl.pipeline", "zxl.cli": "zxl.cli"}[module]
