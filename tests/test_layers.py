@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"zxl": "zxl", **{f: f"zxl.{f}" for f in
-                            ("pipeline", "scorers", "taggers", "captioners", "trainer", "sampler", "catalog")}}  # fmt: skip
+PACKAGES = ("pipeline", "scorers", "taggers", "captioners", "trainer", "sampler", "catalog")
+FOLDERS = {"zxl": "zxl", **{f: f"zxl.{f}" for f in PACKAGES}}
 TOP = {"zxl.cli", "zxl.__main__", "zxl.testing"}
 FAMILIES = {"zxl.scorers", "zxl.taggers", "zxl.captioners", "zxl.catalog"}
 # what each package may import besides the core (the core may import only the core)
