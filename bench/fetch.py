@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from zxl.config import CurateConfig, load_config
+from zxl.config import load_config
 from zxl.demo_corpus import build_corpus
 from zxl.demo_server import DemoServer
 from zxl.pipeline import fetch as fetch_stage
 from zxl.pipeline import sources
+from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.curate import stage_hashes
 from zxl.pipeline.executor import Executor, Progress, Task
 

@@ -168,10 +168,10 @@ def clip(setup: Setup) -> list[dict]:
     """CLIP ViT-L/14 + LAION head: the score stage's path, a GPU-decode path, and the model alone."""
     import open_clip
 
-    from zxl.config import ScoreConfig
     from zxl.pipeline.inspection import read_tar_images
     from zxl.pipeline.score import score_stream
     from zxl.scorers.clip_mlp import ClipMlpScorer
+    from zxl.scorers.config import ScoreConfig
     from zxl.scorers.heads import laion_state_dict
     from zxl.testing import TINY_CLIP
 
@@ -247,8 +247,8 @@ def wd(setup: Setup) -> list[dict]:
     alone on a prepared batch."""
     import onnxruntime as ort
 
-    from zxl.config import TagConfig
     from zxl.pipeline.inspection import read_tar_images
+    from zxl.taggers.config import TagConfig
     from zxl.taggers.wd import WDTagger, prepare
     from zxl.testing import build_wd_model
 

@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 from bench import one_torch_thread
-from zxl.config import DedupConfig, ScoreConfig
 from zxl.demo_corpus import build_corpus
+from zxl.pipeline.config import DedupConfig
+from zxl.scorers.config import ScoreConfig
 
 CACHE = Path(".cache/bench")
 

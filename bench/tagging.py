@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from zxl.config import TagConfig
 from zxl.demo_corpus import CHARACTERS, GENERAL_TAGS
+from zxl.taggers.config import TagConfig
 
 
 def synthetic_source(n: int, seed: int = 0) -> pd.DataFrame:

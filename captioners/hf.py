@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from zxl.captioners.base import Captioner
-from zxl.config import CaptionConfig, ConfigError
+from zxl.captioners.config import CaptionConfig
+from zxl.config import ConfigError
 from zxl.devices import pick_device, pick_dtype
 
 FAMILIES = {"florence2": "florence2", "blip-2": "blip2", "llava": "llava", "qwen2_vl": "qwen2-vl"}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from zxl.captioners.base import Captioner
-from zxl.config import CaptionConfig, ConfigError
+from zxl.captioners.config import CaptionConfig
+from zxl.config import ConfigError
 from zxl.registry import load_class, per_process
 
 CAPTIONERS = {"template": "zxl.captioners.template:TemplateCaptioner", "hf": "zxl.captioners.hf:HFCaptioner"}

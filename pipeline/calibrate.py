@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from zxl.config import CalibrateConfig, ConfigError
+from zxl.config import ConfigError
+from zxl.pipeline.config import CalibrateConfig
 
 N_EDGES = 8
 

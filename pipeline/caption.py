@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from zxl.captioners.config import CaptionConfig
 from zxl.captioners.registry import get_captioner
-from zxl.config import CaptionConfig
 from zxl.files import write_table_atomic
 from zxl.pipeline.inspection import read_tar_images
 from zxl.pipeline.stages import skipped, stage_path

@@ -16,10 +16,11 @@ import pyarrow as pa
 from zxl import __version__
 from zxl.captioners import registry as captioner_registry
 from zxl.catalog.schema import SCHEMA_VERSION
-from zxl.config import CurateConfig, check_ranges, config_hash, dump_yaml, to_dict
+from zxl.config import check_ranges, config_hash, dump_yaml, to_dict
 from zxl.files import write_text_atomic
 from zxl.pipeline import calibrate, caption, executor, fetch, inspection, reduce, score, sources, tag
 from zxl.pipeline.assemble import assemble_shard, write_catalog
+from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Executor, Progress, Task
 from zxl.pipeline.stages import remove_temporaries, run_lock
 from zxl.scorers.registry import scorer_class

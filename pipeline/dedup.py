@@ -26,7 +26,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from zxl.config import ConfigError, DedupConfig
+from zxl.config import ConfigError
+from zxl.pipeline.config import DedupConfig
 
 SUBSTRINGS = ((0, 21), (21, 21), (42, 22))  # (offset, width) of the 3 phash substrings
 CHUNK = 200_000  # query rows per vectorized probe, to bound memory

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from zxl.config import ConfigError, RunConfig
+from zxl.config import ConfigError
+from zxl.pipeline.config import RunConfig
 
 
 @dataclass

@@ -48,9 +48,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from zxl.config import ConfigError, FetchConfig, check_ranges  # noqa: E402
+from zxl.config import ConfigError, check_ranges  # noqa: E402
 from zxl.files import write_table_atomic  # noqa: E402
 from zxl.pipeline import netguard  # noqa: E402
+from zxl.pipeline.config import FetchConfig  # noqa: E402
 from zxl.pipeline.stages import plain_error, shard_name, skipped, stage_path  # noqa: E402
 
 STATUS = {"success": "ok", "failed_to_download": "failed_download", "failed_to_resize": "failed_decode"}

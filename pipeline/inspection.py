@@ -23,8 +23,8 @@ import scipy.fft
 from PIL import Image
 
 from zxl.buckets import bucket_name
-from zxl.config import InspectConfig
 from zxl.files import write_table_atomic
+from zxl.pipeline.config import InspectConfig
 from zxl.pipeline.stages import plain_error, skipped, stage_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zxl.config import CurateConfig
 from zxl.files import write_table_atomic
 from zxl.pipeline import calibrate, dedup, weigh
+from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.score import read_embeddings
 from zxl.pipeline.stages import stage_path
 

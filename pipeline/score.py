@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from zxl.config import ScoreConfig
 from zxl.files import write_table_atomic
 from zxl.pipeline.inspection import read_tar_images
 from zxl.pipeline.stages import shard_name, skipped, stage_path
+from zxl.scorers.config import ScoreConfig
 from zxl.scorers.registry import get_scorer
 
 SCORE_SCHEMA = pa.schema(
@@ -80,6 +80,21 @@ def score_stream(scorer, blobs: list[bytes], batch_size: int, threads: int):
                 yield idx, scorer.score(batch), None, errors
 
 
+def score_blobs(scorer, blobs: list[bytes], cfg: ScoreConfig) -> tuple[list[float | None], dict[int, str], dict]:
+    """Raw scores of image bytes, in order (None where an image does not decode, its reason in the
+    errors), and the embeddings by position for a scorer that makes them: the stage's loop, which
+    ``zxl score FOLDER`` runs too."""
+    scores: list[float | None] = [None] * len(blobs)
+    errors, embeddings = {}, {}
+    for idx, values, emb, errs in score_stream(scorer, blobs, cfg.batch_size, cfg.loader_threads):
+        errors.update(errs)
+        for n, j in enumerate(idx):
+            scores[j] = float(values[n])
+            if emb is not None:
+                embeddings[j] = emb[n]
+    return scores, errors, embeddings
+
+
 def score_shard(run_dir: str, shard: int, stage_hash: str, cfg: ScoreConfig) -> dict:
     run_dir = Path(run_dir)
     out = stage_path(run_dir, "score", shard)
@@ -97,14 +112,13 @@ def score_shard(run_dir: str, shard: int, stage_hash: str, cfg: ScoreConfig) -> 
         images = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py())
         shard_keys = fetch["shard_key"].to_pylist()
         blobs = [images.get(shard_keys[i], b"") for i in ok]
-        for idx, scores, emb, errors in score_stream(scorer, blobs, cfg.batch_size, cfg.loader_threads):
-            for j, err in errors.items():
-                status[ok[j]], error[ok[j]] = "failed_decode", err
-            for n, j in enumerate(idx):
-                aesthetic[ok[j]] = float(scores[n])
-                if emb is not None:
-                    emb_keys.append(keys[ok[j]])
-                    emb_rows.append(emb[n])
+        scores, errors, embeddings = score_blobs(scorer, blobs, cfg)
+        for j, err in errors.items():
+            status[ok[j]], error[ok[j]] = "failed_decode", err
+        for j, value in enumerate(scores):
+            aesthetic[ok[j]] = value
+        emb_keys = [keys[ok[j]] for j in sorted(embeddings)]
+        emb_rows = [embeddings[j] for j in sorted(embeddings)]
     meta = {"zxl.stage_hash": stage_hash, "zxl.scorer": cfg.scorer}
     if emb_rows:
         vectors = np.stack(emb_rows).astype(np.float16)

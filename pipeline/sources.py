@@ -23,8 +23,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from zxl.config import ConfigError, SourceConfig, config_hash, to_dict
+from zxl.config import ConfigError, config_hash, to_dict
 from zxl.files import write_table_atomic
+from zxl.pipeline.config import SourceConfig
 from zxl.pipeline.stages import remove_stale, stage_path, stored_hash
 
 RESERVED = {

@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from zxl.config import TagConfig
 from zxl.files import write_table_atomic
 from zxl.pipeline.inspection import read_tar_images
 from zxl.pipeline.stages import shard_name, skipped, stage_path
+from zxl.taggers.config import TagConfig
 from zxl.taggers.registry import get_taggers, merge
 
 TAG_SCHEMA = pa.schema(

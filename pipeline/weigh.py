@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from zxl.config import ConfigError, WeighConfig
+from zxl.config import ConfigError
+from zxl.pipeline.config import WeighConfig
 
 
 def validate(cfg: WeighConfig) -> None:

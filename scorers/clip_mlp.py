@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zxl.config import ConfigError, ScoreConfig
+from zxl.config import ConfigError
 from zxl.devices import pick_device, pick_dtype
 from zxl.models import load_state_dict, resolve
 from zxl.scorers.base import EmbeddingScorer
+from zxl.scorers.config import ScoreConfig
 from zxl.scorers.heads import build_head, input_dim
 
 HOW_CLIP = (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from zxl.config import ScoreConfig
 from zxl.registry import load_class, per_process
 from zxl.scorers.base import Scorer
+from zxl.scorers.config import ScoreConfig
 
 # Imported on first use, so naming a scorer never loads torch or open_clip for the others.
 SCORERS = {"technical": "zxl.scorers.technical:TechnicalScorer", "clip-mlp": "zxl.scorers.clip_mlp:ClipMlpScorer"}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from zxl.config import ConfigError, TagConfig
+from zxl.config import ConfigError
 from zxl.registry import load_class, per_process
 from zxl.taggers.base import COLUMNS, Tagger
+from zxl.taggers.config import TagConfig
 
 TAGGERS = {"metadata": "zxl.taggers.metadata:MetadataTagger", "wd": "zxl.taggers.wd:WDTagger"}
 

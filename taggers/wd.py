@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from zxl.config import ConfigError, TagConfig
+from zxl.config import ConfigError
 from zxl.models import resolve
 from zxl.taggers.base import RATINGS, Tagger, empty
+from zxl.taggers.config import TagConfig
 
 HOW = (
     "Download model.onnx and selected_tags.csv from a SmilingWolf WD tagger repository "

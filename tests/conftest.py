@@ -14,9 +14,11 @@ if "ZXL_CACHE" not in os.environ:  # the model-hash cache of the tests is theirs
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from zxl.config import CurateConfig, ScoreConfig, load_config  # noqa: E402
+from zxl.config import load_config  # noqa: E402
 from zxl.demo_corpus import build_corpus  # noqa: E402
 from zxl.demo_server import DemoServer  # noqa: E402
+from zxl.pipeline.config import CurateConfig  # noqa: E402
+from zxl.scorers.config import ScoreConfig  # noqa: E402
 from zxl.testing import TINY_CLIP, build_tiny_llava, build_tiny_sdxl, build_wd_model  # noqa: E402
 
 # Small enough to run in seconds; bad_fraction 0.1 of 140 rows gives each of the 7 kinds twice.

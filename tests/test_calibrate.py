@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from zxl.config import CalibrateConfig, ConfigError
+from zxl.config import ConfigError
 from zxl.pipeline.calibrate import apply_edges, choose_edges, edges_from_catalog, quantile_edges, validate
+from zxl.pipeline.config import CalibrateConfig
 
 
 def test_equal_ninths_within_one_percent():

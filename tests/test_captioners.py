@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from zxl.captioners.config import CaptionConfig
 from zxl.captioners.hf import HFCaptioner, clean
 from zxl.captioners.registry import CAPTIONERS, captioner_class, check
 from zxl.captioners.template import TemplateCaptioner, character_name, sentence
-from zxl.config import CaptionConfig, ConfigError
+from zxl.config import ConfigError
 
 ROWS = pd.DataFrame(
     {

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from zxl.config import ConfigError, CurateConfig, config_hash, dump_yaml, load_config, valid_keys
+from zxl.config import ConfigError, config_hash, dump_yaml, load_config, valid_keys
+from zxl.pipeline.config import CurateConfig
 
 
 def test_defaults_and_override_types():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zxl.config import DedupConfig
 from zxl.demo_corpus import draw_picture
+from zxl.pipeline.config import DedupConfig
 from zxl.pipeline.dedup import Pairs, embedding_pairs, find_duplicates, phash_pairs
 from zxl.pipeline.inspection import phash
 

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import make_config
 from tests.test_curate import assert_same_catalog
-from zxl.config import ConfigError, CurateConfig, load_config
+from zxl.config import ConfigError, load_config
+from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.curate import curate, model_stages
 from zxl.pipeline.executor import validate
 
@@ -148,7 +149,7 @@ def test_a_worker_that_cannot_see_the_run_folder_stops_the_run(urls_file, tmp_pa
 
 
 def test_the_dashboard_listens_on_this_machine_only_unless_asked():
-    from zxl.config import RunConfig
+    from zxl.pipeline.config import RunConfig
     from zxl.pipeline.executor import Executor
 
     with Executor(RunConfig(workers=1)) as ex:

@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_config
-from zxl.config import ConfigError, FetchConfig
+from zxl.config import ConfigError
 from zxl.demo_corpus import bomb_png
 from zxl.pipeline import sources
+from zxl.pipeline.config import FetchConfig
 from zxl.pipeline.fetch import fetch_shard, sniff
 from zxl.pipeline.stages import stage_path, stored_hash
 

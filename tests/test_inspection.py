@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zxl.config import InspectConfig
+from zxl.pipeline.config import InspectConfig
 from zxl.pipeline.inspection import inspect_image, phash
 
 

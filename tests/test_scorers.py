@@ -7,8 +7,9 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from tests.conftest import clip_cfg
-from zxl.config import ConfigError, ScoreConfig
+from zxl.config import ConfigError
 from zxl.demo_corpus import LADDER
+from zxl.scorers.config import ScoreConfig
 from zxl.scorers.heads import build_head, laion_state_dict
 from zxl.scorers.registry import SCORERS, build_scorer, scorer_class
 from zxl.scorers.technical import TechnicalScorer, jpeg_quality

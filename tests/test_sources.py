@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zxl.config import ConfigError, SourceConfig
+from zxl.config import ConfigError
+from zxl.pipeline.config import SourceConfig
 from zxl.pipeline.sources import normalize, read_url_list, split
 from zxl.pipeline.stages import stage_path
 

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from zxl.config import ConfigError, TagConfig
+from zxl.config import ConfigError
 from zxl.taggers.base import COLUMNS, RATINGS
+from zxl.taggers.config import TagConfig
 from zxl.taggers.metadata import MetadataTagger, parse_rating, parse_year, split_tags
 from zxl.taggers.registry import TAGGERS, check, merge, tagger_class
 from zxl.taggers.wd import WDTagger, mcut, prepare

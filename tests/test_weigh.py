@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from zxl.config import ConfigError, WeighConfig
+from zxl.config import ConfigError
+from zxl.pipeline.config import WeighConfig
 from zxl.pipeline.weigh import repeats, validate
 
 

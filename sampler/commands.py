@@ -1,0 +1,71 @@
+"""The sampler's subcommand: ``zxl sample``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zxl.config import ConfigError
+
+
+def add_commands(sub) -> None:
+    """sample, on the top-level subparsers ``sub``."""
+    sa = sub.add_parser(
+        "sample",
+        help="validation grids from an SDXL v-prediction model and a kohya prompt file",
+        description="Render a validation grid (and each image, with its A1111 parameters) from a diffusers SDXL "
+        "folder and a kohya prompt file, or print the sampling schedule with --print-sigmas.",
+        epilog="examples:\n  zxl sample --model models/zero-xl --prompts configs/sample/validation.txt --x cfg=3,4,5 "
+        "--y seed=1,2\n  zxl sample --print-sigmas --steps 28 --terminal diffusers",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sa.add_argument("--model", help="a diffusers SDXL folder (model_index.json, unet/, vae/, text encoders) or a "
+                    "single-file .safetensors (A1111/ComfyUI layout)")  # fmt: skip
+    sa.add_argument("--model-config", metavar="DIR",
+                    help="single file: the diffusers folder whose configs describe it (default: the SDXL base "
+                    "configs zxl ships)")  # fmt: skip
+    sa.add_argument("--prompts", help="a kohya prompt file (--n --w --h --d --l --s --ss per line)")
+    sa.add_argument("--out", default="runs/samples", help="where the PNGs go (default runs/samples)")
+    sa.add_argument("--x", help="column axis: prompt | seed=… | cfg=… | steps=… | sampler=… | mimic=… | checkpoint=…")
+    sa.add_argument("--y", help="row axis, the same choices")
+    sa.add_argument("--negative", choices=["minimal", "light", "heavy"], default="minimal",
+                    help="the card's negative preset for lines without --n (default minimal: score_1)")  # fmt: skip
+    sa.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG rescale phi (0.7 is common; 0 = off)")
+    sa.add_argument("--dynamic", action="store_true",
+                    help="dynamic thresholding as the card advises (mimic = CFG, Half Cosine Up)")  # fmt: skip
+    sa.add_argument("--device", default="auto")
+    sa.add_argument("--precision", default="auto", help="auto (fp16 on a GPU) | fp32 | fp16 | bf16")
+    sa.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU; slow first image)")
+    sa.add_argument("--print-sigmas", action="store_true", help="print the sigma/timestep table and exit")
+    sa.add_argument("--steps", type=int, default=28, help="--print-sigmas: steps")
+    sa.add_argument("--schedule", default="trailing", help="trailing (= simple), karras or exponential")
+    sa.add_argument("--terminal", default="comfyui",
+                    help="sigma at t=999 where ZTSNR makes it infinite: comfyui (ComfyUI/A1111, 4518.76; the default) "
+                    "or diffusers (4096)")  # fmt: skip
+    sa.add_argument("--no-ztsnr", action="store_true", help="--print-sigmas: the plain SDXL schedule instead")
+
+    sa.set_defaults(run=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from zxl.sampler.schedule import format_table, get_sigmas
+
+    if args.print_sigmas:
+        sigmas, timesteps = get_sigmas(args.steps, args.schedule, ztsnr=not args.no_ztsnr, terminal=args.terminal)
+        what = "plain SDXL" if args.no_ztsnr else f"ZTSNR, terminal convention {args.terminal}"
+        print(f"# {args.steps} steps, {args.schedule} schedule, {what}")
+        print(format_table(sigmas, timesteps))
+        return 0
+    if not args.model or not args.prompts:
+        raise ConfigError("zxl sample needs --model and --prompts (or --print-sigmas)")
+    from zxl.sampler.grids import parse_axis, render
+    from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
+
+    get_sigmas(1, args.schedule, terminal=args.terminal)  # bad names fail before any model loads
+    prompts = read_prompt_file(args.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS[args.negative]))
+    grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), args.terminal,
+                   args.schedule, args.cfg_rescale, args.dynamic, args.device, precision=args.precision,
+                   compile=args.compile, model_config=args.model_config)  # fmt: skip
+    for g in grids:
+        print(f"grid: {g}")
+    return 0
