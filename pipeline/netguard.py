@@ -35,7 +35,6 @@ import http.client
 import io
 import ipaddress
 import socket
-import threading
 import time
 import types
 import urllib.error
@@ -104,7 +103,8 @@ class ResponseTooLargeError(OSError):
 
 
 class _Budget:
-    """What one request (all its redirects together) may still take: time and bytes."""
+    """What one request (all its redirects together) may still take: time and bytes. A request and
+    its hops run on one thread, so this needs no lock."""
 
     def __init__(self, seconds: float | None, max_bytes: int | None):
         self.seconds = seconds
@@ -112,7 +112,6 @@ class _Budget:
         self.max_bytes = max_bytes
         self.read = 0
         self.headers = 0
-        self.lock = threading.Lock()
 
     def left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -125,16 +124,14 @@ class _Budget:
         return ResponseTooLargeError(f"response too large: it {said}, over fetch.max_response_bytes={self.max_bytes}")
 
     def spend(self, n: int) -> None:
-        with self.lock:
-            self.read += n
-            if self.max_bytes is not None and self.read > self.max_bytes + self.headers:
-                raise self.too_large()
+        self.read += n
+        if self.max_bytes is not None and self.read > self.max_bytes + self.headers:
+            raise self.too_large()
 
     def new_response(self) -> None:
         """Room for one more response's status line and headers on top of the cap (the socket's
         bytes are counted, and a read may take the headers and the body together)."""
-        with self.lock:
-            self.headers += HEADER_ALLOWANCE
+        self.headers += HEADER_ALLOWANCE
 
 
 class _BudgetReader(io.RawIOBase):

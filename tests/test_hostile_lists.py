@@ -10,9 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +21,7 @@ from PIL import Image
 
 from tests.conftest import make_config
 from tests.fault_server import smooth
+from tests.test_netguard import recording_pair
 from zxl.catalog.schema import read_catalog, read_manifest
 from zxl.pipeline.curate import curate
 from zxl.pipeline.inspection import read_tar_images
@@ -65,24 +65,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Recorder(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, host, port=0):
-        self.paths = []
-        super().__init__((host, port), _Handler)
-
-
 @pytest.fixture(scope="module")
 def servers():
-    one = _Recorder("127.0.0.1")
-    two = _Recorder("127.0.0.2", one.server_port)  # same port, another loopback address: refused
-    for srv in (one, two):
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield one, two
-    for srv in (one, two):
-        srv.shutdown()
-        srv.server_close()
+    with recording_pair(_Handler) as pair:  # 127.0.0.1 (allowed) and 127.0.0.2 (refused)
+        yield pair
 
 
 def hostile_urls(port: int) -> dict[str, str]:

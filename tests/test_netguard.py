@@ -1,5 +1,6 @@
 """The fetch guard: only http(s), only allowed addresses (redirects too), bounded responses, per request."""
 
+import contextlib
 import socket
 import threading
 import urllib.error
@@ -31,9 +32,25 @@ class Recorder(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, host, port=0):
+    def __init__(self, host, port, handler):
         self.paths = []
-        super().__init__((host, port), _Handler)
+        super().__init__((host, port), handler)
+
+
+@contextlib.contextmanager
+def recording_pair(handler):
+    """``handler`` on 127.0.0.1 (allowed in these tests) and on 127.0.0.2 at the same port (refused),
+    each recording the paths it is asked for."""
+    one = Recorder("127.0.0.1", 0, handler)
+    two = Recorder("127.0.0.2", one.server_port, handler)
+    for srv in (one, two):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield one, two
+    finally:
+        for srv in (one, two):
+            srv.shutdown()
+            srv.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,15 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def servers():
-    """The same handler on 127.0.0.1 (allowed in these tests) and on 127.0.0.2 (refused)."""
-    one = Recorder("127.0.0.1")
-    two = Recorder("127.0.0.2", one.server_port)
-    for srv in (one, two):
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield one, two
-    for srv in (one, two):
-        srv.shutdown()
-        srv.server_close()
+    with recording_pair(_Handler) as pair:
+        yield pair
 
 
 def _get(guard, url):

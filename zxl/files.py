@@ -21,7 +21,15 @@ import pyarrow.parquet as pq
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; set straight back
+    """The process's umask: read from /proc on Linux; elsewhere set and restored (os.umask is the
+    only portable reader, and for that instant another thread's new file would get mode 0666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # the strictest value while it is out of place
     os.umask(mask)
     return mask
 
