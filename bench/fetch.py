@@ -24,11 +24,10 @@ import pyarrow.parquet as pq
 from zxl.config import load_config
 from zxl.demo_corpus import build_corpus
 from zxl.demo_server import DemoServer
-from zxl.pipeline import fetch as fetch_stage
 from zxl.pipeline import sources
 from zxl.pipeline.config import CurateConfig
-from zxl.pipeline.curate import stage_hashes
 from zxl.pipeline.executor import Executor, Progress, Task
+from zxl.pipeline.graph import run_shard, stage_hashes
 
 CACHE = Path(".cache/bench")
 
@@ -39,9 +38,7 @@ def _ours(cfg: CurateConfig, urls: Path) -> tuple[float, int]:
     run_dir = Path(cfg.run.runs_dir) / cfg.run.name
     n, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
     h = stage_hashes(cfg, source_hash)["fetch"]
-    plan = [
-        Task("fetch", s, fetch_stage.fetch_shard, (str(run_dir), s, h, cfg.fetch, cfg.run.shard_size)) for s in range(n)
-    ]
+    plan = [Task("fetch", s, run_shard, (str(run_dir), "fetch", s, h, cfg.fetch, cfg.run.shard_size)) for s in range(n)]
     with Executor(cfg.run) as ex:
         ex.run(plan, Progress({"fetch": table.num_rows}, enabled=False))
     seconds = time.perf_counter() - t0

@@ -168,11 +168,11 @@ def clip(setup: Setup) -> list[dict]:
     """CLIP ViT-L/14 + LAION head: the score stage's path, a GPU-decode path, and the model alone."""
     import open_clip
 
-    from zxl.pipeline.inspection import read_tar_images
     from zxl.pipeline.score import score_stream
     from zxl.scorers.clip_mlp import ClipMlpScorer
     from zxl.scorers.config import ScoreConfig
     from zxl.scorers.heads import laion_state_dict
+    from zxl.tars import read_images as read_tar_images
     from zxl.testing import TINY_CLIP
 
     tars, jpeg_side = shards(setup)
@@ -247,9 +247,9 @@ def wd(setup: Setup) -> list[dict]:
     alone on a prepared batch."""
     import onnxruntime as ort
 
-    from zxl.pipeline.inspection import read_tar_images
     from zxl.taggers.config import TagConfig
     from zxl.taggers.wd import WDTagger, prepare
+    from zxl.tars import read_images as read_tar_images
     from zxl.testing import build_wd_model
 
     ref = os.environ.get(WD_ENV, "")
@@ -358,7 +358,7 @@ def build_sdxl(setup: Setup):
 
 def sdxl(setup: Setup) -> list[dict]:
     """Seconds per image, ours against diffusers, alternating, best of each."""
-    from zxl.sampler.pipeline import generate
+    from zxl.sampler.pipeline import Sampling, generate
     from zxl.sampler.prompts import Prompt
 
     ours, pipe, source, params = build_sdxl(setup)
@@ -368,7 +368,7 @@ def sdxl(setup: Setup) -> list[dict]:
     setup.reset_peak()
 
     def run_ours():
-        generate(ours, p, terminal="diffusers")
+        generate(ours, p, Sampling(terminal="diffusers"))
 
     def run_diffusers():
         with torch.inference_mode():

@@ -18,7 +18,7 @@ from bench import one_torch_thread
 def run(quick: bool = False) -> dict:
     from diffusers import StableDiffusionXLPipeline
 
-    from zxl.sampler.pipeline import SDXL, generate
+    from zxl.sampler.pipeline import SDXL, Sampling, generate
     from zxl.sampler.prompts import Prompt
     from zxl.testing import build_tiny_sdxl
 
@@ -36,7 +36,7 @@ def run(quick: bool = False) -> dict:
         ours, theirs = [], []
         for _ in range(reps):  # alternate, best of each
             t0 = time.perf_counter()
-            generate(model, p, terminal="diffusers", latents_only=True)
+            generate(model, p, Sampling(terminal="diffusers"), latents_only=True)
             ours.append((time.perf_counter() - t0) / steps)
             t0 = time.perf_counter()
             pipe(p.prompt, negative_prompt=p.negative, num_inference_steps=steps, guidance_scale=p.cfg,

@@ -19,6 +19,7 @@ from PIL import Image
 
 from zxl.catalog.images import ImageStore
 from zxl.catalog.query import Catalog, open_catalog
+from zxl.images import decode
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
     "aesthetic": "aesthetic DESC NULLS LAST, rid",
@@ -195,7 +196,7 @@ class Browser:
         found = self.image(key)
         if found is None:
             return None
-        with Image.open(io.BytesIO(found[0])) as im:
+        with decode(found[0]) as im:
             im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
             buf = io.BytesIO()
             im.convert("RGB").save(buf, "JPEG", quality=85)

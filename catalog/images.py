@@ -1,7 +1,7 @@
 """Image bytes of catalog rows, read straight out of the webdataset tar shards.
 
-Each tar is indexed once per process (member name → data offset and size, from its headers, so
-no image is read to build it); then one image costs one seek and one read. A catalog's shards
+Each tar is indexed once per process (``zxl.tars.image_index``: member name → data offset and
+size, from its headers, so no image is read to build it); then one image costs one seek and one read. A catalog's shards
 are ``<run>/shards/`` next to ``<run>/catalog/``. Only names the catalog itself gives (its
 ``shard`` and ``shard_key`` columns) are ever opened, and a shard name must be a plain file
 name: no path from outside reaches the file system.
@@ -10,12 +10,12 @@ name: no path from outside reaches the file system.
 from __future__ import annotations
 
 import re
-import tarfile
 import threading
 from pathlib import Path
 
+from zxl import tars
+
 SHARD_NAME = re.compile(r"^\d{5}\.tar$")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 class ImageStore:
@@ -32,18 +32,10 @@ class ImageStore:
                 path = self.shards / shard
                 if not path.is_file():
                     raise FileNotFoundError(f"shard {path} is missing")
-                index = {}
-                with tarfile.open(path) as tar:
-                    for m in tar:
-                        stem, _, suffix = m.name.rpartition(".")
-                        if m.isfile() and f".{suffix.lower()}" in IMAGE_SUFFIXES:
-                            index[stem] = (m.offset_data, m.size, suffix.lower())
-                self._index[shard] = index
+                self._index[shard] = tars.image_index(path)
             return self._index[shard]
 
     def get(self, shard: str, shard_key: str) -> tuple[bytes, str]:
         """(bytes, extension) of one stored image; KeyError when the shard does not hold it."""
-        offset, size, ext = self._tar_index(shard)[shard_key]
-        with open(self.shards / shard, "rb") as f:
-            f.seek(offset)
-            return f.read(size), ext
+        entry = self._tar_index(shard)[shard_key]
+        return tars.read_member(self.shards / shard, entry), entry[2]

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,22 +22,15 @@ import pyarrow.parquet as pq
 
 from zxl.catalog.schema import MANIFEST_KEY, SCHEMA_V1, SCHEMA_VERSION, conform
 from zxl.files import write_json_atomic, write_table_atomic
-from zxl.pipeline.stages import shard_name, skipped, stage_path
+from zxl.pipeline.stages import ShardJob, shard_name, stage_path
 
 
-def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
-    run_dir = Path(run_dir)
-    out = stage_path(run_dir, "catalog", shard)
-    if done := skipped(out, stage_hash):
-        return done
-    start = time.time()
-    source = pq.read_table(stage_path(run_dir, "source", shard), columns=["key", "url", "source_id"])
-    fetch = pq.read_table(stage_path(run_dir, "fetch", shard))
-    inspect = pq.read_table(stage_path(run_dir, "inspect", shard))
-    score = pq.read_table(stage_path(run_dir, "score", shard), columns=["key", "aesthetic"])
-    reduce = pq.read_table(stage_path(run_dir, "reduce", shard))
-    tag = pq.read_table(stage_path(run_dir, "tag", shard))
-    caption = pq.read_table(stage_path(run_dir, "caption", shard))
+def assemble_shard(job: ShardJob) -> pa.Table:
+    shard = job.shard
+    source = job.read("source", columns=["key", "url", "source_id"])
+    fetch, inspect = job.read("fetch"), job.read("inspect")
+    score = job.read("score", columns=["key", "aesthetic"])
+    reduce, tag, caption = job.read("reduce"), job.read("tag"), job.read("caption")
     # All are in source order, one row per input: check it rather than trust it.
     stages = (
         ("fetch", fetch),
@@ -80,9 +72,7 @@ def assemble_shard(run_dir: str, shard: int, stage_hash: str) -> dict:
         "caption": caption["caption"],
         "repeats": reduce["repeats"],
     }
-    table = conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
-    write_table_atomic(table, out, {"zxl.stage_hash": stage_hash})
-    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+    return conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
 
 
 def _counts(values: list) -> dict[str, int]:

@@ -7,31 +7,37 @@ and its ``problem`` says so. Output: ``stages/caption/NNNNN.parquet`` (key, capt
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from zxl.captioners.config import CaptionConfig
 from zxl.captioners.registry import get_captioner
-from zxl.files import write_table_atomic
-from zxl.pipeline.inspection import read_tar_images
-from zxl.pipeline.stages import skipped, stage_path
-from zxl.pipeline.tag import decode_image
+from zxl.images import try_decode
+from zxl.pipeline.stages import ShardJob
 
 CAPTION_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("problem", pa.string())])
 
 
-def caption_shard(run_dir: str, shard: int, stage_hash: str, cfg: CaptionConfig) -> dict:
-    run_dir = Path(run_dir)
-    out = stage_path(run_dir, "caption", shard)
-    if done := skipped(out, stage_hash):
-        return done
-    start = time.time()
-    reduce = pq.read_table(stage_path(run_dir, "reduce", shard), columns=["key", "status", "score"])
-    tags = pq.read_table(stage_path(run_dir, "tag", shard)).drop_columns(["key", "problem"])
+def caption_rows(captioner, images: list | None, rows) -> tuple[list[str | None], list[str | None]]:
+    """Captions of these rows (a DataFrame with tags and characters; images when the captioner
+    needs them) and, where the captioner returned nothing, a problem saying so: the stage's loop,
+    which ``zxl caption FOLDER`` runs too."""
+    captions: list[str | None] = [None] * len(rows)
+    problems: list[str | None] = [None] * len(rows)
+    texts = captioner.caption(images, rows) if len(rows) else []
+    for n, text in enumerate(texts):
+        text = (text or "").strip()
+        if text:
+            captions[n] = text
+        else:
+            tags_n = rows["tags"].iloc[n]
+            shown = list(tags_n) if tags_n is not None else None
+            problems[n] = f"captioner {captioner.name} returned nothing (tags: {shown})"
+    return captions, problems
+
+
+def caption_shard(job: ShardJob, cfg: CaptionConfig) -> pa.Table:
+    reduce = job.read("reduce", columns=["key", "status", "score"])
     keys = reduce["key"].to_pylist()
     captions: list[str | None] = [None] * len(keys)
     problems: list[str | None] = [None] * len(keys)
@@ -39,22 +45,12 @@ def caption_shard(run_dir: str, shard: int, stage_hash: str, cfg: CaptionConfig)
     idx = [i for i, w in enumerate(wanted.to_pylist()) if w]
     captioner = get_captioner(cfg) if idx else None
     if captioner is not None:
-        rows = tags.take(idx).to_pandas()
+        rows = job.read("tag").drop_columns(["key", "problem"]).take(idx).to_pandas()
         images = None
         if captioner.needs_images:
-            fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])
-            blobs = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py())
-            shard_keys = fetch["shard_key"].to_pylist()
-            images = [decode_image(blobs.get(shard_keys[i])) for i in idx]
-        texts = captioner.caption(images, rows)
-        for n, (i, text) in enumerate(zip(idx, texts, strict=True)):
-            text = (text or "").strip()
-            if text:
-                captions[i] = text
-            else:
-                tags_n = rows["tags"].iloc[n]
-                shown = list(tags_n) if tags_n is not None else None
-                problems[i] = f"captioner {captioner.name} returned nothing (tags: {shown})"
-    table = pa.table({"key": keys, "caption": captions, "problem": problems}, schema=CAPTION_SCHEMA)
-    write_table_atomic(table, out, {"zxl.stage_hash": stage_hash})
-    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+            shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
+            images = [try_decode(b) for b in job.images([shard_keys[i] for i in idx])]
+        texts, why = caption_rows(captioner, images, rows)
+        for n, i in enumerate(idx):
+            captions[i], problems[i] = texts[n], why[n]
+    return pa.table({"key": keys, "caption": captions, "problem": problems}, schema=CAPTION_SCHEMA)

@@ -245,17 +245,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _open_images(files: list[Path]) -> tuple[list, dict[int, str]]:
-    from PIL import Image
+    from zxl.images import ImageDecodeError, decode
 
     images, errors = [], {}
     for i, f in enumerate(files):
         try:
-            im = Image.open(f)
-            im.load()
-            images.append(im)
-        except Exception as e:  # noqa: BLE001 - one unreadable file is that row's error
+            images.append(decode(f.read_bytes()))
+        except (OSError, ImageDecodeError) as e:  # one unreadable file is that row's error
             images.append(None)
-            errors[i] = f"cannot read the image: {type(e).__name__}: {e}"
+            errors[i] = f"cannot read the image: {e}"
     return images, errors
 
 
@@ -327,6 +325,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from zxl.captioners.registry import check, get_captioner
+    from zxl.pipeline.caption import caption_rows
 
     cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
     check(cfg.caption)
@@ -340,15 +339,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     chars = [None if tagged is None else tagged["characters"].iloc[i] for i in range(len(files))]
     ok = [i for i in range(len(files)) if i not in errors]
     rows_df = pd.DataFrame({"tags": [tags[i] for i in ok], "characters": [chars[i] for i in ok]})
-    texts = captioner.caption([images[i] for i in ok] if captioner.needs_images else None, rows_df) if ok else []
+    texts, problems = caption_rows(captioner, [images[i] for i in ok] if captioner.needs_images else None, rows_df)
     rows = [{"path": str(f), "caption": None, "error": errors.get(i)} for i, f in enumerate(files)]
-    for i, text in zip(ok, texts, strict=True):
-        rows[i]["caption"] = text or None
-        if not text:
+    for n, i in enumerate(ok):
+        rows[i]["caption"] = texts[n]
+        if texts[n] is None:
             rows[i]["error"] = (
-                "no caption: no tags to write from (add image.txt or --wd-model)"
-                if not tags[i]
-                else (f"captioner {captioner.name} returned nothing")
+                "no caption: no tags to write from (add image.txt or --wd-model)" if not tags[i] else problems[n]
             )
     _print_rows(rows, args.json, ["caption"])
     return 0 if all(r["caption"] for r in rows) else 1

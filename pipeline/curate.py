@@ -1,8 +1,10 @@
-"""``zxl curate``: URL list → shards → fetch → inspect → catalog, as Dask tasks per shard.
+"""``zxl curate``: URL list → shards → the stages of ``zxl.pipeline.graph.STAGES`` → catalog.
 
-Stage hashes chain: each stage's hash covers its own config section and the hash of the stage it
-reads, so a change to ``fetch.*`` redoes fetch and everything after it, and an unchanged run is
-all skips.
+The stage table says what runs, in which order and with what hash; this module runs it: the split,
+the first phase of per-shard Dask tasks (fetch, inspect, score, tag), the global step (reduce), the
+second phase (caption, catalog), then the catalog's manifest. A stage's hash covers its config and
+the hashes of what it reads, so a change to ``fetch.*`` redoes fetch and everything after it, and
+an unchanged run is all skips.
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ import pyarrow as pa
 
 from zxl import __version__
 from zxl.captioners import registry as captioner_registry
-from zxl.catalog.schema import SCHEMA_VERSION
 from zxl.config import check_ranges, config_hash, dump_yaml, to_dict
 from zxl.files import write_text_atomic
-from zxl.pipeline import calibrate, caption, executor, fetch, inspection, reduce, score, sources, tag
-from zxl.pipeline.assemble import assemble_shard, write_catalog
+from zxl.pipeline import executor, fetch, graph, reduce, sources, tag
+from zxl.pipeline.assemble import write_catalog
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Executor, Progress, Task
 from zxl.pipeline.stages import remove_temporaries, run_lock
 from zxl.scorers.registry import scorer_class
 from zxl.taggers import registry as tagger_registry
 
-STAGES = ("fetch", "inspect", "score", "tag", "caption", "catalog")
+STAGES = graph.SHARD_STAGES  # the per-shard stages, in table order
+stage_hashes = graph.stage_hashes
 
 
 @dataclass
@@ -38,49 +40,6 @@ class CurateResult:
     executor: str
     dashboard: str | None
     workers: dict[str, dict[str, float]]  # Dask worker address → resources it offered ({} on sync)
-
-
-# Settings that change how fast a stage runs (or, like DNS, where a URL's host is), not what it writes:
-# changing them redoes nothing.
-SPEED_ONLY = {
-    "fetch": {"thread_count", "connect_to"},
-    "score": {"batch_size", "loader_threads", "device"},
-    "tag": {"batch_size", "device"},
-    "caption": {"batch_size", "device"},
-}
-
-
-def _section(cfg, stage: str) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k not in SPEED_ONLY.get(stage, ())}
-
-
-def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
-    h_fetch = config_hash({"stage": "fetch", "cfg": _section(cfg.fetch, "fetch"), "shard_size": cfg.run.shard_size,
-                           "up": source_hash})  # fmt: skip
-    h_inspect = config_hash({"stage": "inspect", "cfg": _section(cfg.inspect, "inspect"), "up": h_fetch})
-    h_score = config_hash({"stage": "score", "cfg": _section(cfg.score, "score"), "up": h_inspect})
-    edges = calibrate.edges_from_catalog(cfg.calibrate.edges_from) if cfg.calibrate.edges_from else None
-    h_reduce = config_hash(
-        {
-            "stage": "reduce",
-            "cfg": [to_dict(cfg.calibrate), to_dict(cfg.dedup), to_dict(cfg.weigh)],
-            "edges": edges,
-            "up": h_score,
-        }
-    )
-    h_tag = config_hash({"stage": "tag", "cfg": _section(cfg.tag, "tag"), "up": h_inspect})
-    h_caption = config_hash({"stage": "caption", "cfg": _section(cfg.caption, "caption"), "up": [h_reduce, h_tag]})
-    h_catalog = config_hash({"stage": "catalog", "schema": SCHEMA_VERSION, "up": [h_reduce, h_tag, h_caption]})
-    return {
-        "tag": h_tag,
-        "caption": h_caption,
-        "source": source_hash,
-        "fetch": h_fetch,
-        "inspect": h_inspect,
-        "score": h_score,
-        "reduce": h_reduce,
-        "catalog": h_catalog,
-    }
 
 
 def model_stages(cfg: CurateConfig) -> list[str]:
@@ -97,33 +56,6 @@ def model_stages(cfg: CurateConfig) -> list[str]:
 def _resources(cfg: CurateConfig) -> dict[str, dict[str, float]]:
     """Stage → the Dask resources its tasks ask for: run.model_resources for the model stages."""
     return dict.fromkeys(model_stages(cfg), cfg.run.model_resources) if cfg.run.model_resources else {}
-
-
-def plan(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[Task]:
-    """The per-shard stages before the global step: fetch → inspect → score."""
-    tasks = []
-    rd, res = str(run_dir), _resources(cfg)
-    for s in range(n_shards):
-        tasks.append(Task("fetch", s, fetch.fetch_shard, (rd, s, hashes["fetch"], cfg.fetch, cfg.run.shard_size)))
-        tasks.append(
-            Task("inspect", s, inspection.inspect_shard, (rd, s, hashes["inspect"], cfg.inspect), [("fetch", s)])
-        )
-        tasks.append(
-            Task("score", s, score.score_shard, (rd, s, hashes["score"], cfg.score), [("inspect", s)], res.get("score"))
-        )
-        tasks.append(Task("tag", s, tag.tag_shard, (rd, s, hashes["tag"], cfg.tag), [("inspect", s)], res.get("tag")))
-    return tasks
-
-
-def plan_catalog(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> list[Task]:
-    """After the global step: captions (they need the scores), then one catalog part per shard."""
-    rd, tasks, res = str(run_dir), [], _resources(cfg)
-    for s in range(n_shards):
-        tasks.append(
-            Task("caption", s, caption.caption_shard, (rd, s, hashes["caption"], cfg.caption), [], res.get("caption"))
-        )
-        tasks.append(Task("catalog", s, assemble_shard, (rd, s, hashes["catalog"]), [("caption", s)]))
-    return tasks
 
 
 def _stage_stats(plan_: list[Task], results: dict) -> dict:
@@ -188,7 +120,7 @@ def _curate(cfg: CurateConfig, table: pa.Table, run_dir: Path, log) -> CurateRes
     split_seconds = time.time() - t0
     hashes = stage_hashes(cfg, source_hash)
     shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder
-    tasks = plan(shared_dir, n_shards, hashes, cfg)
+    tasks = graph.tasks(0, shared_dir, n_shards, hashes, cfg, _resources(cfg))
     with Executor(cfg.run) as ex:
         log(f"zxl curate: {table.num_rows} URLs in {n_shards} shards, run folder {run_dir}")
         log(f"executing on {ex.description}" + (f"; Dask dashboard: {ex.dashboard}" if ex.dashboard else ""))
@@ -199,9 +131,9 @@ def _curate(cfg: CurateConfig, table: pa.Table, run_dir: Path, log) -> CurateRes
         try:
             results = ex.run(tasks, progress)
             t_reduce = time.time()
-            reduced = reduce.reduce_all(run_dir, n_shards, cfg, hashes["reduce"])
+            reduced = graph.run_global(run_dir, n_shards, hashes, cfg)
             t_reduce = time.time() - t_reduce
-            catalog_tasks = plan_catalog(shared_dir, n_shards, hashes, cfg)
+            catalog_tasks = graph.tasks(1, shared_dir, n_shards, hashes, cfg, _resources(cfg))
             results.update(ex.run(catalog_tasks, progress))
         finally:
             progress.close()

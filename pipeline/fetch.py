@@ -36,7 +36,6 @@ import io
 import os
 import re
 import shutil
-import time
 import uuid
 from pathlib import Path
 
@@ -49,10 +48,9 @@ import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from zxl.config import ConfigError, check_ranges  # noqa: E402
-from zxl.files import write_table_atomic  # noqa: E402
 from zxl.pipeline import netguard  # noqa: E402
 from zxl.pipeline.config import FetchConfig  # noqa: E402
-from zxl.pipeline.stages import plain_error, shard_name, skipped, stage_path  # noqa: E402
+from zxl.pipeline.stages import ShardJob, plain_error, shard_name  # noqa: E402
 
 STATUS = {"success": "ok", "failed_to_download": "failed_download", "failed_to_resize": "failed_decode"}
 # A response (status line, headers, body) must arrive whole within this many fetch.timeouts:
@@ -330,15 +328,12 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) 
     return pa.table(rows, schema=FETCH_SCHEMA)
 
 
-def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, shard_size: int) -> dict:
-    """Download one shard (skipped when its output exists with the same hash)."""
-    run_dir = Path(run_dir)
-    out = stage_path(run_dir, "fetch", shard)
-    if done := skipped(out, stage_hash):
-        return done
-    start = time.time()
-    source = pq.read_table(stage_path(run_dir, "source", shard))
-    shards_dir = run_dir / "shards"
+def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int) -> pa.Table:
+    """Download one shard: img2dataset writes its tar, parquet and stats into a temporary folder,
+    which are renamed into ``shards/`` before the stage file is written."""
+    source = job.read("source")
+    shard = job.shard
+    shards_dir = job.run_dir / "shards"
     for stale in shards_dir.glob(f".tmp-{shard_name(shard)}-*"):  # left by a task killed mid-shard
         shutil.rmtree(stale, ignore_errors=True)
     tmp = shards_dir / f".tmp-{shard_name(shard)}-{uuid.uuid4().hex[:8]}"
@@ -362,6 +357,4 @@ def fetch_shard(run_dir: str, shard: int, stage_hash: str, cfg: FetchConfig, sha
             os.replace(tmp / f"{name}{suffix}", shards_dir / f"{name}{suffix}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = _to_stage_rows(i2d, source, shard, cfg.timeout)
-    write_table_atomic(table, out, {"zxl.stage_hash": stage_hash})
-    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+    return _to_stage_rows(i2d, source, shard, cfg.timeout)

@@ -13,17 +13,15 @@ a score from the same edges, for the record; their repeats are 0.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zxl.files import write_table_atomic
 from zxl.pipeline import calibrate, dedup, weigh
-from zxl.pipeline.config import CurateConfig
+from zxl.pipeline.config import CalibrateConfig, CurateConfig, DedupConfig, WeighConfig
 from zxl.pipeline.score import read_embeddings
-from zxl.pipeline.stages import stage_path
+from zxl.pipeline.stages import StageInputs, stage_path
 
 REDUCE_SCHEMA = pa.schema(
     [
@@ -37,20 +35,28 @@ REDUCE_SCHEMA = pa.schema(
 )
 
 
-def _load(run_dir: Path, n_shards: int) -> tuple[pa.Table, list[int]]:
+def _load(inputs: StageInputs, n_shards: int) -> tuple[pa.Table, list[int]]:
     parts, sizes = [], []
     for s in range(n_shards):
-        score = pq.read_table(stage_path(run_dir, "score", s), columns=["key", "status", "error", "aesthetic"])
-        inspect = pq.read_table(stage_path(run_dir, "inspect", s), columns=["sha256", "phash", "width", "height"])
+        score = inputs.read("score", s, columns=["key", "status", "error", "aesthetic"])
+        inspect = inputs.read("inspect", s, columns=["sha256", "phash", "width", "height"])
         parts.append(pa.Table.from_arrays(score.columns + inspect.columns, score.column_names + inspect.column_names))
         sizes.append(score.num_rows)
     return pa.concat_tables(parts), sizes
 
 
-def reduce_all(run_dir: Path, n_shards: int, cfg: CurateConfig, stage_hash: str) -> dict:
+def reduce_all(
+    inputs: StageInputs,
+    n_shards: int,
+    stage_hash: str,
+    calibrate_cfg: CalibrateConfig,
+    dedup_cfg: DedupConfig,
+    weigh_cfg: WeighConfig,
+) -> dict:
     """Decide dedup, scores and repeats for every row; returns what the manifest records."""
     t0 = time.time()
-    table, sizes = _load(run_dir, n_shards)
+    run_dir = inputs.run_dir
+    table, sizes = _load(inputs, n_shards)
     keys = np.asarray(table["key"].to_pylist(), object)
     status = np.asarray(table["status"].to_pylist(), object)
     aesthetic = table["aesthetic"].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -70,7 +76,7 @@ def reduce_all(run_dir: Path, n_shards: int, cfg: CurateConfig, stage_hash: str)
         pixels[rows],
         np.asarray(table["sha256"].to_pylist(), object)[rows],
         table["phash"].to_numpy(zero_copy_only=False)[rows].astype(np.int64),
-        cfg.dedup,
+        dedup_cfg,
         embeddings,
     )
     duplicate_of = np.full(len(keys), None, object)
@@ -82,9 +88,9 @@ def reduce_all(run_dir: Path, n_shards: int, cfg: CurateConfig, stage_hash: str)
     t1 = time.time()
 
     kept = (status == "ok") & np.isfinite(aesthetic)
-    edges = calibrate.choose_edges(cfg.calibrate, aesthetic[kept])
+    edges = calibrate.choose_edges(calibrate_cfg, aesthetic[kept])
     score = calibrate.apply_edges(aesthetic, edges["edges"])
-    reps = weigh.repeats(status, score, cfg.weigh)
+    reps = weigh.repeats(status, score, weigh_cfg)
     t2 = time.time()
 
     start = 0

@@ -10,8 +10,6 @@ vector), written before the stage file so a finished stage always has its embedd
 
 from __future__ import annotations
 
-import io
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +20,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from zxl.files import write_table_atomic
-from zxl.pipeline.inspection import read_tar_images
-from zxl.pipeline.stages import shard_name, skipped, stage_path
+from zxl.images import ImageDecodeError, decode
+from zxl.pipeline.stages import ShardJob, shard_name
 from zxl.scorers.config import ScoreConfig
 from zxl.scorers.registry import get_scorer
 
@@ -36,13 +34,14 @@ def embeddings_path(run_dir: Path, shard: int) -> Path:
     return Path(run_dir) / "embeddings" / f"{shard_name(shard)}.parquet"
 
 
-def _decode_and_prepare(scorer, data: bytes):
+def _decode_and_prepare(scorer, data):
+    """``data``: image bytes, or an image already decoded (``zxl score FOLDER``)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
+        im = data if isinstance(data, Image.Image) else decode(data)
+        with im:
             return scorer.prepare(im), None
-    except Exception as e:  # noqa: BLE001 - one unreadable image is that row's error
-        return None, f"scorer {scorer.name} cannot read the image: {type(e).__name__}: {e}"
+    except ImageDecodeError as e:
+        return None, f"scorer {scorer.name} cannot read the image: {e}"
 
 
 def score_stream(scorer, blobs: list[bytes], batch_size: int, threads: int):
@@ -95,23 +94,16 @@ def score_blobs(scorer, blobs: list[bytes], cfg: ScoreConfig) -> tuple[list[floa
     return scores, errors, embeddings
 
 
-def score_shard(run_dir: str, shard: int, stage_hash: str, cfg: ScoreConfig) -> dict:
-    run_dir = Path(run_dir)
-    out = stage_path(run_dir, "score", shard)
-    if done := skipped(out, stage_hash):
-        return done
-    start = time.time()
-    inspect = pq.read_table(stage_path(run_dir, "inspect", shard), columns=["key", "status", "error"])
-    fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])
+def score_shard(job: ShardJob, cfg: ScoreConfig) -> tuple[pa.Table, dict]:
+    inspect = job.read("inspect", columns=["key", "status", "error"])
     keys, status, error = (inspect[c].to_pylist() for c in ("key", "status", "error"))
     aesthetic: list[float | None] = [None] * len(keys)
     ok = [i for i, s in enumerate(status) if s == "ok"]
     emb_keys, emb_rows = [], []
     if ok:
         scorer = get_scorer(cfg)
-        images = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py())
-        shard_keys = fetch["shard_key"].to_pylist()
-        blobs = [images.get(shard_keys[i], b"") for i in ok]
+        shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
+        blobs = [b or b"" for b in job.images([shard_keys[i] for i in ok])]
         scores, errors, embeddings = score_blobs(scorer, blobs, cfg)
         for j, err in errors.items():
             status[ok[j]], error[ok[j]] = "failed_decode", err
@@ -119,18 +111,19 @@ def score_shard(run_dir: str, shard: int, stage_hash: str, cfg: ScoreConfig) -> 
             aesthetic[ok[j]] = value
         emb_keys = [keys[ok[j]] for j in sorted(embeddings)]
         emb_rows = [embeddings[j] for j in sorted(embeddings)]
-    meta = {"zxl.stage_hash": stage_hash, "zxl.scorer": cfg.scorer}
-    if emb_rows:
+    meta = {"zxl.scorer": cfg.scorer}
+    if emb_rows:  # written before the stage file, so a finished stage always has its embeddings
         vectors = np.stack(emb_rows).astype(np.float16)
         dim = vectors.shape[1]
         flat = pa.array(vectors.ravel(), pa.float16())
         emb_table = pa.table({"key": emb_keys, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
-        write_table_atomic(emb_table, embeddings_path(run_dir, shard), meta)
+        write_table_atomic(
+            emb_table, embeddings_path(job.run_dir, job.shard), {"zxl.stage_hash": job.stage_hash, **meta}
+        )
     else:
-        embeddings_path(run_dir, shard).unlink(missing_ok=True)
+        embeddings_path(job.run_dir, job.shard).unlink(missing_ok=True)
     table = pa.table({"key": keys, "status": status, "error": error, "aesthetic": aesthetic}, schema=SCORE_SCHEMA)
-    write_table_atomic(table, out, meta)
-    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+    return table, meta
 
 
 def read_embeddings(run_dir: Path, n_shards: int) -> tuple[list[str], np.ndarray | None]:

@@ -13,10 +13,15 @@ import fcntl
 import os
 import re
 import shutil
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from zxl import tars
+from zxl.files import write_table_atomic
 
 HASH_KEY = b"zxl.stage_hash"
 
@@ -59,6 +64,66 @@ def skipped(path: Path, stage_hash: str) -> dict | None:
     return None
 
 
+class UndeclaredReadError(RuntimeError):
+    pass
+
+
+class StageInputs:
+    """What one stage may read: the outputs of the stages its entry in the stage table
+    (``zxl.pipeline.graph.STAGES``) names, and nothing else."""
+
+    def __init__(self, run_dir: str | Path, stage: str, reads: Iterable[str]):
+        self.run_dir, self.stage, self.reads = Path(run_dir), stage, tuple(reads)
+
+    def path(self, stage: str, shard: int) -> Path:
+        if stage not in self.reads:
+            raise UndeclaredReadError(
+                f"stage {self.stage} reads the output of {stage}, which its entry in the stage table "
+                f"(zxl/pipeline/graph.py) does not declare (it reads {', '.join(self.reads) or 'nothing'})"
+            )
+        return stage_path(self.run_dir, stage, shard)
+
+    def read(self, stage: str, shard: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(stage, shard), columns=columns)
+
+
+class ShardJob(StageInputs):
+    """One stage's work on one shard: its declared inputs, the shard's stored images, one output."""
+
+    def __init__(self, run_dir: str | Path, stage: str, shard: int, stage_hash: str, reads: Iterable[str]):
+        super().__init__(run_dir, stage, reads)
+        self.shard, self.stage_hash = shard, stage_hash
+        self.out = stage_path(self.run_dir, stage, shard)
+
+    def read(self, stage: str, columns: list[str] | None = None) -> pa.Table:  # type: ignore[override]
+        return super().read(stage, self.shard, columns)
+
+    def tar_path(self) -> Path | None:
+        """The shard's webdataset tar, named by the fetch output (None when the shard has no rows)."""
+        fetch = self.read("fetch", ["shard"])
+        return self.run_dir / "shards" / fetch["shard"][0].as_py() if fetch.num_rows else None
+
+    def images(self, shard_keys: list[str | None]) -> list[bytes | None]:
+        """The stored bytes of these tar members, in order (None where the tar lacks one or the key
+        is None); the tar is read once, only the wanted members."""
+        tar = self.tar_path()
+        found = tars.read_images(tar, [k for k in shard_keys if k]) if tar else {}
+        return [found.get(k) if k else None for k in shard_keys]
+
+
+def run_job(job: ShardJob, fn, *args) -> dict:
+    """The one stage preamble and epilogue: skip a shard whose output has this hash, else run
+    ``fn(job, *args)`` (a table, or a table and extra string metadata), write it with its hash, and
+    return the task's result (rows, start, end)."""
+    if done := skipped(job.out, job.stage_hash):
+        return done
+    start = time.time()
+    out = fn(job, *args)
+    table, meta = out if isinstance(out, tuple) else (out, {})
+    write_table_atomic(table, job.out, {HASH_KEY.decode(): job.stage_hash, **meta})
+    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time()}
+
+
 def remove_stale(folder: Path, keep: int, pattern: str = "*.parquet") -> None:
     """Delete shard files numbered ``keep`` and above (left by an earlier, larger split)."""
     for p in Path(folder).glob(pattern):
@@ -68,7 +133,7 @@ def remove_stale(folder: Path, keep: int, pattern: str = "*.parquet") -> None:
 
 
 # What a writer leaves behind when it is killed between writing and renaming: ``.<name>.tmp-…`` (the
-# writers above), ``.catalog.tmp-<pid>`` / ``.catalog.old-<pid>`` (catalog/build.py), ``.tmp-NNNNN-…``
+# writers above), ``.catalog.tmp-<pid>`` / ``.catalog.old-<pid>`` (pipeline/assemble.py), ``.tmp-NNNNN-…``
 # (a fetch shard's img2dataset folder), ``.zxl-probe-…`` (Executor.check_shared).
 _TEMPORARY = re.compile(r"^\.(.+\.(tmp|old)-.+|tmp-.+|zxl-probe-.+)$")
 

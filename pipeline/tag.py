@@ -10,21 +10,17 @@ go into the stage file's metadata (``zxl.problems``) and from there into the man
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from zxl.files import write_table_atomic
-from zxl.pipeline.inspection import read_tar_images
-from zxl.pipeline.stages import shard_name, skipped, stage_path
+from zxl.images import try_decode
+from zxl.pipeline.stages import ShardJob, shard_name, stage_path
 from zxl.taggers.config import TagConfig
 from zxl.taggers.registry import get_taggers, merge
 
@@ -80,17 +76,6 @@ def problem_kind(problem: str) -> str:
     return re.sub(r"'[^']*'|\d{4}", "…", problem)
 
 
-def decode_image(data: bytes | None) -> Image.Image | None:
-    if not data:
-        return None
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.load()
-        return im
-    except Exception:  # noqa: BLE001 - inspect already vetted these; a failure here is just no image
-        return None
-
-
 def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[list, Counter]:
     """Run the taggers over a DataFrame; ``images_for()`` decodes the rows' images on demand."""
     taggers = get_taggers(cfg)
@@ -103,33 +88,23 @@ def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[list, Counter]:
     return merged, counts
 
 
-def tag_shard(run_dir: str, shard: int, stage_hash: str, cfg: TagConfig) -> dict:
-    run_dir = Path(run_dir)
-    out = stage_path(run_dir, "tag", shard)
-    if done := skipped(out, stage_hash):
-        return done
-    start = time.time()
-    rows = pq.read_table(stage_path(run_dir, "source", shard)).to_pandas()
-    inspect = pq.read_table(stage_path(run_dir, "inspect", shard), columns=["status"])
-    fetch = pq.read_table(stage_path(run_dir, "fetch", shard), columns=["shard", "shard_key"])
+def tag_shard(job: ShardJob, cfg: TagConfig) -> tuple[pa.Table, dict]:
+    rows = job.read("source").to_pandas()
 
     def images_for():
-        status = inspect["status"].to_pylist()
-        blobs = read_tar_images(run_dir / "shards" / fetch["shard"][0].as_py()) if rows.shape[0] else {}
-        return [
-            decode_image(blobs.get(k)) if s == "ok" else None
-            for k, s in zip(fetch["shard_key"].to_pylist(), status, strict=True)
-        ]
+        status = job.read("inspect", columns=["status"])["status"].to_pylist()
+        shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
+        blobs = job.images([k if s == "ok" else None for k, s in zip(shard_keys, status, strict=True)])
+        return [try_decode(b) for b in blobs]
 
     merged, counts = tag_rows(cfg, rows, images_for)
     if cfg.exif_year:
-        years = exif_years(run_dir, shard)
+        years = exif_years(job.run_dir, job.shard)
         filled = [y if y is not None else years.get(k) for y, k in zip(merged["year"], rows["key"], strict=True)]
         merged["year"] = pd.Series(filled, dtype=object)
     merged.insert(0, "key", rows["key"].tolist())
     table = pa.Table.from_pandas(merged[TAG_SCHEMA.names], schema=TAG_SCHEMA, preserve_index=False)
-    write_table_atomic(table, out, {"zxl.stage_hash": stage_hash, "zxl.problems": json.dumps(dict(counts))})
-    return {"rows": table.num_rows, "skipped": False, "start": start, "end": time.time(), "problems": dict(counts)}
+    return table, {"zxl.problems": json.dumps(dict(counts))}
 
 
 def problem_counts(run_dir: Path, n_shards: int) -> dict[str, int]:

@@ -41,7 +41,7 @@ def add_commands(sub) -> None:
     sa.add_argument("--schedule", default="trailing", help="trailing (= simple), karras or exponential")
     sa.add_argument("--terminal", default="comfyui",
                     help="sigma at t=999 where ZTSNR makes it infinite: comfyui (ComfyUI/A1111, 4518.76; the default) "
-                    "or diffusers (4096)")  # fmt: skip
+                    "diffusers (4096) or zero (infinite: ddim only)")  # fmt: skip
     sa.add_argument("--no-ztsnr", action="store_true", help="--print-sigmas: the plain SDXL schedule instead")
 
     sa.set_defaults(run=cmd_sample)
@@ -58,14 +58,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.prompts:
         raise ConfigError("zxl sample needs --model and --prompts (or --print-sigmas)")
-    from zxl.sampler.grids import parse_axis, render
+    from zxl.sampler.grids import Loading, parse_axis, render
+    from zxl.sampler.pipeline import Sampling
     from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
 
     get_sigmas(1, args.schedule, terminal=args.terminal)  # bad names fail before any model loads
     prompts = read_prompt_file(args.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS[args.negative]))
-    grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), args.terminal,
-                   args.schedule, args.cfg_rescale, args.dynamic, args.device, precision=args.precision,
-                   compile=args.compile, model_config=args.model_config)  # fmt: skip
+    sampling = Sampling(args.terminal, args.schedule, args.cfg_rescale, args.dynamic)
+    loading = Loading(args.device, args.precision, args.compile, args.model_config)
+    grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), sampling, loading)
     for g in grids:
         print(f"grid: {g}")
     return 0

@@ -4,12 +4,13 @@ or checkpoint, from a kohya prompt file. Each image is also saved on its own wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from zxl.config import ConfigError
 from zxl.sampler.grid import make_grid, save_png
 from zxl.sampler.guidance import DynamicThresholding
-from zxl.sampler.pipeline import SDXL, generate
+from zxl.sampler.pipeline import DEFAULT_SAMPLING, SDXL, Sampling, generate
 from zxl.sampler.prompts import INFOTEXT_SAMPLER, Prompt, infotext, sampler_name
 
 AXES = ("prompt", "seed", "cfg", "steps", "sampler", "mimic", "checkpoint")
@@ -52,10 +53,30 @@ def _label(axis: str, value, prompts: list[Prompt]) -> str:
     return f"{axis} {value}"
 
 
-def render(model_ref: str | SDXL, prompts: list[Prompt], out: Path, x: tuple | None, y: tuple | None,
-           terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
-           dynamic: bool = False, device: str = "auto", log=print, precision: str = "auto",
-           compile: bool = False, model_config: str | None = None) -> list[Path]:  # fmt: skip  # noqa: A002
+@dataclass(frozen=True)
+class Loading:
+    """How ``render`` loads a model reference: device, precision, torch.compile, and the diffusers
+    folder whose configs describe a single file."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    config: str | None = None
+
+
+DEFAULT_LOADING = Loading()
+
+
+def render(
+    model_ref: str | SDXL,
+    prompts: list[Prompt],
+    out: Path,
+    x: tuple | None = None,
+    y: tuple | None = None,
+    sampling: Sampling = DEFAULT_SAMPLING,
+    loading: Loading = DEFAULT_LOADING,
+    log=print,
+) -> list[Path]:
     """One grid per prompt (or one in all when an axis is ``prompt``); returns the grid files.
     ``model_ref`` is a model reference or an already loaded model (the trainer's validation grids)."""
     models: dict[str, SDXL] = {}
@@ -65,7 +86,7 @@ def render(model_ref: str | SDXL, prompts: list[Prompt], out: Path, x: tuple | N
             return ref
         if ref not in models:
             models.clear()
-            models[ref] = SDXL.load(ref, device, precision, compile, config=model_config)
+            models[ref] = SDXL.load(ref, loading.device, loading.precision, loading.compile, config=loading.config)
         return models[ref]
 
     def values(axis):
@@ -90,15 +111,15 @@ def render(model_ref: str | SDXL, prompts: list[Prompt], out: Path, x: tuple | N
                         extra.update(more)
                 ref = extra.get("checkpoint", model_ref)
                 dyn = None
-                if dynamic or "mimic" in extra:
+                if sampling.dynamic or "mimic" in extra:
                     dyn = DynamicThresholding.recipe(p.cfg)
                     if "mimic" in extra:
                         dyn.mimic_scale, dyn.mimic_scale_min = extra["mimic"], extra["mimic"] - 1
                 m = model(ref)
-                image = generate(m, p, terminal, schedule, cfg_rescale, dyn)
-                more = {"Schedule": schedule, "Sigma max": terminal}
-                if cfg_rescale:
-                    more["CFG rescale"] = cfg_rescale
+                image = generate(m, p, sampling, dyn)
+                more = {"Schedule": sampling.schedule, "Sigma max": sampling.terminal}
+                if sampling.cfg_rescale:
+                    more["CFG rescale"] = sampling.cfg_rescale
                 if dyn is not None:
                     more["Dynamic thresholding"] = f"mimic {dyn.mimic_scale:g} {dyn.mimic_mode}"
                 text = infotext(p, model_name=m.name, model_hash=m.hash, **more)

@@ -22,8 +22,8 @@ from zxl.config import ConfigError
 from zxl.models import unreadable
 from zxl.sampler.guidance import DynamicThresholding
 from zxl.sampler.prompts import Prompt
-from zxl.sampler.samplers import SAMPLERS, cfg, sample_ddim, v_to_denoised
-from zxl.sampler.schedule import alphas_cumprod, get_sigmas, sigma_to_t, sigmas_table, trailing_timesteps
+from zxl.sampler.samplers import SAMPLERS, VDenoiser, cfg
+from zxl.sampler.schedule import get_sigmas, sigmas_table
 
 
 @dataclass
@@ -146,10 +146,27 @@ def _scheduler_config(folder: Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How every image of a run is sampled, beyond what its prompt line says: the terminal sigma
+    convention, the step schedule, CFG rescale φ, and whether dynamic thresholding runs (the card's
+    advice: mimic = the prompt's CFG, Half Cosine Up)."""
+
+    terminal: str = "comfyui"
+    schedule: str = "trailing"
+    cfg_rescale: float = 0.0
+    dynamic: bool = False
+
+
+DEFAULT_SAMPLING = Sampling()
+
+
 @torch.inference_mode()
-def generate(model: SDXL, p: Prompt, terminal: str = "comfyui", schedule: str = "trailing", cfg_rescale: float = 0.0,
-             dynamic: DynamicThresholding | None = None, latents_only: bool = False):  # fmt: skip
-    """One image (or its latents) for a prompt: seeded CPU noise, batched cond/uncond, the sampler."""
+def generate(model: SDXL, p: Prompt, sampling: Sampling = DEFAULT_SAMPLING, dynamic: DynamicThresholding | None = None,
+             latents_only: bool = False):  # fmt: skip
+    """One image (or its latents) for a prompt: seeded CPU noise, batched cond/uncond through the
+    sampler module's ``VDenoiser``, CFG (and rescale) on v̂ or dynamic thresholding on D, then the
+    prompt's sampler with the one signature. ``dynamic`` overrides the recipe's thresholding."""
     if not model.v_pred:
         raise ConfigError(
             f"{model.name} is an epsilon-prediction model; zxl samples the recipe's v-prediction models (a single "
@@ -157,44 +174,33 @@ def generate(model: SDXL, p: Prompt, terminal: str = "comfyui", schedule: str = 
         )
     if p.width % 8 or p.height % 8:
         raise ConfigError(f"size {p.width}x{p.height}: both sides must be multiples of 8")
+    if dynamic is None and sampling.dynamic:
+        dynamic = DynamicThresholding.recipe(p.cfg)
+    sigmas, _ = get_sigmas(p.steps, sampling.schedule, ztsnr=model.ztsnr, terminal=sampling.terminal)
+    if torch.isinf(sigmas[0]) and p.sampler != "ddim":
+        raise ConfigError(f"terminal zero (sigma max infinite) works with ddim only, not {p.sampler}")
     emb, pooled = model.encode([p.negative, p.prompt])
     time_ids = torch.tensor([[p.height, p.width, 0, 0, p.height, p.width]] * 2, dtype=emb.dtype, device=model.device)
     cond = {"encoder_hidden_states": emb, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
     h, w = p.height // model.latent_scale, p.width // model.latent_scale
     noise = torch.randn((1, 4, h, w), generator=torch.Generator("cpu").manual_seed(p.seed), dtype=torch.float32)
-    steps = {"step": 0}
+    den = VDenoiser(None, sigmas_table(model.ztsnr, sampling.terminal))
+    step = {"i": 0}
 
-    def v_both(x_in, t):
-        v = model.unet(torch.cat([x_in, x_in]).to(model.dtype), torch.cat([t, t]).to(model.dtype), **cond).sample
-        return v.float().chunk(2)  # uncond, cond
+    def guided(x, sigma):
+        """D(x, σ) guided: CFG (and rescale) on v̂, or dynamic thresholding on the two D."""
+        x_in, t = den.inputs(x, sigma)
+        both = model.unet(torch.cat([x_in, x_in]).to(model.dtype), torch.cat([t, t]).to(model.dtype), **cond).sample
+        vu, vc = both.float().chunk(2)
+        if dynamic is not None:
+            out = dynamic(den.denoised(x, vu, sigma), den.denoised(x, vc, sigma), p.cfg, step["i"], p.steps)
+        else:
+            out = den.denoised(x, cfg(vu, vc, p.cfg, sampling.cfg_rescale), sigma)
+        step["i"] += 1
+        return out
 
-    if p.sampler == "ddim":
-        ac = alphas_cumprod(model.ztsnr).float()
-
-        def guided_v(x, t):
-            vu, vc = v_both(x, t)
-            return cfg(vu, vc, p.cfg, cfg_rescale)
-
-        x = sample_ddim(guided_v, noise.to(model.device), trailing_timesteps(p.steps), ac.to(model.device))
-    else:
-        sigmas, _ = get_sigmas(p.steps, schedule, ztsnr=model.ztsnr, terminal=terminal)
-        table = sigmas_table(model.ztsnr, terminal)
-
-        def guided(x, sigma):
-            """The guided v-prediction denoiser D(x, σ) (RECIPE.md: input x/√(σ²+1),
-            D = x/(σ²+1) − v̂·σ/√(σ²+1)); CFG on v, or dynamic thresholding on D."""
-            s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
-            t = sigma_to_t(sigma.reshape(-1).double().cpu(), table).to(x.device, x.dtype)
-            vu, vc = v_both(x / (s**2 + 1).sqrt(), t)
-            if dynamic is not None:
-                out = dynamic(v_to_denoised(x, vu, sigma), v_to_denoised(x, vc, sigma), p.cfg, steps["step"], p.steps)
-            else:
-                out = v_to_denoised(x, cfg(vu, vc, p.cfg, cfg_rescale), sigma)
-            steps["step"] += 1
-            return out
-
-        x0 = (noise * (1 + sigmas[0] ** 2).sqrt().float()).to(model.device)
-        sampler = SAMPLERS[p.sampler]
-        kw = {"generator": torch.Generator("cpu").manual_seed(p.seed + 1)} if p.sampler == "euler_ancestral" else {}
-        x = sampler(guided, x0, sigmas.float().to(model.device), **kw)
+    scale = 1.0 if torch.isinf(sigmas[0]) else float((1 + sigmas[0] ** 2).sqrt())  # σ = ∞: x is ε (samplers.py)
+    x0 = (noise * scale).to(model.device)
+    generator = torch.Generator("cpu").manual_seed(p.seed + 1)  # the stochastic samplers' fresh noise
+    x = SAMPLERS[p.sampler](guided, x0, sigmas.float().to(model.device), generator=generator)
     return x if latents_only else model.decode(x)[0]

@@ -1,10 +1,14 @@
 """Samplers with k-diffusion's one signature, a v-prediction denoiser, and CFG with rescale.
 
-``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None)``, where
-``model(x, sigma, **extra_args)`` returns the denoised prediction D (Karras et al. 2022). A new
-sampler is one new function. ``VDenoiser`` adapts a v-prediction network at the edge
-(RECIPE.md "Sampling"): input x/√(σ²+1), D = x/(σ²+1) − v̂·σ/√(σ²+1). DDIM works in the
-variance-preserving form instead, where ᾱ_T = 0 is no trouble (x̂_0 = −v̂ at t = T).
+``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None)``,
+where ``model(x, sigma, **extra_args)`` returns the denoised prediction D (Karras et al. 2022) and
+``generator`` seeds the fresh noise of stochastic samplers (the others ignore it). A new sampler is
+one new function. ``VDenoiser`` adapts a v-prediction network at the edge (RECIPE.md "Sampling"):
+input x/√(σ²+1), D = x/(σ²+1) − v̂·σ/√(σ²+1).
+
+σ = ∞ (Zero Terminal SNR's true ᾱ_T = 0, the ``zero`` terminal convention) has one convention: there,
+x is passed in its variance-preserving form x/√(σ²+1) — the only finite one, pure noise ε — and D is
+−v̂ exactly. DDIM is the sampler that accepts it; the others need a finite σ_max.
 """
 
 from __future__ import annotations
@@ -21,16 +25,29 @@ def v_to_denoised(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torc
 
 
 class VDenoiser:
-    """``model(x_in, t) -> v̂`` as a k-diffusion denoiser ``(x, sigma) -> D``."""
+    """``model(x_in, t) -> v̂`` as a k-diffusion denoiser ``(x, sigma) -> D``; ``inputs`` and
+    ``denoised`` are its two halves, for callers that combine several v̂ between them (CFG)."""
 
     def __init__(self, model, sigma_table: torch.Tensor):
         self.model = model
         self.table = sigma_table
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kw) -> torch.Tensor:
+    def inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the network's input x/√(σ²+1), its fractional timestep); x itself where σ = ∞."""
         s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        scale = torch.where(torch.isinf(s), torch.ones_like(s), (s**2 + 1).rsqrt())
         t = sigma_to_t(sigma.reshape(-1).double().cpu(), self.table).to(x.device, x.dtype)
-        return v_to_denoised(x, self.model(x / (s**2 + 1).sqrt(), t, **kw), sigma)
+        return x * scale, t
+
+    def denoised(self, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D from the network's v̂: x/(σ²+1) − v̂·σ/√(σ²+1), and −v̂ where σ = ∞."""
+        s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        finite = torch.isfinite(s)
+        return torch.where(finite, v_to_denoised(x, v, torch.where(finite, s, 0).reshape(-1)), -v)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kw) -> torch.Tensor:
+        x_in, t = self.inputs(x, sigma)
+        return self.denoised(x, self.model(x_in, t, **kw), sigma)
 
 
 def cfg(uncond: torch.Tensor, cond: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
@@ -53,7 +70,7 @@ def _noop(*a, **k):
 
 
 @torch.no_grad()
-def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
     """Algorithm 2 (Euler steps) of Karras et al. (2022)."""
     extra_args, callback = extra_args or {}, callback or _noop
     for i in range(len(sigmas) - 1):
@@ -65,7 +82,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
 
 
 @torch.no_grad()
-def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, generator=None):
+def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None, eta=1.0):
     """Euler ancestral (k-diffusion): an Euler step to σ_down, then fresh noise of σ_up."""
     extra_args, callback = extra_args or {}, callback or _noop
     for i in range(len(sigmas) - 1):
@@ -83,7 +100,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
     """DPM-Solver++(2M) (Lu et al. 2022), in k-diffusion's form."""
     extra_args, callback = extra_args or {}, callback or _noop
     old_denoised = None
@@ -108,22 +125,24 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 
 @torch.no_grad()
-def sample_ddim(model_v, x, timesteps, alphas_cumprod, extra_args=None, callback=None, disable=None):
-    """DDIM (Song et al. 2021), η = 0, v-prediction, in the variance-preserving form.
+def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None):
+    """DDIM (Song et al. 2021), η = 0, in the variance-preserving form x_vp = x/√(σ²+1), ᾱ = 1/(σ²+1).
 
-    ``model_v(x_t, t) -> v̂``; ``x`` starts as pure noise (x_T = ε); ``alphas_cumprod`` may end in
-    exactly 0. x̂_0 = √ᾱ·x_t − √(1−ᾱ)·v̂, ε̂ = √ᾱ·v̂ + √(1−ᾱ)·x_t, x_prev = √ᾱ'·x̂_0 + √(1−ᾱ')·ε̂.
+    x̂_0 = D, ε̂ = (x_vp − √ᾱ·x̂_0)/√(1−ᾱ), x'_vp = √ᾱ'·x̂_0 + √(1−ᾱ')·ε̂; returned in k-diffusion's
+    scale. For finite σ this is the Euler step (why ComfyUI's ``ddim`` is its Euler); it also starts
+    at σ_0 = ∞ (ᾱ_T = 0), where x is ε and x̂_0 = −v̂ exactly.
     """
     extra_args, callback = extra_args or {}, callback or _noop
-    ts = [int(t) for t in timesteps]
-    for i, t in enumerate(ts):
-        a = alphas_cumprod[t].to(x.dtype)
-        a_prev = alphas_cumprod[ts[i + 1]].to(x.dtype) if i + 1 < len(ts) else x.new_tensor(1.0)
-        v = model_v(x, x.new_full([x.shape[0]], float(t)), **extra_args)
-        x0 = a.sqrt() * x - (1 - a).sqrt() * v
-        eps = a.sqrt() * v + (1 - a).sqrt() * x
-        callback({"x": x, "i": i, "t": t, "denoised": x0})
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    for i in range(len(sigmas) - 1):
+        sig, sig_next = sigmas[i], sigmas[i + 1]
+        inf = bool(torch.isinf(sig))
+        denoised = model(x, sig * x.new_ones([x.shape[0]]), **extra_args)
+        callback({"x": x, "i": i, "sigma": sig, "denoised": denoised})
+        if inf:  # x is x_vp = ε; ε̂ = x_vp since √ᾱ = 0
+            eps = x
+        else:
+            eps = (x - denoised) / sig  # = (x_vp − √ᾱ·x̂_0)/√(1−ᾱ)
+        x = denoised + eps * sig_next  # x' = √(1+σ'²)·(√ᾱ'·x̂_0 + √(1−ᾱ')·ε̂)
     return x
 
 

@@ -8,7 +8,8 @@ RECIPE.md "Noise schedule" and "Sampling":
   ``rescale_zero_terminal_snr``);
 - σ_t = √((1 − ᾱ_t)/ᾱ_t) is infinite at T, so a sampler needs a terminal convention:
   ``comfyui`` (ComfyUI and A1111: ᾱ_T = 4.8973451890853435e-08, σ_max ≈ 4518.76) — the default,
-  since that is what this model's users run — or ``diffusers`` (Euler's ᾱ_T = 2⁻²⁴, σ_max ≈ 4096);
+  since that is what this model's users run — or ``diffusers`` (Euler's ᾱ_T = 2⁻²⁴, σ_max ≈ 4096),
+  or ``zero`` (ᾱ_T = 0 itself, σ_max = ∞: DDIM only, sampler/samplers.py says how);
 - "trailing" timesteps t_i = round(T+1 − i·(T+1)/N) − 1 (999, 963, … for N = 28), and the
   k-diffusion sigma schedules ``karras`` (ρ = 7) and ``exponential`` between σ_min and σ_max.
 """
@@ -22,7 +23,7 @@ import torch
 from zxl.config import ConfigError
 
 T = 999  # the last training timestep
-TERMINAL_ALPHA_BAR = {"comfyui": 4.8973451890853435e-08, "diffusers": 2.0**-24}
+TERMINAL_ALPHA_BAR = {"comfyui": 4.8973451890853435e-08, "diffusers": 2.0**-24, "zero": 0.0}
 SCHEDULES = ("trailing", "simple", "karras", "exponential")
 
 
@@ -72,7 +73,7 @@ def sigma_to_t(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     log_sigma = sigma.to(table.dtype).clamp_min(table[0]).log()
     idx = torch.searchsorted(log_table, log_sigma).clamp(1, len(table) - 1)
     lo, hi = log_table[idx - 1], log_table[idx]
-    w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+    w = ((log_sigma - lo) / (hi - lo)).nan_to_num(1.0).clamp(0, 1)  # σ = ∞ (the zero terminal): the last t
     return (idx - 1).to(table.dtype) + w
 
 
@@ -89,6 +90,8 @@ def get_sigmas(steps: int, schedule: str = "trailing", ztsnr: bool = True, termi
         sig = table[ts.long()]
     else:
         s_min, s_max = table[0].item(), table[-1].item()
+        if not math.isfinite(s_max):
+            raise ConfigError(f"the {schedule} schedule needs a finite sigma max: use terminal comfyui or diffusers")
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         if schedule == "karras":
             lo, hi = s_min ** (1 / rho), s_max ** (1 / rho)

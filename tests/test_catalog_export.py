@@ -79,3 +79,48 @@ def test_caption_styles():
     assert any(c.startswith("score_9, A girl smiling, ") and "smile" in c for c in seen)  # mixed
     bare = {**row, "caption": None}
     assert all(build_caption(bare, rng).startswith("score_9, rating:general, year 2021") for _ in range(20))
+
+
+class _Store:
+    """An ImageStore stand-in: (shard, shard_key) → (bytes, extension)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def get(self, shard, shard_key):
+        return self.images[(shard, shard_key)]
+
+
+def _rows():
+    base = {"status": "ok", "score": 9, "rating": "safe", "year": 2023, "tags": ["1girl", "smile"],
+            "characters": [], "caption": None, "shard": "00000.tar"}  # fmt: skip
+    return [
+        {**base, "key": "a", "shard_key": "0", "repeats": 2},
+        {**base, "key": "../../escape/b", "shard_key": "1", "repeats": 1},
+        {**base, "key": "gone", "shard_key": "9", "repeats": 1},  # no bytes in the store
+    ]
+
+
+_STORE = {("00000.tar", "0"): (b"\xff\xd8jpeg-a", "jpg"), ("00000.tar", "1"): (b"\x89PNG-b", "png")}
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "kohya-json", "webdataset", "hf-parquet"])
+def test_exporter_contract(fmt, tmp_path):
+    """Every exporter: the rows with bytes written, the rest counted as missing with their key, nothing
+    outside its folder whatever the key, and the same seed gives the same files."""
+    from zxl.catalog.export import EXPORTERS, exporter
+
+    assert set(EXPORTERS) == {"kohya", "kohya-json", "webdataset", "hf-parquet"}  # a new one joins this test
+    outs = []
+    for n in range(2):
+        out = tmp_path / f"run{n}" / "out"
+        summary = exporter(fmt, seed=4).export(_rows(), _Store(_STORE), out)
+        assert summary["written"] == 2
+        assert len(summary["missing"]) == 1 and summary["missing"][0].startswith("gone")
+        inside = {p.resolve() for p in (tmp_path / f"run{n}").rglob("*") if p.is_file()}
+        assert all(out.resolve() in p.parents for p in inside)
+        outs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert outs[0].keys() == outs[1].keys()
+    for rel, data in outs[0].items():
+        if rel.name != "meta.json":  # kohya-json's keys are absolute paths, so they name the folder
+            assert data == outs[1][rel], rel

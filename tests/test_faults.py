@@ -27,7 +27,7 @@ from zxl.catalog.schema import read_catalog
 from zxl.pipeline import netguard
 from zxl.pipeline.curate import curate
 from zxl.pipeline.fetch import RESPONSE_DEADLINE_FACTOR, sniff
-from zxl.pipeline.inspection import read_tar_images
+from zxl.tars import read_images as read_tar_images
 
 TIMEOUT = 1.0  # fetch.timeout for the run; the response deadline is RESPONSE_DEADLINE_FACTOR times it
 STALL, DRIP_PAUSE, DRIP_FOREVER = 2.0, 0.2, 15.0

@@ -10,7 +10,8 @@ from zxl.config import ConfigError
 from zxl.demo_corpus import bomb_png
 from zxl.pipeline import sources
 from zxl.pipeline.config import FetchConfig
-from zxl.pipeline.fetch import fetch_shard, sniff
+from zxl.pipeline.fetch import sniff
+from zxl.pipeline.graph import run_shard
 from zxl.pipeline.stages import stage_path, stored_hash
 
 
@@ -44,7 +45,7 @@ def test_fetch_one_shard(urls_file, tmp_path, truth):
     run_dir = tmp_path / "one"
     n, h = sources.split(sources.read_url_list(cfg.source), cfg.source, run_dir, cfg.run.shard_size)
     assert n == 2
-    result = fetch_shard(str(run_dir), 1, "h1", cfg.fetch, cfg.run.shard_size)
+    result = run_shard(str(run_dir), "fetch", 1, "h1", cfg.fetch, cfg.run.shard_size)
     assert result["rows"] == 70 and not result["skipped"]
     out = pq.read_table(stage_path(run_dir, "fetch", 1)).to_pandas()
     src = pq.read_table(stage_path(run_dir, "source", 1)).to_pandas()
@@ -68,7 +69,7 @@ def test_fetch_one_shard(urls_file, tmp_path, truth):
     assert (ok["width"] <= ok["original_width"]).all()
     assert (ok[["width", "height"]].min(axis=1) <= 1024).all()
     # a second call with the same hash is a skip
-    assert fetch_shard(str(run_dir), 1, "h1", cfg.fetch, cfg.run.shard_size)["skipped"]
+    assert run_shard(str(run_dir), "fetch", 1, "h1", cfg.fetch, cfg.run.shard_size)["skipped"]
 
 
 def test_bad_fetch_settings_are_config_errors(urls_file, tmp_path):

@@ -24,7 +24,7 @@ from tests.fault_server import smooth
 from tests.test_netguard import recording_pair
 from zxl.catalog.schema import read_catalog, read_manifest
 from zxl.pipeline.curate import curate
-from zxl.pipeline.inspection import read_tar_images
+from zxl.tars import read_images as read_tar_images
 
 N_GOOD = 12
 

@@ -7,7 +7,7 @@ from PIL import Image
 from zxl.cli import main
 from zxl.config import ConfigError
 from zxl.sampler.guidance import DynamicThresholding
-from zxl.sampler.pipeline import SDXL, generate
+from zxl.sampler.pipeline import SDXL, Sampling, generate
 from zxl.sampler.prompts import Prompt, parse_infotext
 
 
@@ -25,7 +25,7 @@ def test_euler_matches_diffusers_sdxl_pipeline(tiny_sdxl, model):
     noise = torch.randn((1, 4, 24, 32), generator=torch.Generator("cpu").manual_seed(3))
     ref = pipe(p.prompt, negative_prompt=p.negative, num_inference_steps=p.steps, guidance_scale=p.cfg,
                height=p.height, width=p.width, latents=noise.clone(), output_type="latent").images  # fmt: skip
-    ours = generate(model, p, terminal="diffusers", latents_only=True)
+    ours = generate(model, p, Sampling(terminal="diffusers"), latents_only=True)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 

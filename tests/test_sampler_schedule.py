@@ -88,10 +88,13 @@ def test_ddim_matches_diffusers_and_x0_is_minus_v_at_the_end():
     latents = noise.clone()
     for t in d.timesteps:
         latents = d.step(_toy_v(latents, t.expand(1)), t, latents).prev_sample
-    ours = sample_ddim(_toy_v, noise.clone(), d.timesteps.tolist(), alphas_cumprod().float())
+    sigmas, _ = get_sigmas(10, "trailing", terminal="zero")  # ᾱ_T = 0: σ_0 = ∞, and x starts as ε itself
+    assert torch.isinf(sigmas[0])
+    ours = sample_ddim(VDenoiser(_toy_v, sigmas_table(terminal="zero")), noise.clone(), sigmas.float())
     torch.testing.assert_close(ours, latents, rtol=1e-4, atol=1e-4)
     seen = []
-    sample_ddim(_toy_v, noise.clone(), [999, 500], alphas_cumprod().float(), callback=seen.append)
+    two = torch.tensor([float("inf"), sigmas_table()[500].item(), 0.0])
+    sample_ddim(VDenoiser(_toy_v, sigmas_table(terminal="zero")), noise.clone(), two, callback=seen.append)
     torch.testing.assert_close(seen[0]["denoised"], -_toy_v(noise, torch.tensor([999.0])))
 
 

@@ -14,7 +14,6 @@ mean times the VAE's scaling factor is stored in fp16.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from zxl.catalog.images import ImageStore
+from zxl.images import decode
 
 
 def tensor_hash(state: dict[str, torch.Tensor]) -> str:
@@ -54,7 +54,7 @@ def cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image
 
 
 def load_rgb(data: bytes) -> Image.Image:
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    image = ImageOps.exif_transpose(decode(data))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

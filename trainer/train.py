@@ -10,12 +10,15 @@ grid. At the end: a last checkpoint and the model exported as a single file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,124 +98,257 @@ class Logger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -> dict:  # noqa: C901 - the loop reads top to bottom
-    """Train as ``cfg`` says; ``model`` is an already built ``sampler.pipeline.SDXL`` with fp32 weights
-    (the GPU benchmark's random full-size model) instead of loading ``model.base``."""
-    validate(cfg)
+@dataclass
+class Data:
+    """The trainable rows and what a batch needs of them: caption fields, where each row's latent
+    is, SDXL's size conditioning (the source's size before the fetch resized it, else the stored
+    size), the buckets and the latent cache."""
+
+    rows: Any
+    fields: list
+    shards: list[str]
+    keys: list[str]
+    original: list[tuple[int, int]]
+    buckets: dict
+    cache: LatentCache | None = None
+
+    @classmethod
+    def load(cls, cfg: TrainConfig) -> Data:
+        rows = load_rows(cfg.data.catalog, cfg.data.resolution)
+        original = list(zip(rows.original_height.fillna(rows.height).astype(int).tolist(),
+                            rows.original_width.fillna(rows.width).astype(int).tolist(), strict=True))  # fmt: skip
+        return cls(rows, caption_fields(rows), rows.shard.tolist(), rows.key.tolist(), original,
+                   buckets_for(cfg.data.resolution))  # fmt: skip
+
+
+def load_model(cfg: TrainConfig, device: torch.device, model=None):
+    """The base model at fp32 (``model`` when one is given), set to the recipe's prediction type."""
     from zxl.sampler.pipeline import SDXL
 
-    d = Dist.from_env()
-    say = log if d.main else (lambda *a, **k: None)
-    out = output_dir(cfg)
-    device = _device(cfg.loop.device, d)
-    if device.type == "cpu" and cfg.loop.cpu_threads:
-        torch.set_num_threads(cfg.loop.cpu_threads)
-    rows = load_rows(cfg.data.catalog, cfg.data.resolution)
-    fields = caption_fields(rows)
-    shards, keys = rows.shard.tolist(), rows.key.tolist()
-    # SDXL's size conditioning: the source's size before the fetch resized it, else the stored size
-    original = list(zip(rows.original_height.fillna(rows.height).astype(int).tolist(),
-                        rows.original_width.fillna(rows.width).astype(int).tolist(), strict=True))  # fmt: skip
-    buckets = buckets_for(cfg.data.resolution)
-    for note in check_plan(rows, cfg.optim.batch_size * d.world, buckets):
-        say(f"warning: {note}")
     if model is None and not cfg.model.base:
         raise ConfigError("model.base: give the base model (a single-file SDXL .safetensors or a diffusers folder)")
     if model is None and not Path(cfg.model.base).exists():
         raise ConfigError(f"model.base: {cfg.model.base} does not exist (a single-file SDXL .safetensors or a "
                           "diffusers folder; nothing is downloaded)")  # fmt: skip
     if model is None:
-        model = SDXL.load(
-            cfg.model.base,
-            device=str(device),
-            precision="fp32",
-            config=cfg.model.config or None,
-            option="model.base (--base)",
-        )
+        model = SDXL.load(cfg.model.base, device=str(device), precision="fp32", config=cfg.model.config or None,
+                          option="model.base (--base)")  # fmt: skip
     model.v_pred, model.ztsnr = cfg.model.v_pred, cfg.model.ztsnr
+    return model
+
+
+@dataclass
+class Optimizers:
+    """Everything that steps: the model's optimizer and warm-up, the weighting net and its Adam, the
+    fp16 loss scaler; ``params`` are the model's trainable parameters."""
+
+    opt: Any
+    lr_sched: Any
+    weighting: AdaptiveWeighting
+    opt_w: Any
+    scaler: Any
+    params: list
+    train_te: bool
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, model, schedule: Schedule, device: torch.device) -> Optimizers:
+        unet, te1, te2 = model.unet, model.text_encoder, model.text_encoder_2
+        train_te = cfg.optim.text_encoder_lr > 0
+        unet.train().requires_grad_(True)
+        for enc in (te1, te2):
+            enc.train(train_te).requires_grad_(train_te)
+        if cfg.optim.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            for enc in (te1, te2) if train_te else ():  # transformers 5 renamed it
+                (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
+        groups = [{"params": list(unet.parameters()), "lr": cfg.optim.unet_lr}]
+        if train_te:
+            groups.append({"params": list(te1.parameters()) + list(te2.parameters()), "lr": cfg.optim.text_encoder_lr})
+        opt = make_optimizer(cfg, groups)
+        weighting = AdaptiveWeighting(schedule.alphas_cumprod.cpu(), cfg.loss.weighting_channels, cfg.data.seed)
+        weighting = weighting.to(device)
+        return cls(
+            opt,
+            torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.optim.warmup_steps)),
+            weighting,
+            torch.optim.Adam(weighting.parameters(), lr=cfg.loss.weighting_lr, betas=(0.9, 0.99)),
+            torch.amp.GradScaler(device.type, enabled=cfg.optim.precision == "fp16"),
+            [p for g in groups for p in g["params"]],
+            train_te,
+        )
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_w.zero_grad(set_to_none=True)
+
+    def step(self, cfg: TrainConfig, d: Dist) -> float:
+        """Average gradients across processes, unscale, clip, step both optimizers; the grad norm."""
+        d.average_gradients(self.params + list(self.weighting.parameters()))
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or float("inf")).item()
+        self.scaler.step(self.opt)
+        if cfg.loss.adaptive_weighting:
+            self.scaler.unscale_(self.opt_w)
+            self.scaler.step(self.opt_w)
+        self.scaler.update()
+        self.zero_grad()
+        self.lr_sched.step()
+        return grad_norm
+
+    def state_dict(self, pos: dict) -> dict:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "lr_schedule": self.lr_sched.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "weighting_optimizer": self.opt_w.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "position": dict(pos),
+        }
+
+    def load_state_dict(self, state: dict) -> dict:
+        """Restore every stepper and the CPU generator; returns the loop position."""
+        self.opt.load_state_dict(state["optimizer"])
+        self.lr_sched.load_state_dict(state["lr_schedule"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.opt_w.load_state_dict(state["weighting_optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        return {k: int(v) for k, v in state["position"].items()}
+
+
+def weights_dict(model, train_te: bool, ema: dict | None) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors: the UNet, the text encoders when they train, the EMA UNet."""
+    w = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
+    if train_te:
+        w.update({f"text_encoder.{k}": v for k, v in model.text_encoder.state_dict().items()})
+        w.update({f"text_encoder_2.{k}": v for k, v in model.text_encoder_2.state_dict().items()})
+    if ema is not None:
+        w.update({f"ema.unet.{k}": v for k, v in ema.items()})
+    return w
+
+
+def load_weights(weights: dict, model, ema: dict | None, device) -> dict | None:
+    """Put a checkpoint's tensors back into the model; returns the EMA weights (None without EMA)."""
+    parts = checkpoint.split(weights)
+    model.unet.load_state_dict(parts["unet"])
+    if "text_encoder" in parts:
+        model.text_encoder.load_state_dict(parts["text_encoder"])
+        model.text_encoder_2.load_state_dict(parts["text_encoder_2"])
+    if ema is None:
+        return None
+    return {k[len("ema.unet.") :]: v.to(device) for k, v in weights.items() if k.startswith("ema.unet.")}
+
+
+@torch.no_grad()
+def ema_update(ema: dict | None, unet, decay: float) -> None:
+    if ema is not None:
+        for n, p in unet.named_parameters():
+            ema[n].lerp_(p.detach().float(), 1 - decay)
+
+
+def get_batch(cfg: TrainConfig, data: Data, batch, micro_id: int, rank: int, device) -> dict:
+    """This process's share of one micro-batch: cached latents (flipped by a keyed coin), noise ε,
+    input perturbation ξ and timestep keyed by (seed, micro-step, slot), fresh captions, time ids."""
+    local_bs = cfg.optim.batch_size
+    mine = list(enumerate(batch.rows))[rank * local_bs : (rank + 1) * local_bs]
+    w, h = data.buckets[batch.bucket]
+    latents, noise, perturb, ts, texts, time_ids = [], [], [], [], [], []
+    for slot, i in mine:
+        flip = cfg.data.flip and rng_for("flip", cfg.data.seed, micro_id, slot).random() < 0.5
+        z, (top, left) = data.cache.get(data.shards[i], data.keys[i], flip)
+        eps, xi, t = sample_noise(
+            z.shape, cfg.data.seed, micro_id, slot, (cfg.loss.min_timestep, cfg.loss.max_timestep)
+        )
+        latents.append(z.float())
+        noise.append(eps)
+        perturb.append(xi * cfg.loss.ip_noise_gamma)
+        ts.append(t)
+        texts.append(caption(data.fields[i], cfg.data.seed, micro_id, slot, cfg.data.caption_styles,
+                             cfg.data.caption_dropout, cfg.data.rating_format, cfg.data.year_format))  # fmt: skip
+        time_ids.append([*data.original[i], top, left, h, w])
+    return {
+        "x0": torch.stack(latents).to(device),
+        "noise": torch.stack(noise).to(device),
+        "perturb": torch.stack(perturb).to(device) if cfg.loss.ip_noise_gamma else None,
+        "t": torch.tensor(ts, device=device),
+        "texts": texts,
+        "time_ids": time_ids,
+    }
+
+
+def micro_loss(cfg: TrainConfig, model, schedule: Schedule, weighting, b: dict, train_te: bool):
+    """(the loss to backpropagate, the unweighted per-sample loss) of one micro-batch."""
+    x_t, target = schedule.noisy_and_target(b["x0"], b["noise"], b["t"], b["perturb"])
+    amp = AMP[cfg.optim.precision]
+    with torch.autocast(x_t.device.type, dtype=amp, enabled=amp is not None):
+        with torch.set_grad_enabled(train_te):
+            emb, pooled = model.encode_with_grad(b["texts"])
+        ids = torch.tensor(b["time_ids"], device=x_t.device, dtype=emb.dtype)
+        cond = {"text_embeds": pooled, "time_ids": ids}
+        pred = model.unet(x_t, b["t"], encoder_hidden_states=emb, added_cond_kwargs=cond).sample
+    t = b["t"]
+    c = huber_c(t, cfg.loss.huber_schedule, cfg.loss.huber_c, schedule) if cfg.loss.loss == "huber" else None
+    raw = per_sample_loss(pred, target, cfg.loss.loss, c)
+    loss = weighting.weighted(raw, t) if cfg.loss.adaptive_weighting else raw
+    return loss.mean() / cfg.optim.grad_accum, raw
+
+
+def due(step: int, every: int, max_steps: int) -> bool:
+    """Every ``every`` steps and at the last step (never when ``every`` is 0)."""
+    return bool(every) and (step % every == 0 or step == max_steps)
+
+
+def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -> dict:
+    """Train as ``cfg`` says; ``model`` is an already built ``sampler.pipeline.SDXL`` with fp32 weights
+    (the GPU benchmark's random full-size model) instead of loading ``model.base``."""
+    validate(cfg)
+    d = Dist.from_env()
+    say = log if d.main else (lambda *a, **k: None)
+    out = output_dir(cfg)
+    device = _device(cfg.loop.device, d)
+    if device.type == "cpu" and cfg.loop.cpu_threads:
+        torch.set_num_threads(cfg.loop.cpu_threads)
+    data = Data.load(cfg)
+    for note in check_plan(data.rows, cfg.optim.batch_size * d.world, data.buckets):
+        say(f"warning: {note}")
+    model = load_model(cfg, device, model)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg))
 
     # -- the latent cache: encoded once, shared by the processes, reused across runs
     run_dir = Path(cfg.data.catalog).resolve().parent
-    cache = LatentCache(run_dir, tensor_hash(model.vae.state_dict()), cfg.data.resolution, cfg.data.flip, buckets)
-    stats = cache.build(
-        rows, model.vae, Path(cfg.data.catalog), device, cfg.data.cache_batch_size, d.rank, d.world, say
-    )
+    data.cache = LatentCache(run_dir, tensor_hash(model.vae.state_dict()), cfg.data.resolution, cfg.data.flip,
+                             data.buckets)  # fmt: skip
+    stats = data.cache.build(data.rows, model.vae, Path(cfg.data.catalog), device, cfg.data.cache_batch_size,
+                             d.rank, d.world, say)  # fmt: skip
     d.barrier()
-    say(f"latents: {stats['reused_shards']} shards reused, {stats['encoded_images']} images encoded → {cache.folder}")
+    say(f"latents: {stats['reused_shards']} shards reused, {stats['encoded_images']} images encoded → "
+        f"{data.cache.folder}")  # fmt: skip
 
     # -- what trains, and how
-    unet, te1, te2 = model.unet, model.text_encoder, model.text_encoder_2
-    train_te = cfg.optim.text_encoder_lr > 0
-    unet.train().requires_grad_(True)
-    for enc in (te1, te2):
-        enc.train(train_te).requires_grad_(train_te)
-    if cfg.optim.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        for enc in (te1, te2) if train_te else ():  # transformers 5 renamed it
-            (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
-    groups = [{"params": list(unet.parameters()), "lr": cfg.optim.unet_lr}]
-    if train_te:
-        groups.append({"params": list(te1.parameters()) + list(te2.parameters()), "lr": cfg.optim.text_encoder_lr})
-    params = [p for g in groups for p in g["params"]]
-    opt = make_optimizer(cfg, groups)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.optim.warmup_steps))
     schedule = Schedule(cfg.model.ztsnr, device)
-    weighting = AdaptiveWeighting(schedule.alphas_cumprod.cpu(), cfg.loss.weighting_channels, cfg.data.seed).to(device)
-    opt_w = torch.optim.Adam(weighting.parameters(), lr=cfg.loss.weighting_lr, betas=(0.9, 0.99))
-    amp = AMP[cfg.optim.precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.optim.precision == "fp16")
-    ema = {n: p.detach().clone().float() for n, p in unet.named_parameters()} if cfg.optim.ema_decay else None
-
+    optim = Optimizers.build(cfg, model, schedule, device)
+    ema = {n: p.detach().clone().float() for n, p in model.unet.named_parameters()} if cfg.optim.ema_decay else None
     pos = {"step": 0, "epoch": 0, "batch": 0, "nan_streak": 0, "nan_total": 0, "images": 0}
     ckpt_dir = out / "checkpoints"
     if resume:
         path = checkpoint.latest(ckpt_dir) if resume is True else Path(resume)
         if path is None:
             raise ConfigError(f"--resume: no checkpoint under {ckpt_dir}")
-        weights, state, meta = checkpoint.load(path)
-        parts = checkpoint.split(weights)
-        unet.load_state_dict(parts["unet"])
-        if "text_encoder" in parts:
-            te1.load_state_dict(parts["text_encoder"])
-            te2.load_state_dict(parts["text_encoder_2"])
-        if ema is not None:
-            ema = {k[len("ema.unet.") :]: v.to(device) for k, v in weights.items() if k.startswith("ema.unet.")}
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_schedule"])
-        weighting.load_state_dict(state["weighting"])
-        opt_w.load_state_dict(state["weighting_optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        pos = {k: int(v) for k, v in state["position"].items()}
+        weights, state, _ = checkpoint.load(path)
+        ema = load_weights(weights, model, ema, device)
+        pos = optim.load_state_dict(state)
         say(f"resumed from {path} at step {pos['step']} (epoch {pos['epoch']}, batch {pos['batch']})")
-
-    def weights_dict() -> dict[str, torch.Tensor]:
-        w = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-        if train_te:
-            w.update({f"text_encoder.{k}": v for k, v in te1.state_dict().items()})
-            w.update({f"text_encoder_2.{k}": v for k, v in te2.state_dict().items()})
-        if ema is not None:
-            w.update({f"ema.unet.{k}": v for k, v in ema.items()})
-        return w
 
     def save_checkpoint() -> Path | None:
         path = None
         if d.main:
-            state = {
-                "optimizer": opt.state_dict(),
-                "lr_schedule": lr_sched.state_dict(),
-                "weighting": weighting.state_dict(),
-                "weighting_optimizer": opt_w.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "position": dict(pos),
-            }
             meta = {"step": pos["step"], "epoch": pos["epoch"], "batch": pos["batch"], "config": to_dict(cfg),
                     "config_hash": config_hash(cfg), "base": cfg.model.base}  # fmt: skip
-            path = checkpoint.save(ckpt_dir, pos["step"], weights_dict(), state, meta, cfg.loop.keep_last)
+            path = checkpoint.save(ckpt_dir, pos["step"], weights_dict(model, optim.train_te, ema),
+                                   optim.state_dict(pos), meta, cfg.loop.keep_last)  # fmt: skip
             say(f"checkpoint: {path}")
         d.barrier()
         return path
@@ -222,78 +358,32 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
 
     bar = tqdm(total=cfg.loop.max_steps, initial=pos["step"], disable=not (d.main and cfg.loop.progress),
                unit="step", dynamic_ncols=True)  # fmt: skip
-    local_bs, accum = cfg.optim.batch_size, cfg.optim.grad_accum
-    plan = epoch_plan(rows, local_bs * d.world, cfg.data.seed, pos["epoch"])
+    global_bs = cfg.optim.batch_size * d.world
+    plan = epoch_plan(data.rows, global_bs, cfg.data.seed, pos["epoch"])
     if not plan:
-        raise ConfigError(f"no bucket holds a full batch of {local_bs * d.world} samples; lower optim.batch_size")
+        raise ConfigError(f"no bucket holds a full batch of {global_bs} samples; lower optim.batch_size")
     t_start, images_start = time.perf_counter(), pos["images"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     last_ckpt = None
     window: list[float] = []
     while pos["step"] < cfg.loop.max_steps:
-        bad = False
-        losses = []
-        for micro in range(accum):
+        bad, losses = False, []
+        for micro in range(cfg.optim.grad_accum):
             if pos["batch"] >= len(plan):
                 pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
-                plan = epoch_plan(rows, local_bs * d.world, cfg.data.seed, pos["epoch"])
+                plan = epoch_plan(data.rows, global_bs, cfg.data.seed, pos["epoch"])
             batch = plan[pos["batch"]]
             pos["batch"] += 1
-            micro_id = pos["step"] * accum + micro
-            mine = list(enumerate(batch.rows))[d.rank * local_bs : (d.rank + 1) * local_bs]
-            w, h = buckets[batch.bucket]
-            latents, noise, perturb, ts, texts, time_ids = [], [], [], [], [], []
-            for slot, i in mine:
-                flip = cfg.data.flip and rng_for("flip", cfg.data.seed, micro_id, slot).random() < 0.5
-                z, (top, left) = cache.get(shards[i], keys[i], flip)
-                eps, xi, t = sample_noise(
-                    z.shape, cfg.data.seed, micro_id, slot, (cfg.loss.min_timestep, cfg.loss.max_timestep)
-                )
-                latents.append(z.float())
-                noise.append(eps)
-                perturb.append(xi * cfg.loss.ip_noise_gamma)
-                ts.append(t)
-                texts.append(
-                    caption(
-                        fields[i],
-                        cfg.data.seed,
-                        micro_id,
-                        slot,
-                        cfg.data.caption_styles,
-                        cfg.data.caption_dropout,
-                        cfg.data.rating_format,
-                        cfg.data.year_format,
-                    )
-                )
-                time_ids.append([*original[i], top, left, h, w])
-            x0 = torch.stack(latents).to(device)
-            t = torch.tensor(ts, device=device)
-            x_t, target = schedule.noisy_and_target(
-                x0,
-                torch.stack(noise).to(device),
-                t,
-                torch.stack(perturb).to(device) if cfg.loss.ip_noise_gamma else None,
-            )
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                with torch.set_grad_enabled(train_te):
-                    emb, pooled = model.encode_with_grad(texts)
-                ids = torch.tensor(time_ids, device=device, dtype=emb.dtype)
-                cond = {"text_embeds": pooled, "time_ids": ids}
-                pred = unet(x_t, t, encoder_hidden_states=emb, added_cond_kwargs=cond).sample
-            c = huber_c(t, cfg.loss.huber_schedule, cfg.loss.huber_c, schedule) if cfg.loss.loss == "huber" else None
-            raw = per_sample_loss(pred, target, cfg.loss.loss, c)
-            loss = weighting.weighted(raw, t) if cfg.loss.adaptive_weighting else raw
-            loss = loss.mean() / accum
+            b = get_batch(cfg, data, batch, pos["step"] * cfg.optim.grad_accum + micro, d.rank, device)
+            loss, raw = micro_loss(cfg, model, schedule, optim.weighting, b, optim.train_te)
             if not torch.isfinite(loss):
                 bad = True
                 continue
-            scaler.scale(loss).backward()
+            optim.scaler.scale(loss).backward()
             losses.append(raw.mean().item())
-        bad = d.any(bad)
-        if bad:
-            opt.zero_grad(set_to_none=True)
-            opt_w.zero_grad(set_to_none=True)
+        if d.any(bad):
+            optim.zero_grad()
             pos["nan_streak"] += 1
             pos["nan_total"] += 1
             say(f"warning: step {pos['step'] + 1}: non-finite loss, step skipped ({pos['nan_streak']} in a row)")
@@ -306,39 +396,26 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
             pos["step"] += 1
             continue
         pos["nan_streak"] = 0
-        d.average_gradients(params + list(weighting.parameters()))
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf")).item()
-        scaler.step(opt)
-        if cfg.loss.adaptive_weighting:
-            scaler.unscale_(opt_w)
-            scaler.step(opt_w)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        opt_w.zero_grad(set_to_none=True)
-        lr_sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                for n, p in unet.named_parameters():
-                    ema[n].lerp_(p.detach().float(), 1 - cfg.optim.ema_decay)
+        grad_norm = optim.step(cfg, d)
+        ema_update(ema, model.unet, cfg.optim.ema_decay)
         pos["step"] += 1
-        pos["images"] += local_bs * d.world * accum
+        pos["images"] += global_bs * cfg.optim.grad_accum
         step_loss = d.mean(sum(losses) / max(1, len(losses)))
         window.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
-        if pos["step"] % cfg.loop.log_every == 0 or pos["step"] == cfg.loop.max_steps:
+        if due(pos["step"], cfg.loop.log_every, cfg.loop.max_steps):
             elapsed = time.perf_counter() - t_start
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-            values = {"loss": sum(window) / len(window), "lr": lr_sched.get_last_lr()[0], "grad_norm": grad_norm,
+            values = {"loss": sum(window) / len(window), "lr": optim.lr_sched.get_last_lr()[0], "grad_norm": grad_norm,
                       "images_per_s": (pos["images"] - images_start) / max(elapsed, 1e-9), "epoch": pos["epoch"],
                       "nan_steps": pos["nan_total"], "peak_memory_gb": peak}  # fmt: skip
             window = []
             logger.log(pos["step"], values)
-            logger.curve(pos["step"], weighting.curve())
-        if cfg.loop.save_every and (pos["step"] % cfg.loop.save_every == 0 or pos["step"] == cfg.loop.max_steps):
+            logger.curve(pos["step"], optim.weighting.curve())
+        if due(pos["step"], cfg.loop.save_every, cfg.loop.max_steps):
             last_ckpt = save_checkpoint()
-        if cfg.loop.sample_every and (pos["step"] % cfg.loop.sample_every == 0 or pos["step"] == cfg.loop.max_steps):
+        if due(pos["step"], cfg.loop.sample_every, cfg.loop.max_steps):
             if d.main:
                 _validation_grid(cfg, model, ema, out / "samples" / f"step-{pos['step']:08d}", say)
             d.barrier()
@@ -368,6 +445,27 @@ def _device(name: str, d: Dist) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def eval_mode(model, ema: dict | None):
+    """The model in eval mode with the EMA weights in its UNet (when there are) for the block;
+    the training weights and modes come back after."""
+    saved = None
+    if ema is not None:
+        saved = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+        model.unet.load_state_dict({**saved, **{k: v.to(saved[k].dtype) for k, v in ema.items()}})
+    parts = (model.unet, model.text_encoder, model.text_encoder_2)
+    modes = [m.training for m in parts]
+    for m in parts:
+        m.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in zip(parts, modes, strict=True):
+            m.train(mode)
+        if saved is not None:
+            model.unet.load_state_dict(saved)
+
+
 @torch.no_grad()
 def _validation_grid(cfg: TrainConfig, model, ema, folder: Path, log) -> None:
     """A grid through the sampler from the current weights (the EMA weights when there are)."""
@@ -376,18 +474,6 @@ def _validation_grid(cfg: TrainConfig, model, ema, folder: Path, log) -> None:
 
     prompts = read_prompt_file(cfg.loop.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS["minimal"],
                                                          steps=cfg.loop.sample_steps))  # fmt: skip
-    saved = None
-    if ema is not None:
-        saved = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
-        model.unet.load_state_dict({**saved, **{k: v.to(saved[k].dtype) for k, v in ema.items()}})
-    modes = [m.training for m in (model.unet, model.text_encoder, model.text_encoder_2)]
-    for m in (model.unet, model.text_encoder, model.text_encoder_2):
-        m.eval()
-    try:
+    with eval_mode(model, ema):
         grids = render(model, prompts, folder, ("prompt", []), None, log=lambda *a: None)
-        log(f"validation grid: {grids[0]}")
-    finally:
-        for m, mode in zip((model.unet, model.text_encoder, model.text_encoder_2), modes, strict=True):
-            m.train(mode)
-        if saved is not None:
-            model.unet.load_state_dict(saved)
+    log(f"validation grid: {grids[0]}")

@@ -1,0 +1,135 @@
+"""The stage table: every stage of ``zxl curate`` declared once, and what is derived from it.
+
+Each entry names the stage, the stages whose outputs (of the same shard) it reads, and the config
+sections it is given. From the table alone come:
+
+- the **order**: entries are listed so that every stage comes after what it reads (a test checks);
+- the **tasks**: one Dask task per shard for a ``shard`` stage, waiting on the tasks of the stages it
+  reads in the same phase; the ``global`` stage (reduce) runs once between the two phases, and the
+  stages after it form the second phase;
+- the **hashes**: a stage's hash covers its sections (less the ``speed_only`` settings), what
+  ``extra`` adds and the hashes of every stage it reads, so a change redoes exactly what it reaches;
+- the **reads**: a stage function gets a ``ShardJob`` (or, for the global step, ``StageInputs``) that
+  opens only the outputs its entry declares.
+
+"source" is the split's output (``stages/source``), hashed by the URL list's content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zxl.catalog.schema import SCHEMA_VERSION
+from zxl.config import config_hash, to_dict
+from zxl.pipeline import caption, fetch, inspection, reduce, score, tag
+from zxl.pipeline.assemble import assemble_shard
+from zxl.pipeline.calibrate import edges_from_catalog
+from zxl.pipeline.config import CurateConfig
+from zxl.pipeline.executor import Task
+from zxl.pipeline.stages import ShardJob, StageInputs, run_job
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable  # shard: run(job, *sections) -> table | (table, metadata); global: see reduce_all
+    reads: tuple[str, ...]  # the stages whose outputs it reads
+    sections: tuple[str, ...] = ()  # config it is given, in order: "fetch" (a section) or "run.shard_size"
+    scope: str = "shard"  # "shard": a task per shard; "global": one step over every shard
+    speed_only: frozenset[str] = field(default_factory=frozenset)  # settings that change speed, not output
+    extra: Callable[[CurateConfig], Any] | None = None  # more its hash covers
+
+
+def _edges(cfg: CurateConfig):
+    """The score edges calibrate.edges_from names (their values, not the path, go into the hash)."""
+    return edges_from_catalog(cfg.calibrate.edges_from) if cfg.calibrate.edges_from else None
+
+
+STAGES = (
+    Stage("fetch", fetch.fetch_shard, ("source",), ("fetch", "run.shard_size"),
+          speed_only=frozenset({"thread_count", "connect_to"})),
+    Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",)),
+    Stage("score", score.score_shard, ("fetch", "inspect"), ("score",),
+          speed_only=frozenset({"batch_size", "loader_threads", "device"})),
+    Stage("tag", tag.tag_shard, ("source", "fetch", "inspect"), ("tag",),
+          speed_only=frozenset({"batch_size", "device"})),
+    Stage("reduce", reduce.reduce_all, ("score", "inspect"), ("calibrate", "dedup", "weigh"), scope="global",
+          extra=_edges),
+    Stage("caption", caption.caption_shard, ("fetch", "reduce", "tag"), ("caption",),
+          speed_only=frozenset({"batch_size", "device"})),
+    Stage("catalog", assemble_shard, ("source", "fetch", "inspect", "score", "reduce", "tag", "caption"),
+          extra=lambda cfg: SCHEMA_VERSION),
+)  # fmt: skip
+BY_NAME = {s.name: s for s in STAGES}
+SHARD_STAGES = tuple(s.name for s in STAGES if s.scope == "shard")
+GLOBAL = next(s for s in STAGES if s.scope == "global")
+
+
+def section(cfg: CurateConfig, name: str):
+    """A declared section's value: ``cfg.fetch`` for "fetch", ``cfg.run.shard_size`` for "run.shard_size"."""
+    value = cfg
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _hashed(stage: Stage, cfg: CurateConfig) -> list:
+    out = []
+    for name in stage.sections:
+        value = section(cfg, name)
+        if hasattr(value, "__dataclass_fields__"):
+            value = {k: v for k, v in to_dict(value).items() if k not in stage.speed_only}
+        out.append({name: value})
+    return out
+
+
+def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
+    """Stage name → hash, in table order ("source" first)."""
+    hashes = {"source": source_hash}
+    for stage in STAGES:
+        hashes[stage.name] = config_hash(
+            {
+                "stage": stage.name,
+                "cfg": _hashed(stage, cfg),
+                "extra": stage.extra(cfg) if stage.extra else None,
+                "up": [hashes[r] for r in stage.reads],
+            }
+        )
+    return hashes
+
+
+def run_shard(run_dir: str, name: str, shard: int, stage_hash: str, *sections) -> dict:
+    """What a task runs: stage ``name`` on one shard, skipped when its output has this hash."""
+    stage = BY_NAME[name]
+    return run_job(ShardJob(run_dir, name, shard, stage_hash, stage.reads), stage.run, *sections)
+
+
+def run_global(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> dict:
+    """The global step (reduce) over every shard."""
+    inputs = StageInputs(run_dir, GLOBAL.name, GLOBAL.reads)
+    return GLOBAL.run(inputs, n_shards, hashes[GLOBAL.name], *(section(cfg, n) for n in GLOBAL.sections))
+
+
+def phase(n: int) -> tuple[Stage, ...]:
+    """The shard stages before (0) or after (1) the global step."""
+    at = STAGES.index(GLOBAL)
+    return tuple(s for s in (STAGES[:at] if n == 0 else STAGES[at + 1 :]) if s.scope == "shard")
+
+
+def tasks(
+    n: int, run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig, resources: dict[str, dict] | None = None
+) -> list[Task]:
+    """Phase ``n``'s tasks, shard by shard, each waiting on the tasks of what it reads in this phase."""
+    stages = phase(n)
+    names = {s.name for s in stages}
+    resources = resources or {}
+    out = []
+    for shard in range(n_shards):
+        for s in stages:
+            args = (str(run_dir), s.name, shard, hashes[s.name], *(section(cfg, name) for name in s.sections))
+            deps = [(r, shard) for r in s.reads if r in names]
+            out.append(Task(s.name, shard, run_shard, args, deps, resources.get(s.name)))
+    return out

@@ -1,0 +1,89 @@
+"""The stage table: order, task dependencies, hashes and reads all come from one declaration."""
+
+import pyarrow as pa
+import pytest
+
+from zxl.config import load_config
+from zxl.pipeline import graph
+from zxl.pipeline.config import CurateConfig
+from zxl.pipeline.stages import ShardJob, UndeclaredReadError, run_job, stage_path, stored_hash
+
+
+def _cfg(*overrides):
+    return load_config(CurateConfig, overrides=list(overrides))
+
+
+def test_every_stage_comes_after_what_it_reads():
+    seen = {"source"}
+    for stage in graph.STAGES:
+        assert set(stage.reads) <= seen, f"{stage.name} reads {set(stage.reads) - seen} before it is made"
+        seen.add(stage.name)
+    assert [s.name for s in graph.STAGES if s.scope == "global"] == ["reduce"]
+    assert graph.SHARD_STAGES == ("fetch", "inspect", "score", "tag", "caption", "catalog")
+
+
+def test_sections_name_real_config():
+    cfg = _cfg()
+    for stage in graph.STAGES:
+        for name in stage.sections:
+            graph.section(cfg, name)  # raises AttributeError on a typo
+        for key in stage.speed_only:
+            assert any(key in vars(graph.section(cfg, n)) for n in stage.sections), (stage.name, key)
+
+
+def test_tasks_wait_on_what_they_read_in_their_phase():
+    hashes = graph.stage_hashes(_cfg(), "src")
+    first = graph.tasks(0, "/r", 2, hashes, _cfg())
+    deps = {t.id: t.deps for t in first}
+    assert deps[("fetch", 1)] == []  # source is the split's, before any task
+    assert deps[("inspect", 1)] == [("fetch", 1)]
+    assert deps[("score", 0)] == [("fetch", 0), ("inspect", 0)]
+    assert deps[("tag", 0)] == [("fetch", 0), ("inspect", 0)]
+    second = {t.id: t.deps for t in graph.tasks(1, "/r", 2, hashes, _cfg())}
+    assert second[("caption", 1)] == []  # fetch, reduce and tag are done before phase 1
+    assert second[("catalog", 1)] == [("caption", 1)]
+    assert {t.stage for t in first} == {"fetch", "inspect", "score", "tag"}
+
+
+def test_a_change_redoes_what_it_reaches_and_nothing_else():
+    base = graph.stage_hashes(_cfg(), "src")
+    assert set(base) == {"source", *(s.name for s in graph.STAGES)}
+
+    def changed(*overrides, source="src"):
+        new = graph.stage_hashes(_cfg(*overrides), source)
+        return {k for k in base if base[k] != new[k]}
+
+    assert changed("fetch.timeout=7") == {"fetch", "inspect", "score", "tag", "reduce", "caption", "catalog"}
+    assert changed("tag.exif_year=false") == {"tag", "caption", "catalog"}
+    assert changed("weigh.default=2") == {"reduce", "caption", "catalog"}
+    assert changed("caption.min_score=3") == {"caption", "catalog"}
+    assert changed("run.shard_size=77") == changed("fetch.timeout=7")  # fetch is given run.shard_size
+    assert changed("fetch.thread_count=3", "score.batch_size=3", "tag.device=cpu") == set()  # speed only
+    assert changed(source="other") == set(base)
+
+
+def test_a_stage_reads_only_what_it_declares(tmp_path):
+    pa_table = pa.table({"key": ["a"]})
+    from zxl.files import write_table_atomic
+
+    write_table_atomic(pa_table, stage_path(tmp_path, "fetch", 0))
+    write_table_atomic(pa_table, stage_path(tmp_path, "tag", 0))
+    job = ShardJob(tmp_path, "inspect", 0, "h", reads=("fetch",))
+    assert job.read("fetch")["key"].to_pylist() == ["a"]
+    with pytest.raises(UndeclaredReadError, match="stage inspect reads the output of tag.*it reads fetch"):
+        job.read("tag")
+
+
+def test_run_job_writes_once_with_its_hash_then_skips(tmp_path):
+    calls = []
+
+    def stage(job, x):
+        calls.append(x)
+        return pa.table({"key": ["a", "b"]}), {"zxl.extra": "1"}
+
+    job = ShardJob(tmp_path, "inspect", 3, "h1", reads=())
+    first = run_job(job, stage, 5)
+    assert first["rows"] == 2 and not first["skipped"] and calls == [5]
+    assert stored_hash(job.out) == "h1"
+    assert run_job(job, stage, 5) == {"rows": 2, "skipped": True} and calls == [5]
+    assert not run_job(ShardJob(tmp_path, "inspect", 3, "h2", reads=()), stage, 6)["skipped"]

@@ -1,0 +1,50 @@
+"""pipeline/score.py: the score stage's loop, its outputs, and ``score_blobs`` on bytes."""
+
+import pyarrow.parquet as pq
+
+from tests import stage_folder
+from zxl.images import decode
+from zxl.pipeline.score import embeddings_path, read_embeddings, score_blobs
+from zxl.pipeline.stages import stage_path
+from zxl.scorers.config import ScoreConfig
+from zxl.scorers.registry import build_scorer
+
+
+def test_score_blobs_keeps_order_and_names_what_does_not_decode():
+    cfg = ScoreConfig(batch_size=2, loader_threads=2)
+    blobs = [stage_folder.picture(1, noise=0), b"not an image", stage_folder.picture(2, noise=90), b""]
+    scores, errors, embeddings = score_blobs(build_scorer(cfg), blobs, cfg)
+    assert scores[1] is None and scores[3] is None and set(errors) == {1, 3}
+    assert errors[1].startswith("scorer technical cannot read the image: UnidentifiedImageError")
+    scorer = build_scorer(cfg)  # the loop gives what the scorer gives image by image
+    for i in (0, 2):
+        direct = scorer.score(scorer.collate([scorer.prepare(decode(blobs[i]))]))[0]
+        assert abs(scores[i] - float(direct)) < 1e-6
+    assert embeddings == {}  # the technical scorer makes none
+    again, _, _ = score_blobs(build_scorer(cfg), blobs, ScoreConfig(batch_size=3, loader_threads=1))
+    assert again == scores  # batching and threads change nothing
+
+
+def test_score_stage_writes_one_row_per_input(tmp_path):
+    blobs = [stage_folder.picture(i, noise=10 * i) for i in range(5)] + [None]
+    cfg, hashes = stage_folder.build(tmp_path, blobs)
+    stage_folder.run(tmp_path, cfg, hashes, "inspect", "score")
+    table = pq.read_table(stage_path(tmp_path, "score", 0)).to_pandas()
+    assert table["key"].tolist() == [str(1000 + i) for i in range(6)]
+    assert table["status"].tolist() == ["ok"] * 5 + ["failed_download"]
+    assert table["aesthetic"].iloc[:5].notna().all() and table["aesthetic"].isna().iloc[5]
+    meta = pq.read_schema(stage_path(tmp_path, "score", 0)).metadata
+    assert meta[b"zxl.scorer"] == b"technical" and meta[b"zxl.stage_hash"] == hashes["score"].encode()
+    assert not embeddings_path(tmp_path, 0).exists() and read_embeddings(tmp_path, 1) == ([], None)
+
+
+def test_score_stage_embeds_with_clip(tmp_path, tiny_clip):
+    from tests.conftest import clip_cfg
+
+    blobs = [stage_folder.picture(i) for i in range(3)]
+    cfg, hashes = stage_folder.build(tmp_path, blobs, "score.scorer=clip-mlp")
+    cfg.score = clip_cfg(tiny_clip)
+    hashes = stage_folder.graph.stage_hashes(cfg, "test-source")
+    stage_folder.run(tmp_path, cfg, hashes, "inspect", "score")
+    keys, vectors = read_embeddings(tmp_path, 1)
+    assert keys == ["1000", "1001", "1002"] and vectors.shape == (3, 32)

@@ -1,0 +1,52 @@
+"""trainer/export.py on its own: the single file with its markers, the diffusers folder with its
+scheduler, and merging single files, each read back by the code that loads it."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zxl.sampler.pipeline import SDXL
+from zxl.trainer.export import merge_and_write, write_model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_sdxl):
+    return SDXL.load(tiny_sdxl, device="cpu", precision="fp32")
+
+
+def test_single_file_carries_the_markers_and_the_given_unet(model, tiny_sdxl, tmp_path):
+    name, ref = next((k, v) for k, v in model.unet.state_dict().items() if v.ndim == 4)
+    out = write_model(model, tmp_path / "m.safetensors", unet_state={name: torch.zeros_like(ref)})
+    sd = load_file(out)
+    assert sd["v_pred"].numel() == 0 and sd["ztsnr"].numel() == 0 and out.with_suffix(".yaml").is_file()
+    back = SDXL.load(out, device="cpu", precision="fp32", config=tiny_sdxl)
+    assert back.v_pred and back.ztsnr
+    assert torch.equal(back.unet.state_dict()[name], torch.zeros_like(ref))  # the EMA-style override went in
+    plain = write_model(model, tmp_path / "eps.safetensors", v_pred=False, ztsnr=False)
+    assert "v_pred" not in load_file(plain) and not list(tmp_path.glob(".*"))
+
+
+def test_diffusers_folder_says_v_prediction_zero_snr_trailing(model, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = write_model(model, tmp_path / "folder")
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["rescale_betas_zero_snr"] is True
+    assert sched["timestep_spacing"] == "trailing"
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, model.unet.state_dict()[k]), k
+
+
+def test_merging_single_files_keeps_layout_markers_and_yaml(model, tiny_sdxl, tmp_path):
+    a = write_model(model, tmp_path / "a.safetensors")
+    merged = merge_and_write([a, a], tmp_path / "merged.safetensors")
+    sa, sm = load_file(a), load_file(merged)
+    assert set(sa) == set(sm) and merged.with_suffix(".yaml").is_file()
+    for k in sa:
+        torch.testing.assert_close(sm[k], sa[k], rtol=0, atol=1e-6)
+    folder = merge_and_write([a], tmp_path / "as-diffusers", config=str(tiny_sdxl))
+    assert SDXL.load(folder, device="cpu").v_pred
