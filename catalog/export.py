@@ -9,7 +9,8 @@
 - ``webdataset``: ``<out>/00000.tar`` … with ``<key>.<ext>``, ``<key>.txt`` and ``<key>.json``
   (the whole catalog row);
 - ``hf-parquet``: ``<out>/data-00000.parquet`` … with an ``image`` column (bytes + path) that
-  Hugging Face ``datasets`` loads as an Image feature, the caption as ``text``, and the row.
+  Hugging Face ``datasets`` loads as an Image feature, the caption as ``text``, and every catalog
+  column.
 
 Only rows the catalog has bytes for are written; rows the filter selects but whose image is
 missing are counted and named in the summary.
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 
 from zxl.catalog.captions import build_caption
 from zxl.catalog.images import ImageStore
+from zxl.catalog.schema import SCHEMA_V1
 from zxl.config import ConfigError
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -132,32 +134,32 @@ class WebDataset(Exporter):
         return summary
 
 
+def _hf_feature(t: pa.DataType) -> dict:
+    """The Hugging Face ``datasets`` feature of an Arrow type (the kinds the catalog uses)."""
+    if pa.types.is_list(t):
+        return {"feature": _hf_feature(t.value_type), "_type": "List"}
+    names = {pa.string(): "string", pa.int8(): "int8", pa.int16(): "int16", pa.int32(): "int32",
+             pa.int64(): "int64", pa.float32(): "float32", pa.float64(): "float64", pa.bool_(): "bool"}  # fmt: skip
+    return {"dtype": names[t], "_type": "Value"}
+
+
 class HFParquet(Exporter):
+    """Every catalog column, plus ``image`` (bytes + path, an Image feature) and ``text`` (the
+    training caption), with the features in the files' ``huggingface`` metadata."""
+
     name = "hf-parquet"
     per_file = 2000
     FEATURES = {
         "image": {"_type": "Image"},
         "text": {"dtype": "string", "_type": "Value"},
-        "key": {"dtype": "string", "_type": "Value"},
-        "score": {"dtype": "int8", "_type": "Value"},
-        "rating": {"dtype": "string", "_type": "Value"},
-        "year": {"dtype": "int16", "_type": "Value"},
-        "tags": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
-        "caption": {"dtype": "string", "_type": "Value"},
-        "repeats": {"dtype": "int16", "_type": "Value"},
+        **{f.name: _hf_feature(f.type) for f in SCHEMA_V1},
     }
     SCHEMA = pa.schema(
         [
             ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
             ("text", pa.string()),
-            ("key", pa.string()),
-            ("score", pa.int8()),
-            ("rating", pa.string()),
-            ("year", pa.int16()),
-            ("tags", pa.list_(pa.string())),
-            ("caption", pa.string()),
-            ("repeats", pa.int16()),
-        ],  # fmt: skip
+            *[(f.name, f.type) for f in SCHEMA_V1],
+        ],
         metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})},
     )
 
@@ -176,8 +178,7 @@ class HFParquet(Exporter):
         for row, data, ext in _images(rows, images, summary):
             batch.append({
                 "image": {"bytes": data, "path": f"{_name(row['key'])}.{ext}"},
-                "text": self.caption(row), **{k: row.get(k) for k in ("key", "score", "rating", "year", "tags",
-                                                                      "caption", "repeats")},
+                "text": self.caption(row), **{f.name: row.get(f.name) for f in SCHEMA_V1},
             })  # fmt: skip
             summary["written"] += 1
             if len(batch) >= self.per_file:

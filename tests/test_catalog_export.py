@@ -65,6 +65,14 @@ def test_hf_parquet_loads_with_datasets(sync_run, tmp_path, trained):
     assert isinstance(ds.features["image"], datasets.Image)
     first = ds[0]
     assert first["image"].size[0] > 0 and first["text"].startswith("score_")
+    from zxl.catalog.schema import SCHEMA_V1
+
+    assert set(SCHEMA_V1.names) <= set(ds.column_names)  # every catalog column comes along
+    by_key = trained.set_index("key")
+    for row in ds.select(range(min(5, len(ds)))):
+        want = by_key.loc[row["key"]]
+        assert row["bucket"] == want["bucket"] and row["width"] == want["width"] and row["phash"] == want["phash"]
+        assert abs(row["aesthetic"] - want["aesthetic"]) < 1e-6 and row["characters"] == list(want["characters"])
 
 
 def test_caption_styles():
@@ -92,8 +100,8 @@ class _Store:
 
 
 def _rows():
-    base = {"status": "ok", "score": 9, "rating": "safe", "year": 2023, "tags": ["1girl", "smile"],
-            "characters": [], "caption": None, "shard": "00000.tar"}  # fmt: skip
+    base = {"url": "http://127.0.0.1/x", "status": "ok", "score": 9, "rating": "safe", "year": 2023,
+            "tags": ["1girl", "smile"], "characters": [], "caption": None, "shard": "00000.tar"}  # fmt: skip
     return [
         {**base, "key": "a", "shard_key": "0", "repeats": 2},
         {**base, "key": "../../escape/b", "shard_key": "1", "repeats": 1},
