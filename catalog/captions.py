@@ -22,14 +22,15 @@ def tag_text(tag: str) -> str:
     return tag if len(tag) <= 3 and not tag.isalnum() else tag.replace("_", " ")
 
 
-def build_caption(
+def caption_parts(
     row: dict,
     rng: random.Random,
     style_weights: Sequence[float] = (0.5, 0.25, 0.25),
     rating_format: str = "rating:{}",
     year_format: str = "year {}",
-) -> str:
-    """One training caption for a catalog row (a dict with score, rating, year, tags, characters, caption)."""
+) -> tuple[str, list[str], list[str], str, list[str]]:
+    """(style, score tag, rating and year tags, the sentence or "", the tags shuffled): the pieces
+    ``build_caption`` joins, drawn from ``rng`` in the same order."""
     head = [f"score_{row['score']}"] if row.get("score") else []
     meta = []
     if row.get("rating"):
@@ -40,6 +41,18 @@ def build_caption(
     rng.shuffle(tags)
     caption = (row.get("caption") or "").strip().rstrip(".")
     style = rng.choices(STYLES, weights=style_weights)[0] if caption else "tags"
+    return style, head, meta, caption, tags
+
+
+def build_caption(
+    row: dict,
+    rng: random.Random,
+    style_weights: Sequence[float] = (0.5, 0.25, 0.25),
+    rating_format: str = "rating:{}",
+    year_format: str = "year {}",
+) -> str:
+    """One training caption for a catalog row (a dict with score, rating, year, tags, characters, caption)."""
+    style, head, meta, caption, tags = caption_parts(row, rng, style_weights, rating_format, year_format)
     if style == "natural":
         parts = [*head, caption]
     elif style == "mixed":
@@ -47,3 +60,17 @@ def build_caption(
     else:
         parts = [*head, *meta, *tags]
     return ", ".join(p for p in parts if p)
+
+
+KEEP_SEPARATOR = "|||"
+
+
+def kohya_caption(row: dict, rng: random.Random) -> str:
+    """A caption for kohya's ``--keep_tokens_separator "|||" --shuffle_caption``: everything before
+    the separator stays in place — the score, rating and year tags (whichever exist) for every style,
+    and a natural-language sentence — and only the tags after it are shuffled; the separator is
+    always written, since without it kohya shuffles every token."""
+    style, head, meta, caption, tags = caption_parts(row, rng)
+    fixed = [*head, *meta] + ([caption] if style in ("natural", "mixed") else [])
+    flex = tags if style in ("tags", "mixed") else []
+    return f"{', '.join(p for p in fixed if p)} {KEEP_SEPARATOR} {', '.join(flex)}".strip()

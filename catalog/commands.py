@@ -159,10 +159,9 @@ def _catalog_export(cat, args, json) -> int:
     print(json.dumps({"format": args.format, "out": args.out, **summary, "missing": len(missing)}, indent=1))
     for m in missing[:10]:
         print(f"missing image: {m}", file=sys.stderr)
-    if args.format == "kohya":
-        print(
-            "train with kohya's --keep_tokens 3 --shuffle_caption: score, rating and year stay first", file=sys.stderr
-        )
+    if "kohya_args" in summary:
+        print(f"kohya sd-scripts arguments (also in {Path(args.out) / 'kohya_args.txt'}):", file=sys.stderr)
+        print(f"  {summary['kohya_args']}", file=sys.stderr)
     return 0
 
 

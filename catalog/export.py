@@ -1,11 +1,11 @@
 """Exports to what trainers already read. One family: ``export(rows, images, out, opts) -> summary``.
 
 - ``kohya``: a kohya sd-scripts DreamBooth-style folder, ``<out>/<repeats>_<name>/<key>.<ext>``
-  with ``<key>.txt`` beside each image (captions as RECIPE.md "Captions for training" builds them;
-  the first three comma-separated tokens are score, rating and year: train with
-  ``--keep_tokens 3 --shuffle_caption``);
-- ``kohya-json``: kohya's fine-tuning metadata, ``<out>/meta.json`` ({image path without
-  extension: {"caption", "tags"}}), with the images in ``<out>/images/``;
+  with ``<key>.txt`` beside each image, and ``kohya_args.txt``, the exact sd-scripts arguments it is
+  made for: captions keep score, rating and year in front through ``--keep_tokens_separator``, and
+  an image whose bucket kohya's rule would choose differently is fitted to zxl's bucket;
+- ``kohya-json``: kohya's fine-tuning metadata: ``images/``, ``meta.json`` ({file name: {"caption"}})
+  and, for the repeats, ``meta_<r>x.json`` files with a ``dataset.toml`` (``--dataset_config``);
 - ``webdataset``: ``<out>/00000.tar`` … with ``<key>.<ext>``, ``<key>.txt`` and ``<key>.json``
   (the whole catalog row);
 - ``hf-parquet``: ``<out>/data-00000.parquet`` … with an ``image`` column (bytes + path) that
@@ -22,6 +22,7 @@ import io
 import json
 import random
 import re
+import shlex
 import tarfile
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -29,11 +30,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zxl.catalog.captions import build_caption
+from zxl.buckets import BUCKETS
+from zxl.catalog.captions import KEEP_SEPARATOR, build_caption, kohya_caption
 from zxl.catalog.images import ImageStore
 from zxl.catalog.schema import SCHEMA_V1
 from zxl.config import ConfigError
 
+BUCKET_MIN, BUCKET_MAX, BUCKET_STEP = min(min(b) for b in BUCKETS), max(max(b) for b in BUCKETS), 64
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -71,11 +74,58 @@ class Exporter(ABC):
         """Write ``rows`` (dicts) with their images under ``out``; returns counts."""
 
 
+def kohya_bucket(width: int, height: int, buckets: list[tuple[int, int]] = BUCKETS) -> tuple[int, int]:
+    """The bucket kohya's ``BucketManager.select_bucket`` picks (upscaling allowed) from
+    ``make_bucket_resolutions`` buckets: the image's own size when it is one, else the first
+    bucket with the least |w/h − bw/bh| (linear, where zxl measures in log aspect)."""
+    if (width, height) in set(buckets):
+        return width, height
+    errors = [abs(bw / bh - width / height) for bw, bh in buckets]
+    return buckets[errors.index(min(errors))]
+
+
+def fit_bucket(data: bytes, ext: str, bucket: tuple[int, int]) -> tuple[bytes, str]:
+    """The image resized to cover ``bucket`` and centre-cropped to it (what kohya does at training
+    time), so kohya's own bucket choice is exactly ``bucket``; JPEG stays JPEG (quality 95), the rest
+    become PNG."""
+    from PIL import Image, ImageOps
+
+    from zxl.images import decode
+
+    im = ImageOps.exif_transpose(decode(data))
+    im = ImageOps.fit(im.convert("RGBA" if "A" in im.mode else "RGB"), bucket, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if ext in ("jpg", "jpeg") and im.mode == "RGB":
+        im.save(buf, "JPEG", quality=95)
+        return buf.getvalue(), ext
+    im.save(buf, "PNG")
+    return buf.getvalue(), "png"
+
+
+def _kohya_image(row: dict, data: bytes, ext: str, summary: dict) -> tuple[bytes, str]:
+    """The stored image, or, where kohya's bucket rule would pick another bucket than zxl's, the image
+    fitted to zxl's bucket (counted in the summary)."""
+    want = tuple(int(v) for v in row["bucket"].split("x")) if row.get("bucket") else None
+    size = (row.get("width"), row.get("height"))
+    if want is None or None in size or kohya_bucket(*size) == want:
+        return data, ext
+    summary["fitted_to_bucket"] += 1
+    return fit_bucket(data, ext, want)
+
+
+KOHYA_BUCKET_ARGS = (f"--enable_bucket --min_bucket_reso {BUCKET_MIN} --max_bucket_reso {BUCKET_MAX} "
+                     f"--bucket_reso_steps {BUCKET_STEP} --resolution 1024,1024")  # fmt: skip
+KOHYA_MODEL_ARGS = "--v_parameterization --zero_terminal_snr"
+
+
 class KohyaFolder(Exporter):
+    """``<repeats>_<name>/<stem>.<ext>`` with ``<stem>.txt``, and ``kohya_args.txt``: the sd-scripts
+    arguments it is made for (sdxl_train.py / sdxl_train_network.py)."""
+
     name = "kohya"
 
     def export(self, rows, images, out):
-        summary = {"written": 0, "missing": [], "folders": {}}
+        summary = {"written": 0, "missing": [], "folders": {}, "fitted_to_bucket": 0}
         for row, data, ext in _images(rows, images, summary):
             reps = int(row.get("repeats") or 0)
             if reps <= 0:
@@ -83,28 +133,63 @@ class KohyaFolder(Exporter):
             folder = out / f"{reps}_{self.folder_name}"
             folder.mkdir(parents=True, exist_ok=True)
             stem = _name(row["key"])
+            data, ext = _kohya_image(row, data, ext, summary)
             (folder / f"{stem}.{ext}").write_bytes(data)
-            (folder / f"{stem}.txt").write_text(self.caption(row) + "\n")
+            (folder / f"{stem}.txt").write_text(kohya_caption(row, self.rng) + "\n")
             summary["folders"][folder.name] = summary["folders"].get(folder.name, 0) + 1
             summary["written"] += 1
+        out.mkdir(parents=True, exist_ok=True)
+        where = shlex.quote(str(out.resolve()))
+        args = (f'--caption_extension .txt --shuffle_caption --keep_tokens_separator "{KEEP_SEPARATOR}" '
+                f"{KOHYA_BUCKET_ARGS} {KOHYA_MODEL_ARGS} --train_data_dir {where}")  # fmt: skip
+        (out / "kohya_args.txt").write_text(args + "\n")
+        summary["kohya_args"] = args
         return summary
 
 
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a TOML basic string
+
+
 class KohyaJson(Exporter):
+    """kohya's fine-tuning metadata: ``images/``, ``meta.json`` (every image, for ``--in_json`` with
+    ``--train_data_dir images``), ``meta_<r>x.json`` per repeat count and ``dataset.toml`` with one
+    subset per repeat count (for ``--dataset_config``, which carries the repeats). Keys are image file
+    names relative to ``images/`` (kohya joins them to the subset's ``image_dir``); the caption holds
+    the tags, so there is no ``tags`` entry for kohya to append a second time."""
+
     name = "kohya-json"
 
     def export(self, rows, images, out):
-        summary = {"written": 0, "missing": []}
-        (out / "images").mkdir(parents=True, exist_ok=True)
-        meta = {}
+        summary = {"written": 0, "missing": [], "fitted_to_bucket": 0, "subsets": {}}
+        image_dir = out / "images"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, dict] = {}
+        by_repeats: dict[int, dict[str, dict]] = {}
         for row, data, ext in _images(rows, images, summary):
-            stem = _name(row["key"])
-            (out / "images" / f"{stem}.{ext}").write_bytes(data)
-            tags = [t.replace("_", " ") for t in (row.get("characters") or []) + (row.get("tags") or [])]
-            entry = {"tags": ", ".join(tags), "caption": self.caption(row)}
-            meta[str((out / "images" / stem).resolve())] = entry
+            data, ext = _kohya_image(row, data, ext, summary)
+            name = f"{_name(row['key'])}.{ext}"
+            (image_dir / name).write_bytes(data)
+            entry = {"caption": kohya_caption(row, self.rng)}
+            meta[name] = entry
+            reps = int(row.get("repeats") or 0)
+            if reps > 0:
+                by_repeats.setdefault(reps, {})[name] = entry
             summary["written"] += 1
         (out / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        lines = ["[general]", "shuffle_caption = true", f"keep_tokens_separator = {_toml_str(KEEP_SEPARATOR)}", "",
+                 "[[datasets]]", "resolution = 1024", "enable_bucket = true", f"min_bucket_reso = {BUCKET_MIN}",
+                 f"max_bucket_reso = {BUCKET_MAX}", f"bucket_reso_steps = {BUCKET_STEP}"]  # fmt: skip
+        for reps in sorted(by_repeats):
+            path = out / f"meta_{reps}x.json"
+            path.write_text(json.dumps(by_repeats[reps], indent=1, ensure_ascii=False))
+            summary["subsets"][path.name] = {"images": len(by_repeats[reps]), "num_repeats": reps}
+            lines += ["", "  [[datasets.subsets]]", f"  image_dir = {_toml_str(str(image_dir.resolve()))}",
+                      f"  metadata_file = {_toml_str(str(path.resolve()))}", f"  num_repeats = {reps}"]  # fmt: skip
+        (out / "dataset.toml").write_text("\n".join(lines) + "\n")
+        args = f"--dataset_config {shlex.quote(str((out / 'dataset.toml').resolve()))} {KOHYA_MODEL_ARGS}"
+        (out / "kohya_args.txt").write_text(args + "\n")
+        summary["kohya_args"] = args
         return summary
 
 

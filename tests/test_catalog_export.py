@@ -3,6 +3,7 @@
 import json
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -26,24 +27,97 @@ def _export(sync_run, tmp_path, fmt):
     return out
 
 
+def _kohya_buckets(max_reso=(1024, 1024), min_size=768, max_size=1344, divisible=64):
+    """sd-scripts' library/model_util.py make_bucket_resolutions, rewritten from its rules."""
+    area = max_reso[0] * max_reso[1]
+    resos = {(int(area**0.5 // divisible) * divisible,) * 2}
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((area // width) // divisible) * divisible)
+        if height >= min_size:
+            resos |= {(width, height), (height, width)}
+        width += divisible
+    return sorted(resos)
+
+
+def _kohya_keep(caption, separator="|||"):
+    """sd-scripts' process_caption with --shuffle_caption and --keep_tokens_separator: (fixed, flex)."""
+    assert separator in caption  # without it kohya shuffles every token
+    fixed, flex = caption.split(separator, 1)
+    return [t.strip() for t in fixed.split(",") if t.strip()], [t.strip() for t in flex.split(",") if t.strip()]
+
+
+def _args(line):
+    import shlex
+
+    words = shlex.split(line)
+    return {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True)
+            for i, w in enumerate(words) if w.startswith("--")}  # fmt: skip
+
+
+def _check_kohya_caption(caption, row):
+    fixed, flex = _kohya_keep(caption)
+    want = [f"score_{row['score']}"] + ([f"rating:{row['rating']}"] if row["rating"] else [])
+    want += [f"year {int(row['year'])}"] if row["year"] == row["year"] and row["year"] else []
+    assert fixed[: len(want)] == want, (caption, want)
+
+
 def test_kohya_folder(sync_run, tmp_path, trained, capsys):
+    from PIL import Image
+
+    from zxl.catalog.export import kohya_bucket
+
     out = _export(sync_run, tmp_path, "kohya")
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    args = _args((out / "kohya_args.txt").read_text())
+    assert summary["kohya_args"] in captured.err and list(args)[-1] == "--train_data_dir"
+    assert args["--caption_extension"] == ".txt" and args["--keep_tokens_separator"] == "|||"
+    assert {"--v_parameterization", "--zero_terminal_snr", "--shuffle_caption", "--enable_bucket"} <= set(args)
+    buckets = _kohya_buckets((1024, 1024), int(args["--min_bucket_reso"]), int(args["--max_bucket_reso"]),
+                             int(args["--bucket_reso_steps"]))  # fmt: skip
+    from zxl.buckets import BUCKETS
+
+    assert buckets == BUCKETS  # kohya's bucket set with these arguments is the recipe's
+    root = Path(args["--train_data_dir"])
     expected = trained["repeats"].value_counts().to_dict()
-    assert {f.name: len(list(f.glob("*.txt"))) for f in out.iterdir()} == {f"{r}_zxl": n for r, n in expected.items()}
-    for txt in out.rglob("*.txt"):
-        images = [p for p in txt.parent.glob(txt.stem + ".*") if p.suffix != ".txt"]
-        assert len(images) == 1
-        caption = txt.read_text().strip()
-        assert caption.startswith("score_")
+    folders = {f.name: f for f in root.iterdir() if f.is_dir()}
+    assert {n: len(list(f.glob("*.txt"))) for n, f in folders.items()} == {f"{r}_zxl": n for r, n in expected.items()}
+    by_stem = {k.replace("/", "_"): r for k, r in trained.set_index("key").iterrows()}
+    for name, folder in folders.items():
+        repeats = int(name.split("_")[0])  # kohya: the number before the first "_"
+        for image in (p for p in folder.iterdir() if p.suffix != ".txt"):
+            row = by_stem[image.stem]
+            assert repeats == row["repeats"]
+            caption = image.with_suffix(args["--caption_extension"]).read_text().split("\n")[0]
+            _check_kohya_caption(caption, row)
+            with Image.open(image) as im:
+                assert f"{kohya_bucket(*im.size, buckets)[0]}x{kohya_bucket(*im.size, buckets)[1]}" == row["bucket"]
     assert summary["written"] == len(trained) and summary["missing"] == 0
 
 
 def test_kohya_json(sync_run, tmp_path, trained):
+    import tomllib
+
     out = _export(sync_run, tmp_path, "kohya-json")
     meta = json.loads((out / "meta.json").read_text())
     assert len(meta) == len(trained) == len(list((out / "images").iterdir()))
-    assert all(set(v) == {"tags", "caption"} and v["caption"].startswith("score_") for v in meta.values())
+    assert all(set(v) == {"caption"} for v in meta.values())  # no tags for kohya to append again
+    config = tomllib.loads((out / "dataset.toml").read_text())
+    assert config["general"]["keep_tokens_separator"] == "|||" and config["general"]["shuffle_caption"]
+    by_stem = {k.replace("/", "_"): r for k, r in trained.set_index("key").iterrows()}
+    seen = 0
+    for subset in config["datasets"][0]["subsets"]:
+        entries = json.loads(Path(subset["metadata_file"]).read_text())
+        for key, entry in entries.items():
+            path = Path(subset["image_dir"]) / key  # kohya: os.path.join(image_dir, key) for a relative key
+            assert path.is_file()
+            row = by_stem[path.stem]
+            assert subset["num_repeats"] == row["repeats"]
+            _check_kohya_caption(entry["caption"], row)
+            seen += 1
+    assert seen == len(trained)
+    assert _args((out / "kohya_args.txt").read_text())["--dataset_config"] == str((out / "dataset.toml").resolve())
 
 
 def test_webdataset(sync_run, tmp_path, trained):
@@ -130,5 +204,5 @@ def test_exporter_contract(fmt, tmp_path):
         outs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
     assert outs[0].keys() == outs[1].keys()
     for rel, data in outs[0].items():
-        if rel.name != "meta.json":  # kohya-json's keys are absolute paths, so they name the folder
+        if rel.name not in ("kohya_args.txt", "dataset.toml"):  # these name the folder they are in
             assert data == outs[1][rel], rel
