@@ -206,3 +206,22 @@ def test_exporter_contract(fmt, tmp_path):
     for rel, data in outs[0].items():
         if rel.name not in ("kohya_args.txt", "dataset.toml"):  # these name the folder they are in
             assert data == outs[1][rel], rel
+
+
+def test_an_image_between_buckets_is_fitted_so_kohya_picks_zxls_bucket():
+    import io
+
+    from PIL import Image
+
+    from zxl.buckets import BUCKETS, nearest_bucket
+    from zxl.catalog.export import fit_bucket, kohya_bucket
+
+    assert kohya_bucket(*_kohya_buckets()[0], _kohya_buckets()) == _kohya_buckets()[0]
+    # the linear and the log aspect rules disagree somewhere between two buckets: find such a size
+    size = next((w, 1000) for w in range(700, 1400) if kohya_bucket(w, 1000) != nearest_bucket(w, 1000))
+    want = nearest_bucket(*size)
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, "JPEG")
+    data, ext = fit_bucket(buf.getvalue(), "jpg", want)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == want and ext == "jpg" and kohya_bucket(*im.size, BUCKETS) == want
