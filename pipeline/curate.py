@@ -28,7 +28,6 @@ from zxl.scorers.registry import scorer_class
 from zxl.taggers import registry as tagger_registry
 
 STAGES = graph.SHARD_STAGES  # the per-shard stages, in table order
-stage_hashes = graph.stage_hashes
 
 
 @dataclass
@@ -118,7 +117,7 @@ def _curate(cfg: CurateConfig, table: pa.Table, run_dir: Path, log) -> CurateRes
     source_report = sources.report(table, cfg.source)
     n_shards, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
     split_seconds = time.time() - t0
-    hashes = stage_hashes(cfg, source_hash)
+    hashes = graph.stage_hashes(cfg, source_hash)
     shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder
     tasks = graph.tasks(0, shared_dir, n_shards, hashes, cfg, _resources(cfg))
     with Executor(cfg.run) as ex:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from zxl.files import write_table_atomic
 from zxl.images import ImageDecodeError, decode
@@ -34,11 +33,9 @@ def embeddings_path(run_dir: Path, shard: int) -> Path:
     return Path(run_dir) / "embeddings" / f"{shard_name(shard)}.parquet"
 
 
-def _decode_and_prepare(scorer, data):
-    """``data``: image bytes, or an image already decoded (``zxl score FOLDER``)."""
+def _decode_and_prepare(scorer, data: bytes):
     try:
-        im = data if isinstance(data, Image.Image) else decode(data)
-        with im:
+        with decode(data) as im:
             return scorer.prepare(im), None
     except ImageDecodeError as e:
         return None, f"scorer {scorer.name} cannot read the image: {e}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -98,6 +99,7 @@ class ShardJob(StageInputs):
     def read(self, stage: str, columns: list[str] | None = None) -> pa.Table:  # type: ignore[override]
         return super().read(stage, self.shard, columns)
 
+    @functools.cached_property
     def tar_path(self) -> Path | None:
         """The shard's webdataset tar, named by the fetch output (None when the shard has no rows)."""
         fetch = self.read("fetch", ["shard"])
@@ -106,7 +108,7 @@ class ShardJob(StageInputs):
     def images(self, shard_keys: list[str | None]) -> list[bytes | None]:
         """The stored bytes of these tar members, in order (None where the tar lacks one or the key
         is None); the tar is read once, only the wanted members."""
-        tar = self.tar_path()
+        tar = self.tar_path
         found = tars.read_images(tar, [k for k in shard_keys if k]) if tar else {}
         return [found.get(k) if k else None for k in shard_keys]
 
