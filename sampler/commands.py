@@ -38,7 +38,25 @@ def add_commands(sub) -> None:
     sa.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU; slow first image)")
     sa.add_argument("--print-sigmas", action="store_true", help="print the sigma/timestep table and exit")
     sa.add_argument("--steps", type=int, default=28, help="--print-sigmas: steps")
-    sa.add_argument("--schedule", default="trailing", help="trailing (= simple), karras or exponential")
+    sa.add_argument(
+        "--schedule",
+        default="trailing",
+        help="trailing (the default: diffusers' trailing timesteps), or a ComfyUI scheduler by its name: "
+        "simple, normal, sgm_uniform, karras, exponential, beta, ddim_uniform (A1111 labels work too)",
+    )
+    sa.add_argument(
+        "--dynamic-mode",
+        default="Half Cosine Up",
+        metavar="MODE",
+        help="--dynamic: the extension's mode for both scales (Constant, Linear Up/Down, Cosine Up/Down, "
+        "Half Cosine Up/Down, Power Up/Down, Linear Repeating, Cosine Repeating, Sawtooth)",
+    )
+    sa.add_argument(
+        "--dynamic-value",
+        type=float,
+        default=4.0,
+        help="--dynamic: the extension's Scheduler value (the power, or the repeating modes' cycles)",
+    )
     sa.add_argument("--terminal", default="comfyui",
                     help="sigma at t=999 where ZTSNR makes it infinite: comfyui (ComfyUI/A1111, 4518.76; the default) "
                     "diffusers (4096) or zero (infinite: ddim only)")  # fmt: skip
@@ -48,8 +66,9 @@ def add_commands(sub) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from zxl.sampler.schedule import format_table, get_sigmas
+    from zxl.sampler.schedule import format_table, get_sigmas, schedule_name
 
+    args.schedule = schedule_name(args.schedule)
     if args.print_sigmas:
         sigmas, timesteps = get_sigmas(args.steps, args.schedule, ztsnr=not args.no_ztsnr, terminal=args.terminal)
         what = "plain SDXL" if args.no_ztsnr else f"ZTSNR, terminal convention {args.terminal}"
@@ -59,12 +78,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not args.model or not args.prompts:
         raise ConfigError("zxl sample needs --model and --prompts (or --print-sigmas)")
     from zxl.sampler.grids import Loading, parse_axis, render
+    from zxl.sampler.guidance import DynamicThresholding
     from zxl.sampler.pipeline import Sampling
     from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
 
     get_sigmas(1, args.schedule, terminal=args.terminal)  # bad names fail before any model loads
     prompts = read_prompt_file(args.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS[args.negative]))
-    sampling = Sampling(args.terminal, args.schedule, args.cfg_rescale, args.dynamic)
+    DynamicThresholding.recipe(4.0, args.dynamic_mode, args.dynamic_value)  # a bad mode fails here too
+    sampling = Sampling(args.terminal, args.schedule, args.cfg_rescale, args.dynamic, args.dynamic_mode,
+                        args.dynamic_value)  # fmt: skip
     loading = Loading(args.device, args.precision, args.compile, args.model_config)
     grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), sampling, loading)
     for g in grids:

@@ -12,6 +12,7 @@ from zxl.sampler.grid import make_grid, save_png
 from zxl.sampler.guidance import DynamicThresholding
 from zxl.sampler.pipeline import DEFAULT_SAMPLING, SDXL, Sampling, generate
 from zxl.sampler.prompts import INFOTEXT_SAMPLER, Prompt, infotext, sampler_name
+from zxl.sampler.schedule import A1111_LABELS
 
 AXES = ("prompt", "seed", "cfg", "steps", "sampler", "mimic", "checkpoint")
 
@@ -112,16 +113,16 @@ def render(
                 ref = extra.get("checkpoint", model_ref)
                 dyn = None
                 if sampling.dynamic or "mimic" in extra:
-                    dyn = DynamicThresholding.recipe(p.cfg)
+                    dyn = DynamicThresholding.recipe(p.cfg, sampling.dynamic_mode, sampling.dynamic_value)
                     if "mimic" in extra:
                         dyn.mimic_scale, dyn.mimic_scale_min = extra["mimic"], extra["mimic"] - 1
                 m = model(ref)
                 image = generate(m, p, sampling, dyn)
-                more = {"Schedule": sampling.schedule, "Sigma max": sampling.terminal}
+                more = {"Schedule type": A1111_LABELS[sampling.schedule], "Sigma max": sampling.terminal}
                 if sampling.cfg_rescale:
                     more["CFG rescale"] = sampling.cfg_rescale
                 if dyn is not None:
-                    more["Dynamic thresholding"] = f"mimic {dyn.mimic_scale:g} {dyn.mimic_mode}"
+                    more |= dyn.infotext_fields()
                 text = infotext(p, model_name=m.name, model_hash=m.hash, **more)
                 name = f"{g:03d}-{p.seed}-{p.sampler}-cfg{p.cfg:g}-s{p.steps}-{len(list(out.glob('*.png'))):04d}.png"
                 save_png(image, out / name, text)

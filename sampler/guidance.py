@@ -12,8 +12,16 @@ dynthres_core.py), as RECIPE.md "Sampling" writes it, on the denoised prediction
     interpolate φ:     out·φ + cfg·(1 − φ)
 
 Both scales may follow a schedule over the steps: frac = step/(steps − 1),
-value = (scale − min)·f(frac) + min, f one of ``SCHEDULES``. The card's advice: mimic scale =
-CFG scale, both minimum scales one lower, Half Cosine Up for both.
+value = (scale − min)·f(frac) + min, f one of ``SCHEDULES`` (the extension's twelve modes; k is its
+"Scheduler value": the power of Power Up/Down, the number of cycles of the repeating modes). The
+card's advice: mimic scale = CFG scale, both minimum scales one lower, Half Cosine Up for both.
+
+Where zxl deliberately differs from the extension (docs/training.md says the same): the cosine modes
+use π/2 and 2π where the extension writes 1.5707 and 6.28318 (a 4e-5 relative difference in the
+angle); the step counts model calls as A1111's script does (frac = step/(steps − 1)), where the
+ComfyUI node uses (999 − t)/998 of the timestep; and the ComfyUI node skips thresholding when CFG
+equals the mimic scale, which zxl does not (with both schedules Constant and percentile 1 the
+result is plain CFG anyway; with schedules it is not).
 """
 
 from __future__ import annotations
@@ -35,7 +43,11 @@ SCHEDULES = {
     "Cosine Down": lambda f, k: math.cos(math.pi / 2 * f),
     "Power Up": lambda f, k: f**k,
     "Power Down": lambda f, k: 1.0 - f**k,
+    "Linear Repeating": lambda f, k: abs((f * k) % 1.0 - 0.5) * 2.0,
+    "Cosine Repeating": lambda f, k: math.cos(2 * math.pi * k * f) * 0.5 + 0.5,
+    "Sawtooth": lambda f, k: (f * k) % 1.0,
 }
+WITH_VALUE = ("Power Up", "Power Down", "Linear Repeating", "Cosine Repeating", "Sawtooth")
 
 
 def scheduled(scale: float, minimum: float, mode: str, step: int, steps: int, power: float = 4.0) -> float:
@@ -53,7 +65,7 @@ class DynamicThresholding:
     mimic_scale_min: float = 0.0
     cfg_mode: str = "Constant"
     cfg_scale_min: float = 0.0
-    power: float = 4.0
+    power: float = 4.0  # the extension's "Scheduler value" (A1111's default 4)
     measure: str = "AD"  # AD | STD
     start: str = "MEAN"  # MEAN | ZERO
     per_channel: bool = True
@@ -68,10 +80,24 @@ class DynamicThresholding:
             scheduled(1.0, 0.0, mode, 0, 2)
 
     @classmethod
-    def recipe(cls, cfg_scale: float) -> DynamicThresholding:
-        """The model card's advice for a CFG scale."""
-        return cls(mimic_scale=cfg_scale, mimic_mode="Half Cosine Up", mimic_scale_min=cfg_scale - 1,
-                   cfg_mode="Half Cosine Up", cfg_scale_min=cfg_scale - 1)  # fmt: skip
+    def recipe(cls, cfg_scale: float, mode: str = "Half Cosine Up", value: float = 4.0) -> DynamicThresholding:
+        """The model card's advice for a CFG scale (``mode`` for both scales; Half Cosine Up advised)."""
+        return cls(mimic_scale=cfg_scale, mimic_mode=mode, mimic_scale_min=cfg_scale - 1,
+                   cfg_mode=mode, cfg_scale_min=cfg_scale - 1, power=value)  # fmt: skip
+
+    def infotext_fields(self) -> dict:
+        """The extension's own infotext keys (A1111's paste restores them; the percentile in %)."""
+        out = {"Dynamic thresholding enabled": True, "Mimic scale": f"{self.mimic_scale:g}",
+               "Separate Feature Channels": self.per_channel, "Scaling Startpoint": self.start,
+               "Variability Measure": self.measure, "Interpolate Phi": f"{self.interpolate_phi:g}",
+               "Threshold percentile": f"{self.threshold_percentile * 100:g}"}  # fmt: skip
+        if self.mimic_mode != "Constant":
+            out |= {"Mimic mode": self.mimic_mode, "Mimic scale minimum": f"{self.mimic_scale_min:g}"}
+        if self.cfg_mode != "Constant":
+            out |= {"CFG mode": self.cfg_mode, "CFG scale minimum": f"{self.cfg_scale_min:g}"}
+        if self.mimic_mode in WITH_VALUE or self.cfg_mode in WITH_VALUE:
+            out["Scheduler value"] = f"{self.power:g}"
+        return out
 
     def __call__(self, d_uncond: torch.Tensor, d_cond: torch.Tensor, cfg_scale: float, step: int, steps: int):
         m = scheduled(self.mimic_scale, self.mimic_scale_min, self.mimic_mode, step, steps, self.power)

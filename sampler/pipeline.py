@@ -150,12 +150,15 @@ def _scheduler_config(folder: Path) -> dict:
 class Sampling:
     """How every image of a run is sampled, beyond what its prompt line says: the terminal sigma
     convention, the step schedule, CFG rescale φ, and whether dynamic thresholding runs (the card's
-    advice: mimic = the prompt's CFG, Half Cosine Up)."""
+    advice: mimic = the prompt's CFG, both minimums one lower, ``dynamic_mode`` Half Cosine Up for
+    both scales; ``dynamic_value`` is the extension's Scheduler value)."""
 
     terminal: str = "comfyui"
     schedule: str = "trailing"
     cfg_rescale: float = 0.0
     dynamic: bool = False
+    dynamic_mode: str = "Half Cosine Up"
+    dynamic_value: float = 4.0
 
 
 DEFAULT_SAMPLING = Sampling()
@@ -175,7 +178,7 @@ def generate(model: SDXL, p: Prompt, sampling: Sampling = DEFAULT_SAMPLING, dyna
     if p.width % 8 or p.height % 8:
         raise ConfigError(f"size {p.width}x{p.height}: both sides must be multiples of 8")
     if dynamic is None and sampling.dynamic:
-        dynamic = DynamicThresholding.recipe(p.cfg)
+        dynamic = DynamicThresholding.recipe(p.cfg, sampling.dynamic_mode, sampling.dynamic_value)
     sigmas, _ = get_sigmas(p.steps, sampling.schedule, ztsnr=model.ztsnr, terminal=sampling.terminal)
     if torch.isinf(sigmas[0]) and p.sampler != "ddim":
         raise ConfigError(f"terminal zero (sigma max infinite) works with ddim only, not {p.sampler}")
@@ -193,7 +196,7 @@ def generate(model: SDXL, p: Prompt, sampling: Sampling = DEFAULT_SAMPLING, dyna
         both = model.unet(torch.cat([x_in, x_in]).to(model.dtype), torch.cat([t, t]).to(model.dtype), **cond).sample
         vu, vc = both.float().chunk(2)
         if dynamic is not None:
-            out = dynamic(den.denoised(x, vu, sigma), den.denoised(x, vc, sigma), p.cfg, step["i"], p.steps)
+            out = dynamic(den.denoised(x, vu, sigma), den.denoised(x, vc, sigma), p.cfg, step["i"], len(sigmas) - 1)
         else:
             out = den.denoised(x, cfg(vu, vc, p.cfg, sampling.cfg_rescale), sigma)
         step["i"] += 1

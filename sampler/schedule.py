@@ -10,21 +10,33 @@ RECIPE.md "Noise schedule" and "Sampling":
   ``comfyui`` (ComfyUI and A1111: ᾱ_T = 4.8973451890853435e-08, σ_max ≈ 4518.76) — the default,
   since that is what this model's users run — or ``diffusers`` (Euler's ᾱ_T = 2⁻²⁴, σ_max ≈ 4096),
   or ``zero`` (ᾱ_T = 0 itself, σ_max = ∞: DDIM only, sampler/samplers.py says how);
-- "trailing" timesteps t_i = round(T+1 − i·(T+1)/N) − 1 (999, 963, … for N = 28), and the
-  k-diffusion sigma schedules ``karras`` (ρ = 7) and ``exponential`` between σ_min and σ_max.
+- step schedules: ``trailing`` (the default: diffusers' trailing timesteps
+  t_i = round(T+1 − i·(T+1)/N) − 1, i.e. 999, 963, … for N = 28), and ComfyUI's schedulers under
+  their ComfyUI names, each ComfyUI's formula (comfy/samplers.py) over the same σ table:
+  ``simple`` σ[T − ⌊i·(T+1)/N⌋]; ``normal`` σ(t) at t = linspace(T, 0, N), σ(t) interpolated in
+  log σ; ``sgm_uniform`` the same over linspace(T, 0, N+1) without its last point; ``karras``
+  (ρ = 7) and ``exponential`` between σ_min and σ_max (k-diffusion); ``beta`` σ[rint(T·F⁻¹(1 − i/N))]
+  with F the Beta(0.6, 0.6) CDF, repeated timesteps dropped; ``ddim_uniform`` every ⌊(T+1)/N⌋-th σ
+  from σ[1] up (which may give one step more than asked, as in ComfyUI).
+  A1111 labels them "Schedule type: Simple", "Normal", "SGM Uniform", "Karras", "Exponential",
+  "Beta", "DDIM"; A1111's own "Beta" interpolates differently (docs/training.md).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from zxl.config import ConfigError
 
 T = 999  # the last training timestep
 TERMINAL_ALPHA_BAR = {"comfyui": 4.8973451890853435e-08, "diffusers": 2.0**-24, "zero": 0.0}
-SCHEDULES = ("trailing", "simple", "karras", "exponential")
+SCHEDULES = ("trailing", "simple", "normal", "sgm_uniform", "karras", "exponential", "beta", "ddim_uniform")
+A1111_LABELS = {"trailing": "Trailing", "simple": "Simple", "normal": "Normal", "sgm_uniform": "SGM Uniform",
+                "karras": "Karras", "exponential": "Exponential", "beta": "Beta", "ddim_uniform": "DDIM"}  # fmt: skip
+BETA_ALPHA = BETA_BETA = 0.6  # ComfyUI's KSampler "beta" (the BetaSamplingScheduler node's defaults)
 
 
 def sdxl_betas(n: int = 1000, start: float = 0.00085, end: float = 0.012) -> torch.Tensor:
@@ -77,29 +89,68 @@ def sigma_to_t(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return (idx - 1).to(table.dtype) + w
 
 
+def schedule_name(name: str) -> str:
+    """A schedule given by its ComfyUI name or its A1111 label ("SGM Uniform", "Karras", …) → ours."""
+    key = name.strip().lower().replace(" ", "_")
+    by_label = {v.lower().replace(" ", "_"): k for k, v in A1111_LABELS.items()}
+    if key in SCHEDULES:
+        return key
+    if key in by_label:
+        return by_label[key]
+    raise ConfigError(f"sigma schedule must be one of {', '.join(SCHEDULES)} (or its A1111 label), got '{name}'")
+
+
+def sigma_at(t: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """σ at a fractional timestep, interpolated in log σ between the table's neighbours (ComfyUI's
+    ``ModelSamplingDiscrete.sigma``)."""
+    t = t.to(table.dtype).clamp(0, len(table) - 1)
+    lo, hi = t.floor().long(), t.ceil().long()
+    w = t - lo.to(t.dtype)
+    log_table = table.log()
+    return ((1 - w) * log_table[lo] + w * log_table[hi]).exp()
+
+
+def _table_steps(table: torch.Tensor, steps: int, schedule: str, rho: float) -> torch.Tensor:
+    """σ for each step (no trailing 0), float64, by the schedule's own rule."""
+    n = len(table)  # T + 1
+    if schedule == "trailing":
+        return table[torch.tensor(trailing_timesteps(steps))]
+    if schedule == "simple":
+        ss = n / steps
+        return table[torch.tensor([n - 1 - int(i * ss) for i in range(steps)])]
+    if schedule == "ddim_uniform":
+        ss = max(n // steps, 1)
+        return table[torch.arange(1, n, ss)].flip(0)
+    if schedule == "beta":
+        from scipy.stats import beta
+
+        ts = np.rint(beta.ppf(1 - np.linspace(0, 1, steps, endpoint=False), BETA_ALPHA, BETA_BETA) * (n - 1))
+        keep = [int(t) for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
+        return table[torch.tensor(keep)]
+    s_min, s_max = table[0].item(), table[-1].item()
+    if not math.isfinite(s_max):
+        raise ConfigError(f"the {schedule} schedule needs a finite sigma max: use terminal comfyui or diffusers")
+    if schedule in ("normal", "sgm_uniform"):
+        t = torch.linspace(n - 1, 0, steps + (schedule == "sgm_uniform"), dtype=torch.float64)
+        return sigma_at(t[:steps], table)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    if schedule == "karras":
+        lo, hi = s_min ** (1 / rho), s_max ** (1 / rho)
+        return (hi + ramp * (lo - hi)) ** rho
+    return torch.exp(math.log(s_max) + ramp * (math.log(s_min) - math.log(s_max)))
+
+
 def get_sigmas(steps: int, schedule: str = "trailing", ztsnr: bool = True, terminal: str = "comfyui",
                rho: float = 7.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(sigmas [N+1] ending in 0, timesteps [N]) for N sampling steps, float64."""
+    """(sigmas [M+1] ending in 0, timesteps [M]) for N sampling steps, float64. M = N but for
+    ``beta`` (fewer where timesteps repeat) and ``ddim_uniform`` (⌈T/⌊(T+1)/N⌋⌉), as in ComfyUI."""
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
     if schedule not in SCHEDULES:
         raise ConfigError(f"sigma schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
     table = sigmas_table(ztsnr, terminal)
-    if schedule in ("trailing", "simple"):
-        ts = torch.tensor(trailing_timesteps(steps), dtype=torch.float64)
-        sig = table[ts.long()]
-    else:
-        s_min, s_max = table[0].item(), table[-1].item()
-        if not math.isfinite(s_max):
-            raise ConfigError(f"the {schedule} schedule needs a finite sigma max: use terminal comfyui or diffusers")
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-        if schedule == "karras":
-            lo, hi = s_min ** (1 / rho), s_max ** (1 / rho)
-            sig = (hi + ramp * (lo - hi)) ** rho
-        else:
-            sig = torch.exp(math.log(s_max) + ramp * (math.log(s_min) - math.log(s_max)))
-        ts = sigma_to_t(sig, table)
-    return torch.cat([sig, sig.new_zeros(1)]), ts
+    sig = _table_steps(table, steps, schedule, rho)
+    return torch.cat([sig, sig.new_zeros(1)]), sigma_to_t(sig, table)
 
 
 def format_table(sigmas: torch.Tensor, timesteps: torch.Tensor) -> str:

@@ -53,17 +53,70 @@ def test_modes_against_the_formulas(measure, start, per_channel, p, phi):
     )
 
 
+def extension_scale(scale, mode, minimum, step, max_steps, k):
+    """sd-dynamic-thresholding's ``DynThresh.interpret_scale``, rule for rule (its constants included)."""
+    scale -= minimum
+    frac = step / (max_steps - 1)
+    if mode == "Linear Down":
+        scale *= 1.0 - frac
+    elif mode == "Half Cosine Down":
+        scale *= math.cos(frac)
+    elif mode == "Cosine Down":
+        scale *= math.cos(frac * 1.5707)
+    elif mode == "Linear Up":
+        scale *= frac
+    elif mode == "Half Cosine Up":
+        scale *= 1.0 - math.cos(frac)
+    elif mode == "Cosine Up":
+        scale *= 1.0 - math.cos(frac * 1.5707)
+    elif mode == "Power Up":
+        scale *= math.pow(frac, k)
+    elif mode == "Power Down":
+        scale *= 1.0 - math.pow(frac, k)
+    elif mode == "Linear Repeating":
+        portion = (frac * k) % 1.0
+        scale *= (0.5 - portion) * 2 if portion < 0.5 else (portion - 0.5) * 2
+    elif mode == "Cosine Repeating":
+        scale *= math.cos(frac * 6.28318 * k) * 0.5 + 0.5
+    elif mode == "Sawtooth":
+        scale *= (frac * k) % 1.0
+    return scale + minimum
+
+
+def test_every_mode_of_the_extension():
+    modes = ["Constant", "Linear Down", "Cosine Down", "Half Cosine Down", "Linear Up", "Cosine Up", "Half Cosine Up",
+             "Power Up", "Power Down", "Linear Repeating", "Cosine Repeating", "Sawtooth"]  # fmt: skip
+    assert sorted(SCHEDULES) == sorted(modes)
+
+
 @pytest.mark.parametrize("mode", sorted(SCHEDULES))
-def test_scale_schedules(mode):
-    expected = {
-        "Constant": lambda f: 1.0, "Linear Up": lambda f: f, "Linear Down": lambda f: 1 - f,
-        "Half Cosine Up": lambda f: 1 - math.cos(f), "Half Cosine Down": lambda f: math.cos(f),
-        "Cosine Up": lambda f: 1 - math.cos(math.pi / 2 * f), "Cosine Down": lambda f: math.cos(math.pi / 2 * f),
-        "Power Up": lambda f: f**4, "Power Down": lambda f: 1 - f**4,
-    }[mode]  # fmt: skip
+@pytest.mark.parametrize("k", [1.0, 3.0, 4.0])
+def test_scale_schedules(mode, k):
     for step in range(28):
-        frac = step / 27
-        assert scheduled(7.0, 6.0, mode, step, 28) == pytest.approx((7.0 - 6.0) * expected(frac) + 6.0)
+        got = scheduled(7.0, 5.0, mode, step, 28, power=k)
+        # zxl writes π/2 and 2π where the extension writes 1.5707 and 6.28318: 4e-5 of the angle at most
+        assert got == pytest.approx(extension_scale(7.0, mode, 5.0, step, 28, k), abs=2e-4)
+        if "Cosine" not in mode:
+            assert got == pytest.approx(extension_scale(7.0, mode, 5.0, step, 28, k), abs=1e-12)
+
+
+def test_repeating_modes_cycle_k_times():
+    ups = [scheduled(1.0, 0.0, "Sawtooth", i, 9, power=2.0) for i in range(9)]
+    assert ups == pytest.approx([0, 0.25, 0.5, 0.75, 0, 0.25, 0.5, 0.75, 0], abs=1e-12)
+    tri = [scheduled(1.0, 0.0, "Linear Repeating", i, 5, power=1.0) for i in range(5)]
+    assert tri == pytest.approx([1.0, 0.5, 0.0, 0.5, 1.0])
+    cos = [scheduled(1.0, 0.0, "Cosine Repeating", i, 5, power=2.0) for i in range(5)]
+    assert cos == pytest.approx([1.0, 0.0, 1.0, 0.0, 1.0], abs=1e-12)
+
+
+def test_infotext_uses_the_extension_keys():
+    dt = DynamicThresholding.recipe(7.0, "Sawtooth", 2.0)
+    f = dt.infotext_fields()
+    assert f["Dynamic thresholding enabled"] is True and f["Mimic scale"] == "7"
+    assert f["Mimic mode"] == f["CFG mode"] == "Sawtooth" and f["Mimic scale minimum"] == "6"
+    assert f["Scheduler value"] == "2" and f["Threshold percentile"] == "100"
+    plain = DynamicThresholding(mimic_scale=7.0).infotext_fields()
+    assert "Mimic mode" not in plain and "Scheduler value" not in plain
 
 
 def test_scheduled_scales_reach_the_thresholding():
@@ -81,4 +134,4 @@ def test_bad_options_name_the_choices():
     with pytest.raises(ConfigError, match="AD or STD"):
         DynamicThresholding(measure="MAD")
     with pytest.raises(ConfigError, match="Half Cosine Up"):
-        DynamicThresholding(cfg_mode="Sawtooth")
+        DynamicThresholding(cfg_mode="Saw Tooth")

@@ -57,6 +57,17 @@ def test_zxl_sample_writes_a_grid_and_pngs_with_parameters(tiny_sdxl, tmp_path, 
     params = next(i for i in infos if i["prompt"] == "score_9, 1girl")
     assert params["negative"] == "score_1" and {i["Sampler"] for i in infos} == {"Euler", "DDIM"}
     assert params["Steps"] == "3" and params["Size"] == "32x32" and params["Model"] == "tiny-sdxl"
+    assert params["Schedule type"] == "Trailing" and "Dynamic thresholding enabled" not in params
+    # a ComfyUI scheduler by its A1111 label, and the extension's repeating mode: A1111's own infotext keys
+    again = tmp_path / "again"
+    assert main(["sample", "--model", str(tiny_sdxl), "--prompts", str(prompts), "--out", str(again), "--device",
+                 "cpu", "--schedule", "SGM Uniform", "--dynamic", "--dynamic-mode", "Sawtooth",
+                 "--dynamic-value", "2"]) == 0  # fmt: skip
+    info = parse_infotext(Image.open(next(again.glob("000-*.png"))).text["parameters"])
+    assert info["Schedule type"] == "SGM Uniform" and info["Dynamic thresholding enabled"] == "True"
+    assert info["CFG mode"] == "Sawtooth" and info["Scheduler value"] == "2"
+    assert main(["sample", "--model", str(tiny_sdxl), "--prompts", str(prompts), "--schedule", "align"]) == 2
+    assert "sgm_uniform" in capsys.readouterr().err
     with Image.open(grids[0]) as g:
         assert g.width > 2 * 32 and g.height > 2 * 32
     assert main(["sample", "--model", str(tmp_path), "--prompts", str(prompts)]) == 2

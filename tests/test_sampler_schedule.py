@@ -121,3 +121,123 @@ def test_cfg_rescale_matches_diffusers():
     plain = u + 4.0 * (c - u)
     torch.testing.assert_close(cfg(u, c, 4.0), plain)
     torch.testing.assert_close(cfg(u, c, 4.0, rescale=0.7), rescale_noise_cfg(plain, c, guidance_rescale=0.7))
+
+
+class ComfyModelSampling:
+    """ComfyUI's ``ModelSamplingDiscrete`` with ``zsnr`` (comfy/model_sampling.py) as its rules read:
+    σ from the linear-in-√β schedule in float64, the ZTSNR rescale done on σ with ᾱ_T set to
+    4.8973451890853435e-08, then held as float32; ``timestep`` the nearest table index in log σ,
+    ``sigma`` log-linear between the neighbours of a fractional timestep."""
+
+    def __init__(self, zsnr=True):
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+        ac = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - ac) / ac) ** 0.5
+        if zsnr:
+            s = (1 / (sigmas * sigmas + 1)).sqrt()
+            s0, st = s[0].clone(), s[-1].clone()
+            s = (s - st) * s0 / (s0 - st)
+            ab = s**2
+            ab[-1] = 4.8973451890853435e-08
+            sigmas = ((1 - ab) / ab) ** 0.5
+        self.sigmas, self.log_sigmas = sigmas.float(), sigmas.log().float()
+        self.sigma_min, self.sigma_max = self.sigmas[0], self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return (sigma.log() - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+
+    def sigma(self, t):
+        t = torch.clamp(t.float(), min=0, max=len(self.sigmas) - 1)
+        lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]).exp()
+
+
+def comfy_sigmas(ms: ComfyModelSampling, name: str, steps: int) -> torch.Tensor:
+    """comfy/samplers.py's schedulers, rule for rule."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    if name == "simple":
+        ss = len(ms.sigmas) / steps
+        return torch.FloatTensor([float(ms.sigmas[-(1 + int(x * ss))]) for x in range(steps)] + [0.0])
+    if name in ("normal", "sgm_uniform"):
+        start, end = ms.timestep(ms.sigma_max), ms.timestep(ms.sigma_min)
+        append_zero = True
+        if name == "sgm_uniform":
+            ts = torch.linspace(start, end, steps + 1)[:-1]
+        else:
+            if math.isclose(float(ms.sigma(end)), 0, abs_tol=0.00001):
+                steps, append_zero = steps + 1, False
+            ts = torch.linspace(start, end, steps)
+        sigs = [float(ms.sigma(t)) for t in ts]
+        return torch.FloatTensor(sigs + [0.0] * append_zero)
+    if name == "karras":
+        ramp = torch.linspace(0, 1, steps)
+        lo, hi = float(ms.sigma_min) ** (1 / 7), float(ms.sigma_max) ** (1 / 7)
+        return torch.cat([(hi + ramp * (lo - hi)) ** 7, torch.zeros(1)])
+    if name == "exponential":
+        s = torch.linspace(math.log(float(ms.sigma_max)), math.log(float(ms.sigma_min)), steps).exp()
+        return torch.cat([s, torch.zeros(1)])
+    if name == "beta":
+        ts = np.rint(stats.beta.ppf(1 - np.linspace(0, 1, steps, endpoint=False), 0.6, 0.6) * (len(ms.sigmas) - 1))
+        sigs, last = [], -1
+        for t in ts:
+            if t != last:
+                sigs.append(float(ms.sigmas[int(t)]))
+            last = t
+        return torch.FloatTensor(sigs + [0.0])
+    if name == "ddim_uniform":
+        x = 1
+        if math.isclose(float(ms.sigmas[x]), 0, abs_tol=0.00001):
+            steps, sigs = steps + 1, []
+        else:
+            sigs = [0.0]
+        ss = max(len(ms.sigmas) // steps, 1)
+        while x < len(ms.sigmas):
+            sigs.append(float(ms.sigmas[x]))
+            x += ss
+        return torch.FloatTensor(sigs[::-1])
+    raise AssertionError(name)
+
+
+COMFY = ["simple", "normal", "sgm_uniform", "karras", "exponential", "beta", "ddim_uniform"]
+
+
+@pytest.mark.parametrize("name", COMFY)
+@pytest.mark.parametrize("steps", [1, 2, 7, 20, 28, 30, 50])
+def test_comfyui_schedulers_under_their_names(name, steps):
+    ms = ComfyModelSampling()
+    ref = comfy_sigmas(ms, name, steps)
+    ours, ts = get_sigmas(steps, name, terminal="comfyui")
+    assert ours.shape == ref.shape and len(ts) == len(ours) - 1
+    # ComfyUI holds σ in float32; ours are float64 from the same formulas
+    torch.testing.assert_close(ours.float(), ref, rtol=2e-5, atol=0)
+
+
+def test_simple_is_not_trailing_and_the_default_stays_trailing():
+    """ComfyUI's simple floors i·1000/N where trailing rounds: 28 steps differ at 12 of them."""
+    simple, _ = get_sigmas(28, "simple")
+    trailing, _ = get_sigmas(28, "trailing")
+    differ = int((simple[:-1] != trailing[:-1]).sum())
+    assert differ == 12 and (simple[:-1] / trailing[:-1] - 1).abs().max() < 0.035
+    import inspect
+
+    assert inspect.signature(get_sigmas).parameters["schedule"].default == "trailing"
+
+
+def test_schedule_names_and_a1111_labels():
+    from zxl.sampler.schedule import A1111_LABELS, SCHEDULES, schedule_name
+
+    assert set(A1111_LABELS) == set(SCHEDULES)
+    assert schedule_name("SGM Uniform") == "sgm_uniform" and schedule_name("Karras") == "karras"
+    assert schedule_name("DDIM") == "ddim_uniform" and schedule_name("normal") == "normal"
+    with pytest.raises(ConfigError, match="sgm_uniform"):
+        schedule_name("align_your_steps")
+
+
+@pytest.mark.parametrize("name", ["normal", "sgm_uniform", "karras", "exponential"])
+def test_interpolating_schedules_need_a_finite_sigma_max(name):
+    with pytest.raises(ConfigError, match="finite sigma max"):
+        get_sigmas(10, name, terminal="zero")
