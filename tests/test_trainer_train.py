@@ -173,7 +173,8 @@ def test_export_merge_and_load_back(catalog, tiny_sdxl, tmp_path):
     from zxl.sampler.pipeline import SDXL
     from zxl.trainer.export import merge_and_write
 
-    result = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.save_every=1", "loop.keep_last=4"), log=quiet)
+    result = train(config(catalog, tiny_sdxl, tmp_path / "a", "loop.save_every=1", "loop.keep_last=4",
+                          "loop.export=both"), log=quiet)  # fmt: skip
     exported = Path(result["export"])
     assert exported.suffix == ".safetensors" and exported.with_suffix(".yaml").is_file()
     umask = os.umask(0)
@@ -197,6 +198,26 @@ def test_export_merge_and_load_back(catalog, tiny_sdxl, tmp_path):
     pipe = StableDiffusionXLPipeline.from_single_file(str(exported), config=str(tiny_sdxl), local_files_only=True)
     for name, t in pipe.unet.state_dict().items():
         assert torch.equal(t, trained["unet"][name]), name
+
+    # and the diffusers folder with no settings at all: v-prediction, zero terminal SNR, trailing
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+
+    from zxl.sampler.schedule import trailing_timesteps
+
+    folder = Path(result["export_diffusers"])
+    assert folder.name == exported.stem and (folder / "model_index.json").is_file()
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    assert isinstance(pipe, StableDiffusionXLPipeline) and isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    sc = pipe.scheduler.config
+    assert (sc.prediction_type, sc.rescale_betas_zero_snr, sc.timestep_spacing) == ("v_prediction", True, "trailing")
+    pipe.scheduler.set_timesteps(28)
+    assert pipe.scheduler.timesteps.tolist() == trailing_timesteps(28)
+    for name, t in pipe.unet.state_dict().items():
+        assert torch.equal(t, trained["unet"][name]), name
+    # from_single_file never reads the marker keys: its scheduler is the config folder's, so give it this one
+    single = StableDiffusionXLPipeline.from_single_file(str(exported), config=str(folder), local_files_only=True)
+    assert (single.scheduler.config.prediction_type, single.scheduler.config.timestep_spacing) == (
+        "v_prediction", "trailing")  # fmt: skip
 
     # merge: the mean of the checkpoints, exported as a single file and as a diffusers folder
     ckpts = checkpoint.step_dirs(tmp_path / "a" / "checkpoints")

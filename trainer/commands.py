@@ -35,7 +35,8 @@ def add_commands(sub) -> None:
         description="The weighted average (uniform by default) of checkpoints of one run, in fp32 then cast "
         "(RECIPE.md). Inputs: zxl checkpoint folders or single-file .safetensors. Output: a .safetensors path "
         "writes a single-file SDXL model (A1111/ComfyUI layout, v_pred/ztsnr markers, .yaml beside it); a "
-        "folder path writes a diffusers folder. With one input this is an export.",
+        "folder path writes a diffusers folder whose scheduler config says v-prediction, zero terminal SNR and "
+        "trailing timesteps (diffusers loads it with no settings). With one input this is an export.",
     )
     mg.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     mg.add_argument("--out", required=True, help="output .safetensors file or diffusers folder")
@@ -58,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra.setdefault("data", {})["catalog"] = args.catalog
     cfg = load_config(TrainConfig, args.config, args.overrides, extra)
     result = train(cfg, resume=args.resume)
-    print(f"trained {result['steps']} steps; checkpoint {result['checkpoint']}; export {result.get('export')}")
+    exports = [e for e in (result.get("export"), result.get("export_diffusers")) if e]
+    print(f"trained {result['steps']} steps; checkpoint {result['checkpoint']}; export {', '.join(exports) or None}")
     return 0
 
 

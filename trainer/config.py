@@ -81,6 +81,9 @@ class LoopConfig:
     device: str = "auto"
     cpu_threads: int = num(0, "[0, 4096]")  # torch threads when training on the CPU; 0 = torch's default (one per core)
     progress: bool = True
+    # what the end of a run writes under export/: a single file (ComfyUI, A1111, kohya), a diffusers
+    # folder (diffusers' from_pretrained with no settings: v-prediction, zero SNR, trailing), or both
+    export: str = "single-file"
 
 
 @dataclasses.dataclass
@@ -98,6 +101,7 @@ CHOICES = {
     "loss.huber_schedule": ("snr", "exponential", "constant"),
     "optim.optimizer": ("adafactor", "adamw"),
     "optim.precision": ("fp16", "bf16", "fp32"),
+    "loop.export": ("single-file", "diffusers", "both"),
 }
 
 

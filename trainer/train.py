@@ -428,10 +428,18 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
         from zxl.trainer.export import write_model
 
         # the model in memory holds the last checkpoint's weights and the base's VAE: no reload
-        name = f"{cfg.name}-step-{pos['step']:08d}.safetensors"
-        path = write_model(model, out / "export" / name, cfg.model.v_pred, cfg.model.ztsnr, unet_state=ema)
-        result["export"] = str(path)
-        say(f"exported: {result['export']}")
+        name, kinds = f"{cfg.name}-step-{pos['step']:08d}", cfg.loop.export
+        if kinds in ("single-file", "both"):
+            path = write_model(model, out / "export" / f"{name}.safetensors", cfg.model.v_pred, cfg.model.ztsnr,
+                               unet_state=ema)  # fmt: skip
+            result["export"] = str(path)
+            say(f"exported: {path} (ComfyUI, A1111: the file alone)")
+        if kinds in ("diffusers", "both"):
+            if ema:  # training is over: the U-Net may take the EMA weights for the folder
+                model.unet.load_state_dict({k: v.to(model.unet.dtype) for k, v in ema.items()}, strict=False)
+            path = write_model(model, out / "export" / name, cfg.model.v_pred, cfg.model.ztsnr)
+            result["export_diffusers"] = str(path)
+            say(f"exported: {path} (diffusers: DiffusionPipeline.from_pretrained, no settings)")
     d.barrier()
     if d.main:
         (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1))
