@@ -157,7 +157,7 @@ def test_print_sigmas(capsys):
     assert main(["sample", "--print-sigmas", "--terminal", "diffusers", "--steps", "3"]) == 0
     assert "4095.99" in capsys.readouterr().out
     assert main(["sample", "--print-sigmas", "--schedule", "cosine"]) == 2
-    assert "trailing, simple, karras, exponential" in capsys.readouterr().err
+    assert "trailing, simple, normal, sgm_uniform, karras, exponential, beta, ddim_uniform" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
