@@ -132,6 +132,16 @@ class ClipMlpScorer(EmbeddingScorer):
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
     @torch.inference_mode()
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings from the same CLIP (``zxl eval``'s prompt adherence)."""
+        import open_clip
+
+        tokens = open_clip.get_tokenizer(model_name(self.cfg))(texts).to(self.device)
+        with self._autocast():
+            emb = self.model.encode_text(tokens).float()
+        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
     def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         e = torch.as_tensor(np.asarray(embeddings, np.float32), device=self.device)
         return self.head(e).squeeze(-1).float().cpu().numpy()

@@ -56,6 +56,16 @@ def load_rows(catalog: str | Path, resolution: int) -> pd.DataFrame:
     return ok
 
 
+def held_out(keys, fraction: float) -> np.ndarray:
+    """True for the rows held out of training: those whose key hashes (sha256, as a number in
+    [0, 1)) below ``fraction``. The same keys are held out by every run and by ``zxl eval``."""
+    keys = list(keys)
+    if fraction <= 0:
+        return np.zeros(len(keys), bool)
+    u = [int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], "little") / 2**64 for k in keys]
+    return np.asarray(u) < fraction
+
+
 def rng_for(*parts) -> random.Random:
     """A generator keyed by its parts (seed, epoch, …): the same parts give the same draws anywhere."""
     digest = hashlib.sha256(repr(parts).encode()).digest()

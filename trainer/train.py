@@ -25,7 +25,16 @@ import torch
 from zxl.config import ConfigError, config_hash, dump_yaml, to_dict
 from zxl.trainer import checkpoint
 from zxl.trainer.config import TrainConfig, validate
-from zxl.trainer.data import buckets_for, caption, caption_fields, check_plan, epoch_plan, load_rows, rng_for
+from zxl.trainer.data import (
+    buckets_for,
+    caption,
+    caption_fields,
+    check_plan,
+    epoch_plan,
+    held_out,
+    load_rows,
+    rng_for,
+)
 from zxl.trainer.distributed import Dist
 from zxl.trainer.latents import LatentCache, tensor_hash
 from zxl.trainer.loss import AdaptiveWeighting, Schedule, huber_c, per_sample_loss
@@ -115,6 +124,10 @@ class Data:
     @classmethod
     def load(cls, cfg: TrainConfig) -> Data:
         rows = load_rows(cfg.data.catalog, cfg.data.resolution)
+        if cfg.data.holdout:
+            rows = rows[~held_out(rows.key, cfg.data.holdout)].reset_index(drop=True)
+            if rows.empty:
+                raise ConfigError(f"data.holdout: {cfg.data.holdout} holds out every trainable row")
         original = list(zip(rows.original_height.fillna(rows.height).astype(int).tolist(),
                             rows.original_width.fillna(rows.width).astype(int).tolist(), strict=True))  # fmt: skip
         return cls(rows, caption_fields(rows), rows.shard.tolist(), rows.key.tolist(), original,

@@ -1,0 +1,383 @@
+"""``zxl eval``: does a checkpoint give what its users trained for? Five measures on a fixed set
+of samples and held-out rows (trainer/metrics.py has the formulas):
+
+1. **score-tag steering**: the same prompts with ``score_1`` … ``score_9`` (and no score tag),
+   scored by the catalog's own scorer; the mean per tag and Spearman's ρ across tags;
+2. **variety**: the Vendi score of the samples over seeds, per prompt, with and without a score tag
+   (on the scorer's embeddings, or scorers/pixels.py's weight-free ones);
+3. **tone** of the samples against the catalog's training images (grey, washed out, dark);
+4. **prompt adherence** (CLIP score, 100·cos) when the catalog's scorer is a CLIP model; said to be
+   skipped otherwise;
+5. **validation loss**: the plain v-prediction MSE on held-out rows at fixed timesteps (the middle
+   of each band) and fixed noise, bit-identical across runs, overall and per band.
+
+Held-out rows are the catalog's trainable rows whose key hashes below ``holdout``
+(trainer/data.py ``held_out``); a run with ``data.holdout`` of the same value never trained on
+them. Prompts are their captions with the score tag swapped, in the card's three styles (tag
+soup, natural language, mixed) where a row has a sentence. Each sample PNG carries its A1111
+parameters. ``evaluate`` writes ``report.json``, ``report.md``, plots and one grid per checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from zxl.config import ConfigError
+from zxl.trainer import metrics
+from zxl.trainer.data import buckets_for, held_out, load_rows, rng_for
+
+TAGS = tuple(range(1, 10))
+STYLE_WEIGHTS = {"tags": (1, 0, 0), "natural": (0, 1, 0), "mixed": (0, 0, 1)}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``zxl eval`` renders and measures (the same for every checkpoint of one report)."""
+
+    prompts: int = 3  # held-out rows whose captions become prompts
+    seeds: int = 3  # samples per prompt and tag: the variety measure's set
+    steps: int = 20
+    cfg: float = 4.0
+    sampler: str = "euler"
+    resolution: int = 1024  # the bucket area samples are drawn at (the training resolution)
+    holdout: float = 0.1  # the held-out fraction (the run's data.holdout)
+    val_rows: int = 16  # held-out rows in the validation loss
+    bands: int = 10  # timestep bands of the validation loss, one fixed timestep each
+    seed: int = 0
+    images: bool = True  # write every sample as a PNG with its parameters
+
+    def __post_init__(self):
+        for name, lo in (("prompts", 1), ("seeds", 2), ("steps", 1), ("val_rows", 1), ("bands", 1)):
+            if getattr(self, name) < lo:
+                raise ConfigError(f"--{name.replace('_', '-')}: at least {lo}, got {getattr(self, name)}")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"--holdout: a fraction in (0, 1), got {self.holdout}")
+        if self.resolution % 64:
+            raise ConfigError(f"--resolution: a multiple of 64, got {self.resolution}")
+
+
+@dataclass
+class Prompt:
+    style: str
+    body: str  # the caption without a score tag
+    width: int
+    height: int
+    key: str
+
+    def text(self, tag: int | None) -> str:
+        return f"score_{tag}, {self.body}" if tag else self.body
+
+
+@dataclass
+class EvalSet:
+    """What every checkpoint is measured on: prompts, held-out rows, the training images' tone."""
+
+    catalog: Path
+    config: EvalConfig
+    rows: pd.DataFrame  # held-out trainable rows
+    prompts: list[Prompt]
+    train_tone: dict
+    scorer: object
+    edges: list[float]
+    clip: str | None  # why prompt adherence is skipped, or None when it runs
+    buckets: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, catalog: str | Path, cfg: EvalConfig) -> EvalSet:
+        from zxl.catalog.schema import read_manifest
+        from zxl.scorers.config import ScoreConfig
+        from zxl.scorers.registry import build_scorer
+
+        catalog = Path(catalog)
+        rows = load_rows(catalog, cfg.resolution)
+        mask = held_out(rows.key, cfg.holdout)
+        test, train = rows[mask].reset_index(drop=True), rows[~mask].reset_index(drop=True)
+        if test.empty:
+            raise ConfigError(f"--holdout {cfg.holdout}: no held-out rows in {catalog} ({len(rows)} trainable); "
+                              "raise it (and data.holdout of the runs it evaluates)")  # fmt: skip
+        buckets = buckets_for(cfg.resolution)
+        manifest = read_manifest(catalog)
+        score_cfg = ScoreConfig(**manifest["config"]["score"])
+        scorer = build_scorer(score_cfg)
+        clip = (
+            None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
+        )
+        order = sorted(range(len(test)), key=lambda i: rng_for("prompt", cfg.seed, test.key[i]).random())
+        prompts = [_prompt(test.iloc[i], n, cfg, buckets) for n, i in enumerate(order[: cfg.prompts])]
+        images = _images(catalog, train.sample(n=min(64, len(train)), random_state=cfg.seed) if len(train) else test,
+                         buckets)  # fmt: skip
+        return cls(catalog, cfg, test, prompts, metrics.tone_summary(images), scorer,
+                   manifest["score_edges"]["edges"], clip, buckets)  # fmt: skip
+
+
+def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets) -> Prompt:
+    from zxl.catalog.captions import build_caption
+    from zxl.trainer.data import caption_fields
+
+    fields = caption_fields(row.to_frame().T)[0] | {"score": None}
+    style = ("tags", "natural", "mixed")[n % 3] if fields.get("caption") else "tags"
+    body = build_caption(fields, rng_for("eval-caption", cfg.seed, row.key), STYLE_WEIGHTS[style])
+    w, h = buckets[int(row.bucket_index)]
+    return Prompt(style, body, w, h, row.key)
+
+
+def _images(catalog: Path, rows: pd.DataFrame, buckets) -> list:
+    from zxl.catalog.images import ImageStore
+    from zxl.trainer.latents import cover_crop, load_rgb
+
+    store = ImageStore(catalog)
+    out = []
+    for r in rows.itertuples():
+        data, _ = store.get(r.shard, r.shard_key)
+        out.append(cover_crop(load_rgb(data), *buckets[int(r.bucket_index)])[0])
+    return out
+
+
+# ----------------------------------------------------------------------------- the five measures
+
+
+def render(model, es: EvalSet, folder: Path | None, log=print) -> list[dict]:
+    """Every sample: for each prompt, no tag and score_1..9, each seed. Returns one dict a sample."""
+    from zxl.sampler.grid import save_png
+    from zxl.sampler.pipeline import Sampling, generate
+    from zxl.sampler.prompts import Prompt as SamplePrompt
+    from zxl.sampler.prompts import infotext
+
+    cfg, out = es.config, []
+    for pi, p in enumerate(es.prompts):
+        for tag in (None, *TAGS):
+            for s in range(cfg.seeds):
+                sp = SamplePrompt(prompt=p.text(tag), negative="", width=p.width, height=p.height,
+                                  seed=cfg.seed * 1000 + pi * 100 + s, cfg=cfg.cfg, steps=cfg.steps,
+                                  sampler=cfg.sampler)  # fmt: skip
+                image = generate(model, sp, Sampling())
+                if folder is not None and cfg.images:
+                    name = f"p{pi}-{'none' if tag is None else f'score{tag}'}-s{s}.png"
+                    save_png(image, folder / name, infotext(sp, model_name=model.name, model_hash=model.hash,
+                                                            **{"Schedule type": "Trailing"}))  # fmt: skip
+                out.append({"prompt": pi, "tag": tag, "seed": s, "image": image})
+        log(f"eval: prompt {pi + 1}/{len(es.prompts)} rendered")
+    return out
+
+
+def score_samples(es: EvalSet, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(raw scores, embeddings) of the samples, by the catalog's scorer."""
+    images = [s["image"] for s in samples]
+    scorer = es.scorer
+    if scorer.embeds:
+        emb = np.asarray(scorer.embed(scorer.collate([scorer.prepare(im) for im in images])), np.float32)
+        raw = np.asarray(scorer.score_embeddings(emb), np.float32)
+    else:
+        from zxl.scorers.pixels import pixel_embeddings
+
+        raw, emb = scorer.score_images(images), pixel_embeddings(images)
+    return raw, emb
+
+
+def steering_and_variety(es: EvalSet, samples: list[dict], raw: np.ndarray, emb: np.ndarray) -> tuple[dict, dict]:
+    from zxl.pipeline.calibrate import apply_edges
+
+    calibrated = np.asarray(apply_edges(raw, es.edges), np.float64)
+    per_tag = {t: [float(raw[i]) for i, s in enumerate(samples) if s["tag"] == t] for t in TAGS}
+    steer = metrics.steering(per_tag)
+    none = [float(raw[i]) for i, s in enumerate(samples) if s["tag"] is None]
+    steer["mean"]["none"] = float(np.mean(none))
+    steer["calibrated"] = {f"score_{t}": float(np.mean([calibrated[i] for i, s in enumerate(samples) if s["tag"] == t]))
+                           for t in TAGS}  # fmt: skip
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault((s["prompt"], s["tag"]), []).append(i)
+    with_tags = [metrics.vendi(emb[ix]) for (p, t), ix in groups.items() if t is not None]
+    without = [metrics.vendi(emb[ix]) for (p, t), ix in groups.items() if t is None]
+    dist_with = [metrics.mean_pairwise_distance(emb[ix]) for (p, t), ix in groups.items() if t is not None]
+    dist_without = [metrics.mean_pairwise_distance(emb[ix]) for (p, t), ix in groups.items() if t is None]
+    by_tag = {f"score_{t}": float(np.mean([metrics.vendi(emb[ix]) for (p, tt), ix in groups.items() if tt == t]))
+              for t in TAGS}  # fmt: skip
+    variety = {"vendi_with_score_tags": float(np.mean(with_tags)), "vendi_without_score_tags": float(np.mean(without)),
+               "distance_with_score_tags": float(np.mean(dist_with)),
+               "distance_without_score_tags": float(np.mean(dist_without)), "vendi_by_tag": by_tag,
+               "seeds": es.config.seeds}  # fmt: skip
+    return steer, variety
+
+
+@torch.no_grad()
+def validation_loss(model, es: EvalSet) -> dict:
+    """Plain v-prediction MSE on the first ``val_rows`` held-out rows, each at every band's middle
+    timestep with noise keyed by (seed, row, t): the same numbers on every run."""
+    from zxl.trainer.latents import to_tensor
+    from zxl.trainer.loss import Schedule
+
+    cfg = es.config
+    rows = es.rows.iloc[: cfg.val_rows]
+    edges = [round(i * 1000 / cfg.bands) for i in range(cfg.bands + 1)]
+    ts = torch.tensor([(lo + hi - 1) // 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
+    schedule = Schedule(model.ztsnr, "cpu")
+    images = _images(es.catalog, rows, es.buckets)
+    from zxl.catalog.captions import build_caption
+    from zxl.trainer.data import caption_fields
+
+    fields = caption_fields(rows)
+    all_t, all_loss = [], []
+    dev, dtype = model.device, model.dtype
+    for i, (image, r) in enumerate(zip(images, rows.itertuples(), strict=True)):
+        x = to_tensor(image)[None].to(dev, torch.float32)
+        z0 = (model.vae.encode(x.to(model.vae.dtype)).latent_dist.mean * model.vae.config.scaling_factor).float().cpu()
+        g = torch.Generator().manual_seed(int.from_bytes(rng_for("val-noise", cfg.seed, r.key).randbytes(4), "little"))
+        noise = torch.randn((len(ts), *z0.shape[1:]), generator=g)
+        x_t, target = schedule.noisy_and_target(z0.expand(len(ts), -1, -1, -1), noise, ts, None)
+        text = build_caption(fields[i], random.Random(0), STYLE_WEIGHTS["tags"])
+        emb, pooled = model.encode([text])
+        w, h = es.buckets[int(r.bucket_index)]
+        oh = int(r.original_height) if not pd.isna(r.original_height) else int(r.height)
+        ow = int(r.original_width) if not pd.isna(r.original_width) else int(r.width)
+        ids = torch.tensor([[oh, ow, 0, 0, h, w]] * len(ts), dtype=emb.dtype, device=dev)
+        cond = {"text_embeds": pooled.expand(len(ts), -1), "time_ids": ids}
+        pred = model.unet(x_t.to(dev, dtype), ts.to(dev), encoder_hidden_states=emb.expand(len(ts), -1, -1),
+                          added_cond_kwargs=cond).sample.float().cpu()  # fmt: skip
+        all_loss.append(((pred - target) ** 2).mean(dim=(1, 2, 3)).double())
+        all_t.append(ts)
+    t, loss = torch.cat(all_t).numpy(), torch.cat(all_loss).numpy()
+    return {"mean": float(loss.mean()), "bands": metrics.band_means(t, loss, edges), "rows": len(rows),
+            "timesteps": ts.tolist()}  # fmt: skip
+
+
+def clip_adherence(es: EvalSet, samples: list[dict]) -> dict:
+    """100·cos(image, prompt) under the catalog scorer's CLIP model, when it is one."""
+    if es.clip is not None:
+        return {"skipped": es.clip}
+    scorer = es.scorer
+    texts = [es.prompts[s["prompt"]].text(s["tag"]) for s in samples]
+    img = scorer.embed(scorer.collate([scorer.prepare(s["image"]) for s in samples]))
+    txt = scorer.embed_text(texts)
+    sims = 100 * (np.asarray(img) * np.asarray(txt)).sum(axis=1)
+    return {"mean": float(sims.mean()), "with_score_tags": float(sims[[s["tag"] is not None for s in samples]].mean())}
+
+
+def evaluate_model(model, es: EvalSet, folder: Path | None = None, log=print) -> dict:
+    """The five measures for one loaded model; samples under ``folder`` when given."""
+    samples = render(model, es, folder, log)
+    raw, emb = score_samples(es, samples)
+    steer, variety = steering_and_variety(es, samples, raw, emb)
+    tone = metrics.tone_summary([s["image"] for s in samples])
+    result = {
+        "steering": steer,
+        "variety": variety,
+        "tone": {"samples": tone, "training": es.train_tone, "flags": metrics.tone_flags(tone, es.train_tone)},
+        "clip": clip_adherence(es, samples),
+        "val_loss": validation_loss(model, es),
+    }
+    if folder is not None:
+        _grid(samples, es, folder / "grid.png")
+    return result
+
+
+def _grid(samples: list[dict], es: EvalSet, path: Path) -> None:
+    from zxl.sampler.grid import make_grid, save_png
+
+    rows = []
+    for pi in range(len(es.prompts)):
+        rows.append([s["image"] for s in samples if s["prompt"] == pi and s["seed"] == 0])
+    labels = ["no score tag", *(f"score_{t}" for t in TAGS)]
+    save_png(make_grid(rows, labels, [f"{p.style}: {p.body[:30]}" for p in es.prompts]), path, "")
+
+
+# ----------------------------------------------------------------------------- models and the report
+
+
+def model_refs(refs: list[str]) -> list[Path]:
+    """Each reference as given, a run's checkpoints folder expanded to its step folders."""
+    from zxl.trainer import checkpoint
+
+    out = []
+    for ref in refs:
+        p = Path(ref)
+        if not p.exists():
+            raise ConfigError(f"--model {ref}: no such file or folder")
+        steps = checkpoint.step_dirs(p)
+        out += steps if steps else [p]
+    return out
+
+
+def load_model(ref: Path, device: str = "auto", precision: str = "fp32", config: str | None = None,
+               base: str | None = None, ema: bool = True):  # fmt: skip
+    """(model, step or None) from a single file, a diffusers folder or a zxl checkpoint folder."""
+    from zxl.sampler.pipeline import SDXL
+
+    if (ref / "meta.json").is_file() and (ref / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        from zxl.trainer import checkpoint
+        from zxl.trainer.export import _complete
+
+        meta = json.loads((ref / "meta.json").read_text())
+        base = base or meta.get("base") or ""
+        if not base or not Path(base).exists():
+            raise ConfigError(f"--base: the base model {base!r} that {ref} was trained from is not here; give --base")
+        cfg_dir = config if config is not None else meta["config"]["model"].get("config") or None
+        model = _complete(checkpoint.split(load_file(ref / "model.safetensors"), ema=ema), base, cfg_dir)
+        model.v_pred, model.ztsnr = meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"]
+        model.name = f"{ref.parent.parent.name}-{ref.name}"
+        return model, int(meta["step"])
+    model = SDXL.load(ref, device, precision, config=config)
+    m = re.search(r"step-0*(\d+)", ref.name)
+    return model, int(m.group(1)) if m else None
+
+
+def evaluate(refs: list[str], catalog: str, out: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
+             config: str | None = None, base: str | None = None, log=print) -> dict:  # fmt: skip
+    """``zxl eval``: every checkpoint of ``refs`` on one EvalSet; writes the report under ``out``."""
+    out = Path(out)
+    paths = model_refs(refs)
+    es = EvalSet.build(catalog, cfg)
+    log(f"eval: {len(paths)} model(s), {len(es.prompts)} prompts × 10 tags × {cfg.seeds} seeds, "
+        f"{min(cfg.val_rows, len(es.rows))} held-out rows for the validation loss")  # fmt: skip
+    results = []
+    for n, path in enumerate(paths):
+        model, step = load_model(path, device, "fp32", config, base)
+        name = f"{n:02d}-{path.stem if path.is_file() else path.name}"
+        log(f"eval: {name}")
+        r = evaluate_model(model, es, out / name, log)
+        results.append({"name": name, "model": str(path), "step": step, **r})
+        del model
+    report = {"catalog": str(catalog), "config": asdict(cfg), "prompts": [asdict(p) for p in es.prompts],
+              "held_out_rows": len(es.rows), "checkpoints": results}  # fmt: skip
+    write_report(report, out)
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    """report.json, the plots and report.md."""
+    from zxl.trainer.plots import plot_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True))
+    plots = plot_report(report, out)
+    lines = [f"# zxl eval — {report['catalog']}", "",
+             f"{len(report['prompts'])} prompts × (no tag, score_1 … score_9) × {report['config']['seeds']} seeds, "
+             f"{report['config']['steps']} steps, CFG {report['config']['cfg']:g}; validation loss on "
+             f"{report['checkpoints'][0]['val_loss']['rows']} held-out rows.", "",
+             "| checkpoint | step | score_1 → score_9 (raw) | ρ | Vendi with / without tags | tone flags | "
+             "CLIP | val loss |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for c in report["checkpoints"]:
+        m = c["steering"]["mean"]
+        clip = c["clip"].get("mean")
+        lines.append(
+            f"| {c['name']} | {c['step'] if c['step'] is not None else ''} | {m['score_1']:.3f} → {m['score_9']:.3f} | "
+            f"{c['steering']['spearman']:.2f} | {c['variety']['vendi_with_score_tags']:.2f} / "
+            f"{c['variety']['vendi_without_score_tags']:.2f} | {', '.join(c['tone']['flags']) or 'none'} | "
+            f"{'skipped' if clip is None else f'{clip:.1f}'} | {c['val_loss']['mean']:.4f} |"
+        )
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    skipped = {c["clip"].get("skipped") for c in report["checkpoints"]} - {None}
+    if skipped:
+        lines += ["", f"Prompt adherence skipped: {'; '.join(sorted(skipped))}."]
+    lines += ["", "Grids: " + ", ".join(f"[{c['name']}]({c['name']}/grid.png)" for c in report["checkpoints"])]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
