@@ -8,7 +8,7 @@ the comparison, as with CLIP embeddings:
     thumbnail   an 8×8 area-averaged copy in one luma and two opponent-colour channels
                 (Y = BT.601 luma, rg = R − G, yb = (R + G)/2 − B; each in [−1, 1], luma centred) — 192
     tone        mean and standard deviation of luma, mean HSV saturation, Hasler–Süsstrunk
-                colourfulness (scaled by 1/100) — 4
+                colourfulness (scaled by 1/100), each less a typical value — 4
     texture     the energy of the gradient in 8 orientations, at full size and at half size
                 (sharp detail and coarse edges), each normalised to sum 1 — 16
     hue         a 12-bin histogram of hue weighted by saturation, summing to 1 — 12
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 DIM = 192 + 4 + 16 + 12
-WEIGHTS = {"thumbnail": 1.0, "tone": 2.0, "texture": 2.0, "hue": 2.0}  # parts of similar norm
+WEIGHTS = {"thumbnail": 4.0, "tone": 2.0, "texture": 3.0, "hue": 4.0}  # parts of similar norm on typical images
 
 
 def _orientation_energy(y: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -58,7 +58,7 @@ def pixel_embedding(image: Image.Image) -> np.ndarray:
     sat = hsv[..., 1]
     rg, yb = (r - g) * 255, ((r + g) / 2 - b) * 255
     colourful = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
-    tone = np.array([y.mean() - 0.5, y.std(), sat.mean(), colourful / 100], np.float32)
+    tone = np.array([y.mean() - 0.5, y.std() - 0.2, sat.mean() - 0.4, colourful / 100 - 0.4], np.float32)
     half = y[::2, ::2] if min(y.shape) >= 16 else y
     texture = np.concatenate([_orientation_energy(y), _orientation_energy(half)]) - 1.0 / 8
     hue_idx = np.minimum((hsv[..., 0] * 12).astype(int), 11)

@@ -125,8 +125,8 @@ def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets) -> Prompt:
     fields = caption_fields(row.to_frame().T)[0] | {"score": None}
     style = ("tags", "natural", "mixed")[n % 3] if fields.get("caption") else "tags"
     body = build_caption(fields, rng_for("eval-caption", cfg.seed, row.key), STYLE_WEIGHTS[style])
-    w, h = buckets[int(row.bucket_index)]
-    return Prompt(style, body, w, h, row.key)
+    w, h = buckets[int(row.bucket_index)]  # the sampler takes multiples of 8 (small resolutions' buckets are not)
+    return Prompt(style, body, max(8, w // 8 * 8), max(8, h // 8 * 8), row.key)
 
 
 def _images(catalog: Path, rows: pd.DataFrame, buckets) -> list:
