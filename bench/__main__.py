@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import catalog, fetch, sampling, scoring, tagging, training
+from bench import catalog, evaluation, fetch, sampling, scoring, tagging, training
 
 ENTRIES = {
     "fetch": fetch.run,
@@ -28,6 +28,7 @@ ENTRIES = {
     "catalog": catalog.run,
     "sampling": sampling.run,
     "training": training.run,
+    "eval": evaluation.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -51,8 +51,12 @@ def test_the_plan_covers_shapes_modes_and_sizes():
     assert {0.57, 1.0, 1.75, 0.33, 3.0} <= aspects  # recipe buckets and odd ones
     assert {i.fmt for i in good} == {"jpg", "png", "webp"}
     assert {i.mode for i in good} == {"RGB", "RGBA", "L", "P", "CMYK"}
-    long_sides = [max(i.width, i.height) for i in good]  # the downscaled rungs give the 256s
-    assert min(long_sides) == 256 and max(long_sides) == 2048
+    ladder = [max(i.width, i.height) for i in good if not i.single]  # the downscaled rungs give the 256s
+    assert min(ladder) == 256 and max(ladder) == 2048
+    singles = [i for i in good if i.single]  # half the pictures, each served once, every rung among them
+    assert 0.35 < len({i.picture for i in singles}) / len({i.picture for i in good}) < 0.65
+    assert {i.variant for i in singles} == set(LADDER)
+    assert min(max(i.width, i.height) for i in singles if i.variant == "downscaled") == 48
 
 
 def test_deterministic_from_the_seed(tmp_path):

@@ -29,7 +29,7 @@ def train_config(catalog, tiny_sdxl, out, *extra) -> TrainConfig:
     return load_config(TrainConfig, [], [
         f"model.base={tiny_sdxl}", f"data.catalog={catalog}", "data.resolution=64", "data.holdout=0.3",
         "optim.batch_size=2", "optim.grad_accum=1", "optim.precision=fp32", "optim.gradient_checkpointing=false",
-        "loop.max_steps=2", "loop.save_every=1", "loop.keep_last=2", "loop.sample_every=0", "loop.log_every=1",
+        "loop.max_steps=2", "loop.save_every=1", "loop.keep_last=1", "loop.sample_every=0", "loop.log_every=1",
         f"loop.output={out}", "loop.progress=false", *extra,
     ])  # fmt: skip
 
@@ -40,15 +40,30 @@ def test_eval_of_a_run_and_a_model(catalog, tiny_sdxl, tmp_path):
     cfg = train_config(catalog, tiny_sdxl, tmp_path / "run")
     trained_keys = set(Data.load(cfg).keys)
     assert trained_keys and not any(held_out(sorted(trained_keys), 0.3))  # training never sees held-out rows
-    train(cfg, log=lambda *a, **k: None)
+    quiet = lambda *a, **k: None  # noqa: E731
+    plain = train(cfg, log=quiet)
+    # the same run evaluating as it goes: eval.csv, and the very same losses (eval leaves the RNG alone)
+    logged = train(train_config(catalog, tiny_sdxl, tmp_path / "logged", "loop.eval_every=1", "loop.eval_prompts=1",
+                                "loop.eval_rows=2", "loop.sample_steps=1", "loop.keep_last=2"), log=quiet)  # fmt: skip
+    assert logged["losses"] == plain["losses"]
+    rows = (tmp_path / "logged" / "eval.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["step", "val_loss", "spearman"] and len(rows) == 3
+    assert (tmp_path / "logged" / "eval" / "step-00000002" / "grid.png").is_file()
+    merged = tmp_path / "best.safetensors"
+    assert main(["merge", str(tmp_path / "logged"), "--best", "1", "--by", "val_loss", "--out", str(merged)]) == 0
+    assert merged.is_file()
+    assert main(["merge", str(tmp_path / "run"), "--best", "1", "--out", str(merged)]) == 2  # no eval.csv there
+    assert main(["merge", str(tmp_path / "logged"), "--best", "1", "--by", "beauty", "--out", str(merged)]) == 2
+    with pytest.raises(ConfigError, match="loop.eval_every: needs data.holdout"):
+        train(train_config(catalog, tiny_sdxl, tmp_path / "x", "loop.eval_every=1", "data.holdout=0"), log=quiet)
     out = tmp_path / "eval"
     argv = ["eval", "--model", str(tmp_path / "run" / "checkpoints"), "--model", str(tiny_sdxl), "--catalog",
-            str(catalog), "--out", str(out), "--prompts", "2", "--seeds", "2", "--steps", "2", "--resolution", "64",
+            str(catalog), "--out", str(out), "--prompts", "1", "--seeds", "2", "--steps", "2", "--resolution", "64",
             "--holdout", "0.3", "--val-rows", "2"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     names = [c["name"] for c in report["checkpoints"]]
-    assert [c["step"] for c in report["checkpoints"]] == [1, 2, None] and len(set(names)) == 3
+    assert [c["step"] for c in report["checkpoints"]] == [2, None] and len(set(names)) == 2
     assert all(held_out([p["key"]], 0.3)[0] for p in report["prompts"])
     for c in report["checkpoints"]:
         assert set(c["steering"]["mean"]) == {f"score_{t}" for t in range(1, 10)} | {"none"}
@@ -61,10 +76,10 @@ def test_eval_of_a_run_and_a_model(catalog, tiny_sdxl, tmp_path):
         assert "no CLIP model configured" in c["clip"]["skipped"]
         assert len(c["val_loss"]["bands"]) == 10 and np.isfinite(c["val_loss"]["mean"])
         folder = out / c["name"]
-        assert (folder / "grid.png").is_file() and len(list(folder.glob("p*-*.png"))) == 2 * 10 * 2
-        info = parse_infotext(Image.open(folder / "p1-score9-s1.png").text["parameters"])
+        assert (folder / "grid.png").is_file() and len(list(folder.glob("p*-*.png"))) == 10 * 2
+        info = parse_infotext(Image.open(folder / "p0-score9-s1.png").text["parameters"])
         assert info["prompt"].startswith("score_9, ") and info["Steps"] == "2" and info["Size"]
-        none = parse_infotext(Image.open(folder / "p1-none-s0.png").text["parameters"])
+        none = parse_infotext(Image.open(folder / "p0-none-s0.png").text["parameters"])
         assert not none["prompt"].startswith("score_")
     md = (out / "report.md").read_text()
     for plot in ("steering", "variety", "tone", "val_loss"):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from zxl.commands import add_config_args
-from zxl.config import load_config
+from zxl.config import ConfigError, load_config
 
 
 def add_commands(sub) -> None:
@@ -44,6 +44,12 @@ def add_commands(sub) -> None:
     mg.add_argument("--base", help="checkpoint folders only: the base model supplying the VAE and frozen parts "
                     "(default: the base recorded in the checkpoint)")  # fmt: skip
     mg.add_argument("--ema", action="store_true", help="take the U-Net from the EMA weights when present")
+    mg.add_argument("--best", type=int, metavar="K",
+                    help="merge the K checkpoints of a run (give its output or checkpoints folder) with the best "
+                    "eval figure, from the eval.csv that loop.eval_every writes")  # fmt: skip
+    mg.add_argument("--by", default="val_loss", metavar="METRIC",
+                    help="--best: val_loss (lowest), or spearman, steering_gap, score_9, vendi_with_tags, "
+                    "vendi_without_tags, clip (highest); default val_loss")  # fmt: skip
 
     mg.set_defaults(run=cmd_merge)
 
@@ -101,7 +107,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from zxl.trainer.export import merge_and_write
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    out = merge_and_write([Path(p) for p in args.checkpoints], Path(args.out), weights, args.base, args.ema)
+    paths = [Path(p) for p in args.checkpoints]
+    if args.best is not None:
+        from zxl.trainer.export import best_checkpoints
+
+        if len(paths) != 1:
+            raise ConfigError("--best: give one run folder (or its checkpoints folder), not several checkpoints")
+        chosen = best_checkpoints(paths[0], args.best, args.by)
+        for path, value in chosen:
+            print(f"{path.name}: {args.by} {value:.5g}")
+        paths = [p for p, _ in chosen]
+    out = merge_and_write(paths, Path(args.out), weights, args.base, args.ema)
     print(out)
     return 0
 

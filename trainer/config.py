@@ -77,6 +77,10 @@ class LoopConfig:
     sample_every: int = num(500, "[0, inf)")  # 0 = no validation grids
     prompts: str = "configs/sample/validation.txt"  # kohya prompt file for the validation grids
     sample_steps: int = num(28, "[1, 1000]")
+    eval_every: int = num(0, "[0, inf)")  # 0 = never; else zxl eval's measures on data.holdout rows → eval.csv
+    eval_prompts: int = num(2, "[1, 1000]")  # held-out captions sampled with score_1..9 and none
+    eval_seeds: int = num(2, "[2, 100]")  # seeds per prompt and tag (the variety set)
+    eval_rows: int = num(8, "[1, 100000]")  # held-out rows in the validation loss
     log_every: int = num(10, "[1, inf)")
     max_nan_steps: int = num(10, "[1, inf)")  # a non-finite loss skips the step; this many in a row stops the run
     device: str = "auto"
@@ -126,5 +130,7 @@ def validate(cfg: TrainConfig) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"{key}: must be at least 1")
+    if cfg.loop.eval_every and not cfg.data.holdout:
+        raise ConfigError("loop.eval_every: needs data.holdout > 0 (the rows zxl eval measures, kept out of training)")
     if cfg.loss.huber_c <= 0 or cfg.loss.huber_c > 1:
         raise ConfigError(f"loss.huber_c: {cfg.loss.huber_c} is not in (0, 1]")

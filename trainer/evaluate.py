@@ -105,7 +105,7 @@ class EvalSet:
                               "raise it (and data.holdout of the runs it evaluates)")  # fmt: skip
         buckets = buckets_for(cfg.resolution)
         manifest = read_manifest(catalog)
-        score_cfg = ScoreConfig(**manifest["config"]["score"])
+        score_cfg = ScoreConfig(**manifest.get("config", {}).get("score", {}))  # a bare manifest: the technical one
         scorer = build_scorer(score_cfg)
         clip = (
             None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
@@ -115,7 +115,7 @@ class EvalSet:
         images = _images(catalog, train.sample(n=min(64, len(train)), random_state=cfg.seed) if len(train) else test,
                          buckets)  # fmt: skip
         return cls(catalog, cfg, test, prompts, metrics.tone_summary(images), scorer,
-                   manifest["score_edges"]["edges"], clip, buckets)  # fmt: skip
+                   manifest.get("score_edges", {}).get("edges", []), clip, buckets)  # fmt: skip
 
 
 def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets) -> Prompt:
@@ -277,6 +277,24 @@ def evaluate_model(model, es: EvalSet, folder: Path | None = None, log=print) ->
     if folder is not None:
         _grid(samples, es, folder / "grid.png")
     return result
+
+
+def figures(result: dict) -> dict:
+    """One flat row of an eval result: what training logs and ``zxl merge --best --by`` ranks."""
+    st, v, tone = result["steering"], result["variety"], result["tone"]
+    row = {"val_loss": result["val_loss"]["mean"], "spearman": st["spearman"], "score_1": st["mean"]["score_1"],
+           "score_9": st["mean"]["score_9"], "score_none": st["mean"]["none"],
+           "steering_gap": st["mean"]["score_9"] - st["mean"]["score_1"],
+           "vendi_with_tags": v["vendi_with_score_tags"], "vendi_without_tags": v["vendi_without_score_tags"],
+           **{k: tone["samples"][k] for k in metrics.TONE_KEYS},
+           "tone_flags": " ".join(tone["flags"]) or "none"}  # fmt: skip
+    if "mean" in result["clip"]:
+        row["clip"] = result["clip"]["mean"]
+    return row
+
+
+LOWER_IS_BETTER = {"val_loss"}
+RANKED = ("val_loss", "spearman", "steering_gap", "score_9", "vendi_with_tags", "vendi_without_tags", "clip")
 
 
 def _grid(samples: list[dict], es: EvalSet, path: Path) -> None:

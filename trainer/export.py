@@ -10,6 +10,7 @@ rest (the VAE, frozen encoders, tokenizers) comes from the base model the run st
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -94,6 +95,36 @@ def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = 
     parts = checkpoint.split(merged, ema=ema)
     model = _complete(parts, base, config)
     return write_model(model, out, meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"])
+
+
+def best_checkpoints(folder: Path, k: int, metric: str = "val_loss") -> list[tuple[Path, float]]:
+    """The ``k`` checkpoints of a run whose eval figure ``metric`` is best (lowest validation loss,
+    highest otherwise), read from the eval.csv that ``loop.eval_every`` writes beside checkpoints/;
+    ``folder`` is the run's output folder or its checkpoints folder. (path, figure), by step."""
+    from zxl.trainer.evaluate import LOWER_IS_BETTER, RANKED
+
+    if metric not in RANKED:
+        raise ConfigError(f"--by: {metric!r} is not an eval figure; choose from {', '.join(RANKED)}")
+    if k < 1:
+        raise ConfigError(f"--best: at least 1, got {k}")
+    folder = Path(folder)
+    ckpt_dir = folder if checkpoint.step_dirs(folder) else folder / "checkpoints"
+    path = ckpt_dir.parent / "eval.csv"
+    if not path.is_file():
+        raise ConfigError(f"--best: {path} does not exist; train with loop.eval_every (and data.holdout) to log "
+                          "the figures it ranks by")  # fmt: skip
+    with open(path, newline="") as f:
+        by_step = {int(r["step"]): r for r in csv.DictReader(f)}  # a resumed run's re-evaluation wins
+    have = {int(checkpoint.STEP_DIR.match(p.name).group(1)): p for p in checkpoint.step_dirs(ckpt_dir)}
+    scored = [
+        (float(r[metric]), step) for step, r in by_step.items() if step in have and r.get(metric) not in (None, "")
+    ]
+    if not scored:
+        raise ConfigError(f"--best: no evaluated step ({', '.join(map(str, sorted(by_step))) or 'none'}) has a "
+                          f"checkpoint left in {ckpt_dir} ({', '.join(map(str, sorted(have))) or 'none'}); keep more "
+                          "with loop.keep_last, or evaluate at the save steps")  # fmt: skip
+    scored.sort(key=lambda x: x[0], reverse=metric not in LOWER_IS_BETTER)
+    return [(have[step], value) for value, step in sorted(scored[:k], key=lambda x: x[1])]
 
 
 def _write_raw(out: Path, state: dict[str, torch.Tensor], metadata: dict, yaml: bool) -> Path:

@@ -96,6 +96,22 @@ class Logger:
             if isinstance(v, int | float) and math.isfinite(v):
                 self.tb.add_scalar(f"train/{k}", v, step)
 
+    def eval(self, step: int, figures: dict) -> None:
+        """One row of eval.csv (zxl merge --best reads it) and the eval/ scalars in TensorBoard."""
+        if not self.enabled:
+            return
+        path = self.csv_path.with_name("eval.csv")
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", *figures])
+            if new:
+                w.writeheader()
+            w.writerow({"step": step, **figures})
+        for k, v in figures.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                self.tb.add_scalar(f"eval/{k}", v, step)
+        self.tb.flush()
+
     def curve(self, step: int, points: list[tuple[int, float]]) -> None:
         if self.enabled:
             for t, u in points:
@@ -345,6 +361,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
     optim = Optimizers.build(cfg, model, schedule, device)
     ema = {n: p.detach().clone().float() for n, p in model.unet.named_parameters()} if cfg.optim.ema_decay else None
     pos = {"step": 0, "epoch": 0, "batch": 0, "nan_streak": 0, "nan_total": 0, "images": 0}
+    evalset: dict = {}  # zxl eval's prompts and held-out rows, built at the first eval
     ckpt_dir = out / "checkpoints"
     if resume:
         path = checkpoint.latest(ckpt_dir) if resume is True else Path(resume)
@@ -432,6 +449,13 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
             if d.main:
                 _validation_grid(cfg, model, ema, out / "samples" / f"step-{pos['step']:08d}", say)
             d.barrier()
+        if due(pos["step"], cfg.loop.eval_every, cfg.loop.max_steps):
+            if d.main:
+                figures = _eval(cfg, model, ema, evalset, out / "eval" / f"step-{pos['step']:08d}")
+                logger.eval(pos["step"], figures)
+                say(f"eval: step {pos['step']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                                for k, v in figures.items()))  # fmt: skip
+            d.barrier()
     bar.close()
     logger.close()
     result = {"steps": pos["step"], "epoch": pos["epoch"], "losses": [r["loss"] for r in logger.rows],
@@ -485,6 +509,26 @@ def eval_mode(model, ema: dict | None):
             m.train(mode)
         if saved is not None:
             model.unet.load_state_dict(saved)
+
+
+@torch.no_grad()
+def _eval(cfg: TrainConfig, model, ema, evalset: dict, folder: Path) -> dict:
+    """``zxl eval``'s measures on the current weights (EMA when there are), with the held-out rows of
+    ``data.holdout``; the global RNG is left as it was, so a resumed run draws the same numbers."""
+    from zxl.trainer.evaluate import EvalConfig, EvalSet, evaluate_model, figures
+
+    if "set" not in evalset:
+        ec = EvalConfig(prompts=cfg.loop.eval_prompts, seeds=cfg.loop.eval_seeds, steps=cfg.loop.sample_steps,
+                        resolution=cfg.data.resolution, holdout=cfg.data.holdout, val_rows=cfg.loop.eval_rows,
+                        seed=cfg.data.seed)  # fmt: skip
+        evalset["set"] = EvalSet.build(cfg.data.catalog, ec)
+    rng = torch.get_rng_state()
+    try:
+        with eval_mode(model, ema):
+            result = evaluate_model(model, evalset["set"], folder, log=lambda *a: None)
+    finally:
+        torch.set_rng_state(rng)
+    return figures(result)
 
 
 @torch.no_grad()

@@ -6,7 +6,12 @@ known quality ladder, best first:
 
     clean > noisy > jpeg_crushed > downscaled > blurred
 
-(the order is the intended ranking, by construction: Gaussian noise of σ 28 leaves every edge in
+Half the pictures (``SINGLE_FRACTION``) are served once instead, as one rung drawn at random and
+made strong enough to see at the 128 px the demo trains at (a blur of a twentieth of the short
+side, noise and JPEG blocks an eighth of the image across, a sixteenth-size copy): dedup keeps
+them, so the kept rows differ visibly in quality and the score tags mean something at 128 px.
+
+(the ladder's order is the intended ranking, by construction: Gaussian noise of σ 28 leaves every edge in
 place; JPEG at quality 3–7 keeps the shapes but bands the gradients and blocks the detail; a
 quarter-size copy (long side 256–512 px) would need 3–5× upscaling to fill any training bucket;
 a Gaussian blur of radius short-side/60 wipes out every edge).
@@ -24,7 +29,7 @@ Layout of a built corpus (``build_corpus``)::
     <dir>/source.parquet   id, file_url (a path; the server adds the host), tag_string_general,
                            tag_string_character, rating (g/s/q/e), created_at (+09:00),
                            image_width, image_height, md5
-    <dir>/truth.parquet    id, picture, variant, bad (kind or null), expected_status, format, mode,
+    <dir>/truth.parquet    id, picture, variant, single, bad (kind or null), expected_status, format, mode,
                            meta_issue (kind or null)
     <dir>/special.json     paths the server answers specially (500, slow)
     <dir>/files/...        the bytes the server serves, by file_url path
@@ -51,7 +56,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
 LADDER = ("clean", "noisy", "jpeg_crushed", "downscaled", "blurred")  # best first
-CORPUS_VERSION = 3  # bump when the generator changes, so cached corpora are rebuilt
+CORPUS_VERSION = 4  # bump when the generator changes, so cached corpora are rebuilt
+SINGLE_FRACTION = 0.5  # of the pictures: served once, so dedup keeps them and the kept rows differ in quality
 BAD_KINDS = ("not_found", "server_error", "truncated_jpeg", "html", "zero_bytes", "bomb", "slow")
 EXPECTED_STATUS = {
     "not_found": "failed_download",
@@ -104,6 +110,7 @@ class Item:
     height: int
     pic_width: int  # the picture's own size (the downscaled rung is smaller)
     pic_height: int
+    single: bool = False  # a picture served once, its rung strong enough to see at 128 px
 
 
 def corpus_dir(root: str | os.PathLike, size: int, seed: int, bad_fraction: float) -> Path:
@@ -119,8 +126,9 @@ def plan(size: int, seed: int, bad_fraction: float) -> list[Item]:
     n_good = size - n_bad
     items: list[Item] = []
     aspects = RECIPE_ASPECTS + ODD_ASPECTS
-    n_pictures = -(-n_good // len(LADDER))
-    for p in range(n_pictures):
+    p = -1
+    while len(items) < n_good:
+        p += 1
         aw, ah = aspects[rng.integers(len(aspects))] if rng.random() < 0.85 else aspects[11 + rng.integers(8)]
         long_side = int(rng.choice(LONG_SIDES, p=LONG_SIDE_WEIGHTS))
         scale = long_side / max(aw, ah)
@@ -128,16 +136,17 @@ def plan(size: int, seed: int, bad_fraction: float) -> list[Item]:
         fmt = str(rng.choice(FORMATS, p=FORMAT_WEIGHTS))
         modes, weights = FORMAT_MODES[fmt]
         mode = str(rng.choice(modes, p=weights))
-        for rung in LADDER:
+        single = rng.random() < SINGLE_FRACTION
+        for rung in [LADDER[rng.integers(len(LADDER))]] if single else LADDER:
             if len(items) == n_good:
                 break
             f, m, iw, ih = fmt, mode, w, h
             if rung == "jpeg_crushed":
                 f, m = "jpg", ("L" if mode == "L" else "RGB")
             if rung == "downscaled":
-                k = max(256, long_side // 4) / long_side
+                k = (max(48, long_side // 16) if single else max(256, long_side // 4)) / long_side
                 iw, ih = max(16, round(w * k)), max(16, round(h * k))
-            items.append(Item(len(items), p, rung, None, f, m, iw, ih, w, h))
+            items.append(Item(len(items), p, rung, None, f, m, iw, ih, w, h, single))
     for b in range(n_bad):
         kind = BAD_KINDS[b % len(BAD_KINDS)]
         fmt = "png" if kind == "bomb" else "jpg"
@@ -184,6 +193,8 @@ def draw_picture(picture: int, seed: int, width: int, height: int) -> Image.Imag
 def degrade(img: Image.Image, rung: str, item: Item, seed: int) -> tuple[Image.Image, int]:
     """Apply a ladder rung; returns the image and the JPEG quality to save with."""
     rng = np.random.default_rng([seed, 2, item.index])
+    if item.single:
+        img = _coarse(img, rung, rng)
     if rung == "blurred":
         return img.filter(ImageFilter.GaussianBlur(radius=max(3.0, min(img.size) / 60))), 92
     if rung == "noisy":
@@ -194,6 +205,27 @@ def degrade(img: Image.Image, rung: str, item: Item, seed: int) -> tuple[Image.I
     if rung == "downscaled":
         return img.resize((item.width, item.height), Image.Resampling.BILINEAR), 92
     return img, 92
+
+
+def _coarse(img: Image.Image, rung: str, rng: np.random.Generator) -> Image.Image:
+    """A single picture's damage at the scale of a 128 px training image, under its rung's own
+    (a blur of a twentieth of the short side; noise and JPEG blocks an eighth of the size across)."""
+    w, h = img.size
+    small = (max(8, w // 8), max(8, h // 8))
+    if rung == "blurred":
+        return img.filter(ImageFilter.GaussianBlur(radius=min(w, h) / 20))
+    if rung == "noisy":
+        noise = rng.normal(0, 40, (small[1], small[0], 3)).astype(np.int16)
+        coarse = np.asarray(
+            Image.fromarray((noise + 128).clip(0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST)
+        )
+        a = np.asarray(img, dtype=np.int16) + coarse.astype(np.int16) - 128
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
+    if rung == "jpeg_crushed":
+        buf = io.BytesIO()
+        img.resize(small, Image.Resampling.BOX).save(buf, "JPEG", quality=int(rng.integers(3, 8)))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
+    return img
 
 
 def encode(img: Image.Image, fmt: str, mode: str, quality: int) -> bytes:
@@ -319,6 +351,7 @@ def build_corpus(
                 "id": meta["id"],
                 "picture": item.picture,
                 "variant": item.variant,
+                "single": item.single,
                 "bad": item.bad,
                 "expected_status": EXPECTED_STATUS.get(item.bad, "ok"),
                 "format": item.fmt,
