@@ -44,14 +44,14 @@ browse: $(STAMP)
 # Training: the demo trains the tiny SDXL-architecture model (random weights, built here) on the
 # demo catalog; CONFIG=configs/train/zero-xl.yaml BASE=… trains the recipe on a real base model.
 BASE ?=
-TINY := .cache/tiny-sdxl
-DEMO_EXPORT := runs/demo/train/export/demo-step-00000100.safetensors
+TINY := .cache/demo-sdxl
+DEMO_EXPORT := runs/demo/train/export/demo-step-00002000.safetensors
 train: CONFIG = configs/train/demo.yaml
 train: $(STAMP)
 	@if [ "$(CONFIG)" = configs/train/demo.yaml ]; then \
 	  test -f $(CATALOG)/_manifest.json || $(MAKE) curate; \
-	  $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_tiny_sdxl; \
-	    p = Path('$(TINY)'); (p / 'model_index.json').exists() or build_tiny_sdxl(p)"; fi
+	  $(BIN)/python -c "from pathlib import Path; from zxl.trainer.autoencoder import build_demo_model; \
+	    p = Path('$(TINY)'); (p / 'model_index.json').exists() or build_demo_model(p, Path('$(CATALOG)'))"; fi
 	$(BIN)/zxl train -c $(CONFIG) $(if $(BASE),--base $(BASE)) $(ARGS)
 
 # A validation grid: from MODEL when given, else from the demo checkpoint (trained first if missing).
@@ -60,7 +60,7 @@ PROMPTS ?= configs/sample/validation.txt
 sample: $(STAMP)
 	@if [ -z "$(MODEL)" ]; then \
 	  test -f $(DEMO_EXPORT) || $(MAKE) train; \
-	  $(BIN)/zxl sample --model $(DEMO_EXPORT) --model-config $(TINY) --prompts configs/sample/tiny.txt \
+	  $(BIN)/zxl sample --model $(DEMO_EXPORT) --model-config $(TINY) --prompts configs/sample/demo.txt \
 	    --x cfg=3,4,5 --y prompt --out runs/samples/demo $(ARGS); \
 	else $(BIN)/zxl sample --model $(MODEL) --prompts $(PROMPTS) --x cfg=3,4,5 --y prompt $(ARGS); fi
 

@@ -37,8 +37,9 @@ def run(quick: bool = False) -> dict:
             for pi, p in enumerate(es.prompts):
                 for tag in (None, *TAGS):
                     for s in range(cfg.seeds):
-                        generate(model, Prompt(p.text(tag), negative="", width=p.width, height=p.height,
-                                               seed=pi * 100 + s, cfg=cfg.cfg, steps=cfg.steps), Sampling())  # fmt: skip
+                        sp = Prompt(p.text(tag), negative="", width=p.width, height=p.height, seed=pi * 100 + s,
+                                    cfg=cfg.cfg, steps=cfg.steps)  # fmt: skip
+                        generate(model, sp, Sampling())
             theirs.append(time.perf_counter() - t0)
     o, t = min(ours), min(theirs)
     return {

@@ -394,6 +394,44 @@ def sdxl(setup: Setup) -> list[dict]:
     ]  # fmt: skip
 
 
+def eval_entry(setup: Setup) -> list[dict]:
+    """``zxl eval`` of one checkpoint at 1024 px (one held-out prompt × no tag and score_1..9 × 2 seeds,
+    the technical scorer, the validation loss on 4 rows) against sampling the same 20 images alone."""
+    import tempfile
+
+    from bench.training import synthetic_catalog
+    from zxl.sampler.pipeline import Sampling, generate
+    from zxl.sampler.prompts import Prompt
+    from zxl.trainer.evaluate import TAGS, EvalConfig, EvalSet, evaluate_model
+
+    ours, _pipe, _source, _params = build_sdxl(setup)
+    side = 64 if setup.tiny else 1024
+    cfg = EvalConfig(prompts=1, seeds=2, steps=2 if setup.tiny else 28, resolution=side, holdout=0.3, val_rows=4,
+                     images=False)  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        es = EvalSet.build(synthetic_catalog(Path(d) / "run", 12, side), cfg)
+
+        def run_eval():
+            evaluate_model(ours, es, None, log=lambda *a: None)
+
+        def run_plain():
+            for p in es.prompts:
+                for tag in (None, *TAGS):
+                    for s in range(cfg.seeds):
+                        generate(ours, Prompt(p.text(tag), negative="", width=p.width, height=p.height, seed=s,
+                                              cfg=cfg.cfg, steps=cfg.steps), Sampling())  # fmt: skip
+
+        setup.reset_peak()
+        t_eval = timed(setup, run_eval, warmup=0, reps=1)
+        t_plain = timed(setup, run_plain, warmup=0, reps=1)
+    o, t = min(t_eval), min(t_plain)
+    log(f"  eval {side}px: {o:.1f} s per checkpoint, sampling alone {t:.1f} s")
+    return [{"name": f"zxl eval per checkpoint, {side} px, 20 samples × {cfg.steps} steps + validation loss "
+                     f"({setup.device.type}; {'tiny' if setup.tiny else 'full-size'} random weights)",
+             "ours": o, "baseline": t, "baseline_name": "sampling the same 20 images alone", "unit": "s",
+             "ratio": o / t, "target": "≤ 1.2 (ratio)", "met": o / t <= 1.2, "peak_gib": setup.peak_gib()}]  # fmt: skip
+
+
 def train_step(setup: Setup) -> list[dict]:
     """The SDXL U-Net training step at 1024×1024, batch 4: ours (``trainer.train`` on a synthetic
     one-bucket catalog: cached latents, captions encoded each step by the frozen text encoders,
@@ -476,7 +514,8 @@ def train_step(setup: Setup) -> list[dict]:
     return out
 
 
-ENTRIES: dict[str, Callable[[Setup], list[dict]]] = {"clip": clip, "wd": wd, "sdxl": sdxl, "train": train_step}
+ENTRIES: dict[str, Callable[[Setup], list[dict]]] = {"clip": clip, "wd": wd, "sdxl": sdxl, "eval": eval_entry,
+                                                     "train": train_step}  # fmt: skip
 
 
 def _environment(device: torch.device) -> dict:

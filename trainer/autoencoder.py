@@ -106,7 +106,7 @@ def train_autoencoder(images: list, steps: int = 1200, batch: int = 32, crop: in
     return vae, figures
 
 
-def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 600, log=print) -> Path:
+def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 1200, log=print) -> Path:
     """The tiny SDXL-architecture model of ``zxl.testing`` with this autoencoder, trained on the
     catalog, in place of its random VAE; written as a diffusers folder (with ``autoencoder.json``,
     the reconstruction figures) and renamed into place."""
