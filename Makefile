@@ -50,7 +50,7 @@ train: CONFIG = configs/train/demo.yaml
 train: $(STAMP)
 	@if [ "$(CONFIG)" = configs/train/demo.yaml ]; then \
 	  test -f $(CATALOG)/_manifest.json || $(MAKE) curate; \
-	  $(BIN)/python -c "from pathlib import Path; from zxl.trainer.autoencoder import build_demo_model; \
+	  $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_demo_model; \
 	    p = Path('$(TINY)'); (p / 'model_index.json').exists() or build_demo_model(p, Path('$(CATALOG)'))"; fi
 	$(BIN)/zxl train -c $(CONFIG) $(if $(BASE),--base $(BASE)) $(ARGS)
 

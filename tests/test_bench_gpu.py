@@ -23,7 +23,7 @@ def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path):
     assert json.loads(written.read_text()) == report
     assert report["tiny"] is True and report["machine"]["device"] == "cpu"
     assert {"torch", "diffusers", "open_clip_torch"} <= set(report["versions"])
-    assert set(report["seconds"]) == {"clip", "wd", "sdxl", "train", "total"}
+    assert set(report["seconds"]) == {"clip", "wd", "sdxl", "eval", "train", "total"}
     entries = report["entries"]
     names = [e["name"] for e in entries]
     assert [n.split(",")[1].strip().split(" (")[0] for n in names[:3]] == [

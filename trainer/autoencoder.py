@@ -12,7 +12,6 @@ reconstruction error (PSNR on whole held-back images) is written beside the weig
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -91,46 +90,20 @@ def train_autoencoder(images: list, steps: int = 1200, batch: int = 32, crop: in
     with torch.no_grad():
         lat = [vae.encode(_tensor(im)[None]).latent_dist.mean for im in test + train[:64]]
         std = float(torch.cat([z.flatten() for z in lat]).std())
-        psnr = []
-        for im in test:
-            x = _tensor(im)[None]
-            h, w = x.shape[2] // 8 * 8, x.shape[3] // 8 * 8
-            x = x[:, :, :h, :w]
-            rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-            mse = float(((rec - x) / 2).pow(2).mean())
-            psnr.append(10 * math.log10(1 / max(mse, 1e-10)))
     vae.register_to_config(scaling_factor=round(1 / std, 5))
     figures = {"steps": steps, "batch": batch, "crop": crop, "train_images": len(train), "test_images": len(test),
-               "psnr_db": round(float(np.mean(psnr)), 2), "latent_std": round(std, 4),
+               "psnr_db": round(psnr(vae, test), 2), "latent_std": round(std, 4),
                "scaling_factor": vae.config.scaling_factor, "seconds": round(time.time() - start, 1)}  # fmt: skip
     return vae, figures
 
 
-def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 1200, log=print) -> Path:
-    """The tiny SDXL-architecture model of ``zxl.testing`` with this autoencoder, trained on the
-    catalog, in place of its random VAE; written as a diffusers folder (with ``autoencoder.json``,
-    the reconstruction figures) and renamed into place."""
-    import os
-    import shutil
-
-    from diffusers import StableDiffusionXLPipeline
-
-    from zxl.testing import build_tiny_sdxl
-
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_sdxl(tmp)
-    shutil.rmtree(tmp.parent / (tmp.name + "-tokenizer"), ignore_errors=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    images = catalog_images(Path(catalog), size)
-    log(f"autoencoder: {len(images)} images of {catalog}, short side {size} px")
-    vae, figures = train_autoencoder(images, steps=steps, log=log)
-    pipe = StableDiffusionXLPipeline.from_pretrained(tmp)
-    pipe.register_modules(vae=vae)
-    pipe.save_pretrained(tmp)
-    (tmp / "autoencoder.json").write_text(json.dumps(figures, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    log(f"autoencoder: reconstruction PSNR {figures['psnr_db']} dB on {figures['test_images']} held-back images")
-    return folder
+@torch.no_grad()
+def psnr(vae, images: list) -> float:
+    """Mean reconstruction PSNR (dB, pixels in [0, 1]) of whole images through the latent mean."""
+    out = []
+    for im in images:
+        x = _tensor(im)[None]
+        x = x[:, :, : x.shape[2] // 8 * 8, : x.shape[3] // 8 * 8]
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        out.append(10 * math.log10(1 / max(float(((rec - x) / 2).pow(2).mean()), 1e-10)))
+    return float(np.mean(out))

@@ -183,9 +183,8 @@ def score_samples(es: EvalSet, samples: list[dict]) -> tuple[np.ndarray, np.ndar
 
 
 def steering_and_variety(es: EvalSet, samples: list[dict], raw: np.ndarray, emb: np.ndarray) -> tuple[dict, dict]:
-    from zxl.pipeline.calibrate import apply_edges
-
-    calibrated = np.asarray(apply_edges(raw, es.edges), np.float64)
+    # the catalog's 1..9 from its score edges (pipeline/calibrate.py's rule; no edges: all 1)
+    calibrated = 1 + np.searchsorted(np.asarray(es.edges, np.float64), np.asarray(raw, np.float64), side="right")
     per_tag = {t: [float(raw[i]) for i, s in enumerate(samples) if s["tag"] == t] for t in TAGS}
     steer = metrics.steering(per_tag)
     none = [float(raw[i]) for i, s in enumerate(samples) if s["tag"] is None]

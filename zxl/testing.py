@@ -5,6 +5,9 @@ layout as the real thing, so the real loading code is what reads it."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 TINY_CLIP = {
@@ -204,4 +207,40 @@ def build_tiny_sdxl(folder, seed: int = 0):
         tokenizer_2=clip_tokenizer(tok_dir, pad_token="!"), unet=unet, scheduler=scheduler,
     )  # fmt: skip
     pipe.save_pretrained(folder)
+    return folder
+
+
+def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 1200, log=print) -> Path:
+    """What ``make train`` trains the demo from: the tiny SDXL-architecture model above with an
+    autoencoder trained on the catalog's images (zxl.trainer.autoencoder) in place of its random
+    VAE, written as a diffusers folder with ``autoencoder.json`` (the reconstruction figures) and
+    renamed into place."""
+    import os
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from zxl.trainer.autoencoder import catalog_images, train_autoencoder
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny_sdxl(tmp)
+    shutil.rmtree(tmp.parent / (tmp.name + "-tokenizer"), ignore_errors=True)
+    images = catalog_images(Path(catalog), size)
+    log(f"autoencoder: {len(images)} images of {catalog}, short side {size} px")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        vae, figures = train_autoencoder(images, steps=steps, log=log)
+    finally:
+        torch.set_num_threads(threads)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp)
+    pipe.register_modules(vae=vae)
+    pipe.save_pretrained(tmp)
+    (tmp / "autoencoder.json").write_text(json.dumps(figures, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    log(f"autoencoder: reconstruction PSNR {figures['psnr_db']} dB on {figures['test_images']} held-back images")
     return folder
