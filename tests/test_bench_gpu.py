@@ -32,11 +32,13 @@ def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path):
     assert names[3].startswith("wd tagger wd-tiny") and names[4].startswith("SDXL 64×64, 2 Euler steps")
     for e in entries:
         assert e["ours"] > 0 and e["baseline"] > 0 and e["ratio"] > 0, e
-        assert e["unit"] in ("images/s", "s/image") and e["target"]
+        assert e["unit"] in ("images/s", "s/image", "s") and e["target"]
     sdxl = entries[4]
     assert sdxl["baseline_name"].startswith("diffusers StableDiffusionXLPipeline")
     assert sdxl["configs"].startswith("tiny") and sdxl["met"] in (True, False)
-    train = entries[5:]  # bf16 with gradient checkpointing on and off (fp16 + scaler is for a GPU)
+    ev = entries[5]
+    assert ev["name"].startswith("zxl eval per checkpoint, 64 px") and ev["met"] in (True, False)
+    train = entries[6:]  # bf16 with gradient checkpointing on and off (fp16 + scaler is for a GPU)
     assert [e["name"].split(", ")[2:4] for e in train] == [["bf16", "gradient checkpointing on"],
                                                           ["bf16", "gradient checkpointing off"]]  # fmt: skip
     assert all(e["baseline_name"].startswith("plain diffusers loop") and e["unit"] == "images/s" for e in train)
