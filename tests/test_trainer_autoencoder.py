@@ -31,7 +31,7 @@ def test_demo_model_loads_with_an_8x_latent(sync_run, tmp_path):
 
     cfg, _ = sync_run
     catalog = Path(cfg.run.runs_dir) / cfg.run.name / "catalog"
-    folder = build_demo_model(tmp_path / "demo-sdxl", catalog, size=64, steps=2, log=lambda *a: None)
+    folder = build_demo_model(tmp_path / "demo-sdxl", catalog, size=64, steps=2, limit=24, log=lambda *a: None)
     assert json.loads((folder / "autoencoder.json").read_text())["steps"] == 2
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
     model = SDXL.load(folder, device="cpu", precision="fp32")

@@ -210,11 +210,12 @@ def build_tiny_sdxl(folder, seed: int = 0):
     return folder
 
 
-def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 1200, log=print) -> Path:
+def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 1200, limit: int = 0,
+                     log=print) -> Path:  # fmt: skip
     """What ``make train`` trains the demo from: the tiny SDXL-architecture model above with an
     autoencoder trained on the catalog's images (zxl.trainer.autoencoder) in place of its random
     VAE, written as a diffusers folder with ``autoencoder.json`` (the reconstruction figures) and
-    renamed into place."""
+    renamed into place. ``limit``: train on the first that many images only (tests)."""
     import os
     import shutil
 
@@ -228,7 +229,7 @@ def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_sdxl(tmp)
     shutil.rmtree(tmp.parent / (tmp.name + "-tokenizer"), ignore_errors=True)
-    images = catalog_images(Path(catalog), size)
+    images = catalog_images(Path(catalog), size, limit)
     log(f"autoencoder: {len(images)} images of {catalog}, short side {size} px")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
