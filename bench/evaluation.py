@@ -20,8 +20,8 @@ def run(quick: bool = False) -> dict:
     from zxl.testing import build_tiny_sdxl
     from zxl.trainer.evaluate import TAGS, EvalConfig, EvalSet, evaluate_model
 
-    cfg = EvalConfig(prompts=1 if quick else 2, seeds=2 if quick else 3, steps=8 if quick else 20, resolution=128,
-                     holdout=0.3, val_rows=8, images=False)  # fmt: skip
+    cfg = EvalConfig(prompts=1, seeds=2, steps=8 if quick else 12, resolution=128, holdout=0.3,
+                     val_rows=4 if quick else 8, images=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         folder = build_tiny_sdxl(d / "tiny-sdxl")
