@@ -84,33 +84,26 @@ class Logger:
 
     def log(self, step: int, values: dict) -> None:
         self.rows.append({"step": step, **values})
-        if not self.enabled:
-            return
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
+        if self.enabled:
+            self._write(self.csv_path, "train", step, values)
+
+    def _write(self, path: Path, group: str, step: int, values: dict) -> None:
+        """One CSV row (a header first in a new file) and the finite numbers as TensorBoard scalars."""
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["step", *values])
             if new:
                 w.writeheader()
             w.writerow({"step": step, **values})
         for k, v in values.items():
             if isinstance(v, int | float) and math.isfinite(v):
-                self.tb.add_scalar(f"train/{k}", v, step)
+                self.tb.add_scalar(f"{group}/{k}", v, step)
 
     def eval(self, step: int, figures: dict) -> None:
         """One row of eval.csv (zxl merge --best reads it) and the eval/ scalars in TensorBoard."""
-        if not self.enabled:
-            return
-        path = self.csv_path.with_name("eval.csv")
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", *figures])
-            if new:
-                w.writeheader()
-            w.writerow({"step": step, **figures})
-        for k, v in figures.items():
-            if isinstance(v, int | float) and math.isfinite(v):
-                self.tb.add_scalar(f"eval/{k}", v, step)
-        self.tb.flush()
+        if self.enabled:
+            self._write(self.csv_path.with_name("eval.csv"), "eval", step, figures)
+            self.tb.flush()
 
     def curve(self, step: int, points: list[tuple[int, float]]) -> None:
         if self.enabled:
