@@ -14,7 +14,7 @@ from zxl.config import ConfigError, load_config
 from zxl.sampler.prompts import parse_infotext
 from zxl.trainer.config import TrainConfig
 from zxl.trainer.data import held_out
-from zxl.trainer.evaluate import EvalConfig, EvalSet, clip_adherence, validation_loss
+from zxl.trainer.evaluate import EvalConfig, EvalSet, clip_adherence, score_samples, validation_loss
 
 SMALL = EvalConfig(prompts=2, seeds=2, steps=2, resolution=64, holdout=0.3, val_rows=2)
 
@@ -105,7 +105,8 @@ def test_clip_adherence_with_a_clip_scorer(catalog, tiny_clip):
     images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
     samples = [{"prompt": 0, "tag": 9, "seed": 0, "image": images[0]}, {"prompt": 1, "tag": None, "seed": 0,
                                                                          "image": images[1]}]  # fmt: skip
-    got = clip_adherence(es, samples)
+    _, emb = score_samples(es, samples)  # the scorer's own image embeddings, as evaluate_model passes them
+    got = clip_adherence(es, samples, emb)
     assert -100 <= got["mean"] <= 100 and np.isfinite(got["with_score_tags"])
 
 

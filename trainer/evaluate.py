@@ -30,9 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from zxl.catalog.captions import build_caption
 from zxl.config import ConfigError
 from zxl.trainer import metrics
-from zxl.trainer.data import buckets_for, held_out, load_rows, rng_for
+from zxl.trainer.data import buckets_for, caption_fields, held_out, load_rows, rng_for
 
 TAGS = tuple(range(1, 10))
 STYLE_WEIGHTS = {"tags": (1, 0, 0), "natural": (0, 1, 0), "mixed": (0, 0, 1)}
@@ -89,6 +90,7 @@ class EvalSet:
     edges: list[float]
     clip: str | None  # why prompt adherence is skipped, or None when it runs
     buckets: list[tuple[int, int]] = field(default_factory=list)
+    val_images: list | None = None  # the validation-loss rows' images, decoded at first use
 
     @classmethod
     def build(cls, catalog: str | Path, cfg: EvalConfig) -> EvalSet:
@@ -119,9 +121,6 @@ class EvalSet:
 
 
 def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets) -> Prompt:
-    from zxl.catalog.captions import build_caption
-    from zxl.trainer.data import caption_fields
-
     fields = caption_fields(row.to_frame().T)[0] | {"score": None}
     style = ("tags", "natural", "mixed")[n % 3] if fields.get("caption") else "tags"
     body = build_caption(fields, rng_for("eval-caption", cfg.seed, row.key), STYLE_WEIGHTS[style])
@@ -147,9 +146,10 @@ def _images(catalog: Path, rows: pd.DataFrame, buckets) -> list:
 def render(model, es: EvalSet, folder: Path | None, log=print) -> list[dict]:
     """Every sample: for each prompt, no tag and score_1..9, each seed. Returns one dict a sample."""
     from zxl.sampler.grid import save_png
-    from zxl.sampler.pipeline import Sampling, generate
+    from zxl.sampler.pipeline import DEFAULT_SAMPLING, generate
     from zxl.sampler.prompts import Prompt as SamplePrompt
     from zxl.sampler.prompts import infotext
+    from zxl.sampler.schedule import A1111_LABELS
 
     cfg, out = es.config, []
     for pi, p in enumerate(es.prompts):
@@ -158,11 +158,11 @@ def render(model, es: EvalSet, folder: Path | None, log=print) -> list[dict]:
                 sp = SamplePrompt(prompt=p.text(tag), negative="", width=p.width, height=p.height,
                                   seed=cfg.seed * 1000 + pi * 100 + s, cfg=cfg.cfg, steps=cfg.steps,
                                   sampler=cfg.sampler)  # fmt: skip
-                image = generate(model, sp, Sampling())
+                image = generate(model, sp, DEFAULT_SAMPLING)
                 if folder is not None and cfg.images:
                     name = f"p{pi}-{'none' if tag is None else f'score{tag}'}-s{s}.png"
-                    save_png(image, folder / name, infotext(sp, model_name=model.name, model_hash=model.hash,
-                                                            **{"Schedule type": "Trailing"}))  # fmt: skip
+                    more = {"Schedule type": A1111_LABELS[DEFAULT_SAMPLING.schedule]}
+                    save_png(image, folder / name, infotext(sp, model_name=model.name, model_hash=model.hash, **more))
                 out.append({"prompt": pi, "tag": tag, "seed": s, "image": image})
         log(f"eval: prompt {pi + 1}/{len(es.prompts)} rendered")
     return out
@@ -194,12 +194,13 @@ def steering_and_variety(es: EvalSet, samples: list[dict], raw: np.ndarray, emb:
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(samples):
         groups.setdefault((s["prompt"], s["tag"]), []).append(i)
-    with_tags = [metrics.vendi(emb[ix]) for (p, t), ix in groups.items() if t is not None]
-    without = [metrics.vendi(emb[ix]) for (p, t), ix in groups.items() if t is None]
-    dist_with = [metrics.mean_pairwise_distance(emb[ix]) for (p, t), ix in groups.items() if t is not None]
-    dist_without = [metrics.mean_pairwise_distance(emb[ix]) for (p, t), ix in groups.items() if t is None]
-    by_tag = {f"score_{t}": float(np.mean([metrics.vendi(emb[ix]) for (p, tt), ix in groups.items() if tt == t]))
-              for t in TAGS}  # fmt: skip
+    vendi = {g: metrics.vendi(emb[ix]) for g, ix in groups.items()}
+    dist = {g: metrics.mean_pairwise_distance(emb[ix]) for g, ix in groups.items()}
+    with_tags = [v for (_, t), v in vendi.items() if t is not None]
+    without = [v for (_, t), v in vendi.items() if t is None]
+    dist_with = [v for (_, t), v in dist.items() if t is not None]
+    dist_without = [v for (_, t), v in dist.items() if t is None]
+    by_tag = {f"score_{t}": float(np.mean([v for (_, tt), v in vendi.items() if tt == t])) for t in TAGS}
     variety = {"vendi_with_score_tags": float(np.mean(with_tags)), "vendi_without_score_tags": float(np.mean(without)),
                "distance_with_score_tags": float(np.mean(dist_with)),
                "distance_without_score_tags": float(np.mean(dist_without)), "vendi_by_tag": by_tag,
@@ -219,10 +220,9 @@ def validation_loss(model, es: EvalSet) -> dict:
     edges = [round(i * 1000 / cfg.bands) for i in range(cfg.bands + 1)]
     ts = torch.tensor([(lo + hi - 1) // 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
     schedule = Schedule(model.ztsnr, "cpu")
-    images = _images(es.catalog, rows, es.buckets)
-    from zxl.catalog.captions import build_caption
-    from zxl.trainer.data import caption_fields
-
+    if es.val_images is None:  # decoded once; training evaluates the same rows every eval_every steps
+        es.val_images = _images(es.catalog, rows, es.buckets)
+    images = es.val_images
     fields = caption_fields(rows)
     all_t, all_loss = [], []
     dev, dtype = model.device, model.dtype
@@ -248,14 +248,13 @@ def validation_loss(model, es: EvalSet) -> dict:
             "timesteps": ts.tolist()}  # fmt: skip
 
 
-def clip_adherence(es: EvalSet, samples: list[dict]) -> dict:
-    """100·cos(image, prompt) under the catalog scorer's CLIP model, when it is one."""
+def clip_adherence(es: EvalSet, samples: list[dict], emb: np.ndarray) -> dict:
+    """100·cos(image, prompt) under the catalog scorer's CLIP model, when it is one; ``emb`` are the
+    samples' image embeddings from ``score_samples`` (that model's)."""
     if es.clip is not None:
         return {"skipped": es.clip}
-    scorer = es.scorer
-    texts = [es.prompts[s["prompt"]].text(s["tag"]) for s in samples]
-    img = scorer.embed(scorer.collate([scorer.prepare(s["image"]) for s in samples]))
-    txt = scorer.embed_text(texts)
+    img = emb
+    txt = es.scorer.embed_text([es.prompts[s["prompt"]].text(s["tag"]) for s in samples])
     sims = 100 * (np.asarray(img) * np.asarray(txt)).sum(axis=1)
     return {"mean": float(sims.mean()), "with_score_tags": float(sims[[s["tag"] is not None for s in samples]].mean())}
 
@@ -270,7 +269,7 @@ def evaluate_model(model, es: EvalSet, folder: Path | None = None, log=print) ->
         "steering": steer,
         "variety": variety,
         "tone": {"samples": tone, "training": es.train_tone, "flags": metrics.tone_flags(tone, es.train_tone)},
-        "clip": clip_adherence(es, samples),
+        "clip": clip_adherence(es, samples, emb),
         "val_loss": validation_loss(model, es),
     }
     if folder is not None:
