@@ -33,7 +33,9 @@ class Catalog:
         con = duckdb.connect()
         if self.parts:
             files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in self.parts)
-            con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet([{files}])")
+            have = set(pq.read_schema(self.parts[0]).names)  # a catalog from before a column was added
+            extra = "".join(f', NULL::{_duck_type(f.type)} AS "{f.name}"' for f in SCHEMA_V1 if f.name not in have)
+            con.execute(f"CREATE VIEW catalog AS SELECT *{extra} FROM read_parquet([{files}])")
         else:
             cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in SCHEMA_V1)
             con.execute(f"CREATE VIEW catalog AS SELECT {cols} WHERE false")

@@ -40,6 +40,10 @@ SCHEMA_V1 = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("duplicate_of", pa.string()),
         pa.field("repeats", pa.int16(), nullable=False),
+        # Added within v1 (older catalogs read them as null): the diversity-aware draw weight per epoch
+        # (zxl's trainer draws with it; equal to repeats at weigh.diversity 0) and the k-means cluster.
+        pa.field("weight", pa.float32()),
+        pa.field("cluster", pa.int32()),
     ]
 )
 

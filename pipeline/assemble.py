@@ -1,6 +1,6 @@
 """The last stage: assemble each shard's catalog rows, then write ``catalog/`` with its manifest.
 
-``assemble_shard`` (a Dask task per shard) joins the source, fetch, inspect, score, reduce, tag and
+``assemble_shard`` (a Dask task per shard) joins the source, fetch, inspect, reduce, tag and
 caption outputs of one shard into a v1 table, ``stages/catalog/NNNNN.parquet``. ``write_catalog``
 (one global step) counts over all of them, then writes ``catalog/part-NNNNN.parquet`` with the
 manifest in each file's key-value metadata and ``_manifest.json`` last. The new catalog is built in
@@ -29,13 +29,11 @@ def assemble_shard(job: ShardJob) -> pa.Table:
     shard = job.shard
     source = job.read("source", columns=["key", "url", "source_id"])
     fetch, inspect = job.read("fetch"), job.read("inspect")
-    score = job.read("score", columns=["key", "aesthetic"])
     reduce, tag, caption = job.read("reduce"), job.read("tag"), job.read("caption")
     # All are in source order, one row per input: check it rather than trust it.
     stages = (
         ("fetch", fetch),
         ("inspect", inspect),
-        ("score", score),
         ("reduce", reduce),
         ("tag", tag),
         ("caption", caption),
@@ -61,7 +59,7 @@ def assemble_shard(job: ShardJob) -> pa.Table:
         "original_width": fetch["original_width"],
         "original_height": fetch["original_height"],
         "bucket": inspect["bucket"],
-        "aesthetic": score["aesthetic"],
+        "aesthetic": reduce["aesthetic"],  # the scorer's, or the taste head's (taste.head)
         "score": reduce["score"],
         "duplicate_of": reduce["duplicate_of"],
         "rating": tag["rating"],
@@ -71,6 +69,8 @@ def assemble_shard(job: ShardJob) -> pa.Table:
         "characters": tag["characters"],
         "caption": caption["caption"],
         "repeats": reduce["repeats"],
+        "weight": reduce["weight"],
+        "cluster": reduce["cluster"],
     }
     return conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
 

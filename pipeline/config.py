@@ -109,6 +109,20 @@ class DedupConfig:
 class WeighConfig:
     repeats: dict[int, int] = dataclasses.field(default_factory=lambda: {9: 3, 8: 2})  # score -> repeats
     default: int = num(1, "[0, 1000]")  # repeats for any other score (and for rows without one)
+    # 0 = repeats by score only (the recipe); 1 = every cluster of the embedding space drawn equally often
+    # (pipeline/weigh.py). Needs embeddings: the technical scorer's pixel ones or CLIP's.
+    diversity: float = num(0.0, "[0, 1]")
+    clusters: int = num(0, "[0, 100000]")  # k-means clusters; 0 = chosen from the data (silhouette)
+    seed: int = num(0, "[0, 4294967295]")  # k-means and the reported draw sample
+
+
+@dataclasses.dataclass
+class TasteConfig:
+    """A personal preference head (``zxl taste fit``) in place of the scorer's raw score."""
+
+    # A head in the layout score.head_weights reads (safetensors), applied to the run's stored
+    # embeddings; "" = the scorer's own score. `zxl taste apply` sets it to runs/<name>/taste/head.safetensors.
+    head: str = ""
 
 
 @dataclasses.dataclass
@@ -134,6 +148,7 @@ class CurateConfig:
     calibrate: CalibrateConfig = dataclasses.field(default_factory=CalibrateConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     weigh: WeighConfig = dataclasses.field(default_factory=WeighConfig)
+    taste: TasteConfig = dataclasses.field(default_factory=TasteConfig)
     tag: TagConfig = dataclasses.field(default_factory=TagConfig)
     caption: CaptionConfig = dataclasses.field(default_factory=CaptionConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)

@@ -29,7 +29,9 @@ from zxl.pipeline.assemble import assemble_shard
 from zxl.pipeline.calibrate import edges_from_catalog
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Task
+from zxl.pipeline.taste import head_hash
 from zxl.pipeline.stages import ShardJob, StageInputs, run_job
+from zxl.scorers.registry import scorer_class
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,15 @@ class Stage:
     extra: Callable[[CurateConfig], Any] | None = None  # more its hash covers
 
 
-def _edges(cfg: CurateConfig):
-    """The score edges calibrate.edges_from names (their values, not the path, go into the hash)."""
-    return edges_from_catalog(cfg.calibrate.edges_from) if cfg.calibrate.edges_from else None
+def _edges_and_head(cfg: CurateConfig):
+    """The score edges calibrate.edges_from names and the taste head's content (values, not paths)."""
+    edges = edges_from_catalog(cfg.calibrate.edges_from) if cfg.calibrate.edges_from else None
+    return [edges, head_hash(cfg.taste.head)] if cfg.taste.head else edges
+
+
+def _embedding(cfg: CurateConfig):
+    """The version of what the scorer stores beside its scores (the technical scorer's pixel embedding)."""
+    return getattr(scorer_class(cfg.score.scorer), "embedding_version", None)
 
 
 STAGES = (
@@ -53,14 +61,14 @@ STAGES = (
           speed_only=frozenset({"thread_count", "connect_to"})),
     Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",)),
     Stage("score", score.score_shard, ("fetch", "inspect"), ("score",),
-          speed_only=frozenset({"batch_size", "loader_threads", "device"})),
+          speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_embedding),
     Stage("tag", tag.tag_shard, ("source", "fetch", "inspect"), ("tag",),
           speed_only=frozenset({"batch_size", "device"})),
-    Stage("reduce", reduce.reduce_all, ("score", "inspect"), ("calibrate", "dedup", "weigh"), scope="global",
-          extra=_edges),
+    Stage("reduce", reduce.reduce_all, ("score", "inspect"), ("taste", "calibrate", "dedup", "weigh"),
+          scope="global", extra=_edges_and_head),
     Stage("caption", caption.caption_shard, ("fetch", "reduce", "tag"), ("caption",),
           speed_only=frozenset({"batch_size", "device"})),
-    Stage("catalog", assemble_shard, ("source", "fetch", "inspect", "score", "reduce", "tag", "caption"),
+    Stage("catalog", assemble_shard, ("source", "fetch", "inspect", "reduce", "tag", "caption"),
           extra=lambda cfg: SCHEMA_VERSION),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in STAGES}

@@ -16,21 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from zxl.catalog.embeddings import EMBEDDING_KEY, embeddings_path, read_embeddings
 from zxl.files import write_table_atomic
 from zxl.images import ImageDecodeError, decode
-from zxl.pipeline.stages import ShardJob, shard_name
+from zxl.pipeline.stages import ShardJob
 from zxl.scorers.config import ScoreConfig
 from zxl.scorers.registry import get_scorer
 
 SCORE_SCHEMA = pa.schema(
     [("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("aesthetic", pa.float32())]
 )
-
-
-def embeddings_path(run_dir: Path, shard: int) -> Path:
-    return Path(run_dir) / "embeddings" / f"{shard_name(shard)}.parquet"
 
 
 def _decode_and_prepare(scorer, data: bytes):
@@ -68,12 +64,8 @@ def score_stream(scorer, blobs: list[bytes], batch_size: int, threads: int):
             if not items:
                 yield [], np.zeros(0, np.float32), None, errors
                 continue
-            batch = scorer.collate(items)
-            if scorer.embeds:
-                emb = scorer.embed(batch)
-                yield idx, scorer.score_embeddings(emb), emb, errors
-            else:
-                yield idx, scorer.score(batch), None, errors
+            scores, emb = scorer.score_and_embed(scorer.collate(items))
+            yield idx, scores, emb, errors
 
 
 def score_blobs(scorer, blobs: list[bytes], cfg: ScoreConfig) -> tuple[list[float | None], dict[int, str], dict]:
@@ -114,8 +106,9 @@ def score_shard(job: ShardJob, cfg: ScoreConfig) -> tuple[pa.Table, dict]:
         dim = vectors.shape[1]
         flat = pa.array(vectors.ravel(), pa.float16())
         emb_table = pa.table({"key": emb_keys, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
+        kind = {EMBEDDING_KEY.decode(): scorer.embedding_kind}
         write_table_atomic(
-            emb_table, embeddings_path(job.run_dir, job.shard), {"zxl.stage_hash": job.stage_hash, **meta}
+            emb_table, embeddings_path(job.run_dir, job.shard), {"zxl.stage_hash": job.stage_hash, **meta, **kind}
         )
     else:
         embeddings_path(job.run_dir, job.shard).unlink(missing_ok=True)
@@ -123,16 +116,4 @@ def score_shard(job: ShardJob, cfg: ScoreConfig) -> tuple[pa.Table, dict]:
     return table, meta
 
 
-def read_embeddings(run_dir: Path, n_shards: int) -> tuple[list[str], np.ndarray | None]:
-    """All shards' embeddings as (keys, float32 [N, D]); (…, None) when the scorer made none."""
-    keys, parts = [], []
-    for s in range(n_shards):
-        p = embeddings_path(run_dir, s)
-        if p.exists():
-            t = pq.read_table(p)
-            keys.extend(t["key"].to_pylist())
-            col = t["embedding"].combine_chunks()
-            parts.append(col.values.to_numpy(zero_copy_only=False).reshape(len(t), col.type.list_size))
-    if not parts:
-        return [], None
-    return keys, np.concatenate(parts).astype(np.float32)
+__all__ = ["embeddings_path", "read_embeddings", "score_blobs", "score_shard", "score_stream"]

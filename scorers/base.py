@@ -10,7 +10,10 @@ can overlap decoding with compute:
 A scorer that computes image embeddings on the way is an ``EmbeddingScorer``: it offers
 ``embed(batch) -> np.ndarray [N, D]`` (L2-normalized, float32) and
 ``score_embeddings(emb) -> np.ndarray [N]``; ``score`` is their composition, and the stage keeps
-the embeddings for dedup and later scorers.
+the embeddings for dedup and later scorers. A scorer that is not a head over its embeddings may
+still store some (``embeds`` and ``score_and_embed``): the technical scorer stores the weight-free
+embedding of scorers/pixels.py, so a run without CLIP still has embeddings to fit a taste head on
+and to cluster. ``embedding_kind`` names them in the stored files.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ class Scorer(Member, ABC):
     @abstractmethod
     def score(self, batch: Any) -> np.ndarray: ...
 
+    @property
+    def embedding_kind(self) -> str:
+        """What its embeddings are (the ``zxl.embedding`` of the stored files); "" when it makes none."""
+        return ""
+
+    def score_and_embed(self, batch: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores [N] and, for a scorer that ``embeds``, L2-normalised float32 embeddings [N, D]."""
+        return self.score(batch), None
+
     def score_images(self, images: list[Image.Image]) -> np.ndarray:
         """Convenience for callers with PIL images in hand (``zxl score``, tests)."""
         if not images:
@@ -57,3 +69,7 @@ class EmbeddingScorer(Scorer):
 
     def score(self, batch: Any) -> np.ndarray:
         return self.score_embeddings(self.embed(batch))
+
+    def score_and_embed(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        emb = self.embed(batch)
+        return self.score_embeddings(emb), emb

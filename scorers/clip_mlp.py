@@ -103,6 +103,10 @@ class ClipMlpScorer(EmbeddingScorer):
                 f"gives {dim}-d ones; use a head trained on {cfg.clip_model} or the CLIP the head was trained on"
             )
 
+    @property
+    def embedding_kind(self) -> str:
+        return f"open_clip {self.cfg.clip_model}"
+
     @classmethod
     def check(cls, cfg: ScoreConfig) -> None:
         _clip_pretrained(cfg)

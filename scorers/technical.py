@@ -28,6 +28,10 @@ some of it after a re-encode), then noise; exposure, contrast and colour only nu
 corpus it ranks every picture's quality ladder clean > noisy > jpeg_crushed > downscaled >
 blurred (tests/test_scorers.py measures the Spearman correlation). The raw number is on no fixed
 scale; calibration maps it to 1..9.
+
+It also stores the weight-free embedding of scorers/pixels.py (``pixels-v1``) for every image it
+scores, so runs without CLIP weights can fit a taste head (``zxl taste``) and cluster for
+diversity-aware repeats. The score does not depend on it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from PIL import Image
 
 from zxl.buckets import nearest_bucket
 from zxl.scorers.base import Scorer
+from zxl.scorers.pixels import DIM, pixel_embedding
 
 FEATURES = ("sharpness", "noise", "blocking", "jpeg_quality", "resolution", "exposure", "contrast", "colourfulness")
 CROP = 768
@@ -118,15 +123,27 @@ def combine(f: np.ndarray) -> np.ndarray:
 
 class TechnicalScorer(Scorer):
     name = "technical"
+    embeds = True
+    embedding_version = "pixels-v1"  # in the score stage's hash: a new embedding redoes the stage
 
     def __init__(self, cfg=None):
         self.cfg = cfg
 
+    @property
+    def embedding_kind(self) -> str:
+        return self.embedding_version
+
     def prepare(self, image: Image.Image) -> np.ndarray:
-        return features(image)
+        """The measured terms (``FEATURES``), then the pixel embedding (``DIM`` values)."""
+        return np.concatenate([features(image), pixel_embedding(image)])
 
     def score(self, batch: np.ndarray) -> np.ndarray:
-        return combine(np.atleast_2d(batch))
+        return combine(np.atleast_2d(batch)[:, : len(FEATURES)])
+
+    def score_and_embed(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = np.atleast_2d(batch)
+        assert batch.shape[1] == len(FEATURES) + DIM
+        return self.score(batch), batch[:, len(FEATURES) :].astype(np.float32)
 
     @classmethod
     def references(cls, cfg) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """pipeline/score.py: the score stage's loop, its outputs, and ``score_blobs`` on bytes."""
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from tests import stage_folder
@@ -20,7 +21,11 @@ def test_score_blobs_keeps_order_and_names_what_does_not_decode():
     for i in (0, 2):
         direct = scorer.score(scorer.collate([scorer.prepare(decode(blobs[i]))]))[0]
         assert abs(scores[i] - float(direct)) < 1e-6
-    assert embeddings == {}  # the technical scorer makes none
+    from zxl.scorers.pixels import pixel_embedding
+
+    assert sorted(embeddings) == [0, 2]  # the technical scorer stores the weight-free pixel embedding
+    for i in (0, 2):
+        assert abs(embeddings[i] - pixel_embedding(decode(blobs[i]))).max() < 1e-6
     again, _, _ = score_blobs(build_scorer(cfg), blobs, ScoreConfig(batch_size=3, loader_threads=1))
     assert again == scores  # batching and threads change nothing
 
@@ -35,7 +40,10 @@ def test_score_stage_writes_one_row_per_input(tmp_path):
     assert table["aesthetic"].iloc[:5].notna().all() and table["aesthetic"].isna().iloc[5]
     meta = pq.read_schema(stage_path(tmp_path, "score", 0)).metadata
     assert meta[b"zxl.scorer"] == b"technical" and meta[b"zxl.stage_hash"] == hashes["score"].encode()
-    assert not embeddings_path(tmp_path, 0).exists() and read_embeddings(tmp_path, 1) == ([], None)
+    keys, vectors = read_embeddings(tmp_path, 1)  # the pixel embedding of every ok image, named as such
+    assert keys == table["key"].tolist()[:5] and vectors.shape == (5, 224)
+    assert pq.read_schema(embeddings_path(tmp_path, 0)).metadata[b"zxl.embedding"] == b"pixels-v1"
+    assert abs(np.linalg.norm(vectors, axis=1) - 1).max() < 1e-2
 
 
 def test_score_stage_embeds_with_clip(tmp_path, tiny_clip):

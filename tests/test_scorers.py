@@ -44,10 +44,13 @@ def test_contract(scorer):
     np.testing.assert_allclose(one_by_one, scores, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(scorer.score_images(images), scores)
     assert scorer.score_images([]).shape == (0,)
-    if scorer.embeds:
-        emb = scorer.embed(scorer.collate([scorer.prepare(im) for im in images]))
+    both, emb = scorer.score_and_embed(scorer.collate([scorer.prepare(im) for im in images]))
+    np.testing.assert_allclose(both, scores, rtol=1e-5, atol=1e-5)
+    assert (emb is not None) == scorer.embeds and bool(scorer.embedding_kind) == scorer.embeds
+    if scorer.embeds:  # every scorer here stores embeddings: CLIP's, or the technical scorer's pixel ones
         assert emb.shape[0] == len(images)
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    if hasattr(scorer, "score_embeddings"):
         np.testing.assert_allclose(scorer.score_embeddings(emb), scores, rtol=1e-5, atol=1e-5)
     assert isinstance(type(scorer).references(scorer.cfg), dict)
 

@@ -171,14 +171,12 @@ def render(model, es: EvalSet, folder: Path | None, log=print) -> list[dict]:
 def score_samples(es: EvalSet, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(raw scores, embeddings) of the samples, by the catalog's scorer."""
     images = [s["image"] for s in samples]
-    scorer = es.scorer
-    if scorer.embeds:
-        emb = np.asarray(scorer.embed(scorer.collate([scorer.prepare(im) for im in images])), np.float32)
-        raw = np.asarray(scorer.score_embeddings(emb), np.float32)
-    else:
+    raw, emb = es.scorer.score_and_embed(es.scorer.collate([es.scorer.prepare(im) for im in images]))
+    if emb is None:
         from zxl.scorers.pixels import pixel_embeddings
 
-        raw, emb = scorer.score_images(images), pixel_embeddings(images)
+        emb = pixel_embeddings(images)
+    raw, emb = np.asarray(raw, np.float32), np.asarray(emb, np.float32)
     return raw, emb
 
 

@@ -1,10 +1,7 @@
 """The measures ``zxl eval`` reports, on arrays, with no model in sight.
 
 - **steering**: the mean score per score tag and Spearman's ρ between the tag (1..9) and that mean;
-- **variety**: the Vendi score (Friedman & Dieng 2023, "The Vendi Score: A Diversity Evaluation
-  Metric for Machine Learning"): exp of the Shannon entropy of the eigenvalues of K/n, K the cosine
-  similarity matrix of n embeddings; 1 for n identical images, n for n orthogonal ones. Also the
-  mean pairwise cosine distance 1 − cos;
+- **variety**: the Vendi score and the mean pairwise cosine distance (zxl/diversity.py);
 - **tone**: luminance (mean BT.601 luma), contrast (its standard deviation) and saturation (mean
   HSV S), each in [0, 1], of samples against the training images, and the flags a wrong terminal
   sigma, timestep spacing or prediction type gives: ``grey`` (contrast and saturation both under
@@ -17,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+from zxl.diversity import mean_pairwise_distance, vendi
 
 TONE_KEYS = ("luminance", "contrast", "saturation")
 
@@ -51,31 +50,6 @@ def tone_flags(samples: dict[str, float], reference: dict[str, float]) -> list[s
     return flags
 
 
-def vendi(embeddings: np.ndarray) -> float:
-    """The Vendi score of [n, d] embeddings under cosine similarity."""
-    x = np.asarray(embeddings, np.float64)
-    n = len(x)
-    if n == 0:
-        return float("nan")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1)
-    eig = np.linalg.eigvalsh(x @ x.T / n)
-    eig = eig[eig > 1e-12]
-    return float(np.exp(-(eig * np.log(eig)).sum()))
-
-
-def mean_pairwise_distance(embeddings: np.ndarray) -> float:
-    """The mean cosine distance 1 − cos over distinct pairs (0 for identical images)."""
-    x = np.asarray(embeddings, np.float64)
-    n = len(x)
-    if n < 2:
-        return 0.0
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1)
-    sim = x @ x.T
-    return float((1 - sim[np.triu_indices(n, 1)]).mean())
-
-
 def steering(per_tag: dict[int, list[float]]) -> dict:
     """Mean score per tag (1..9), and Spearman's ρ between tag and mean score."""
     from scipy.stats import spearmanr
@@ -93,3 +67,6 @@ def band_means(timesteps: np.ndarray, losses: np.ndarray, edges: list[int]) -> d
         m = (timesteps >= lo) & (timesteps < hi)
         out[f"{lo}-{hi - 1}"] = float(losses[m].mean()) if m.any() else float("nan")
     return out
+
+
+__all__ = ["band_means", "mean_pairwise_distance", "steering", "tone", "tone_flags", "tone_summary", "vendi"]
