@@ -1,10 +1,17 @@
-"""``zxl catalog browse``: a read-only web page over a catalog, on 127.0.0.1 by default.
+"""``zxl catalog browse``: a web page over a catalog, on 127.0.0.1 by default.
 
 Flask with Jinja2 templates (autoescaping on: every caption, tag and error is scraped data and is
 rendered as text). Every filter lives in the URL, so a view can be shared. Queries go to DuckDB
 with bound parameters only — a request's values never become SQL. Images are read from the tar
 shards by key through ``ImageStore`` (never from a path in the request); thumbnails are made once
 and kept in memory.
+
+The catalog itself is never written. What the user enters — choices between two images in the
+**rate** view (keyboard: ← / → the better one, ↓ or S skip, U undo) and 1–9 stars on a row's page —
+goes to ``runs/<name>/taste/choices.sqlite`` (catalog/rating.py) through JSON POSTs that a page of
+another origin cannot make (a JSON content type is required, which a cross-site form cannot send,
+and a foreign ``Origin`` is refused). The **clusters** view shows the k-means clusters of the
+diversity-aware repeats (pipeline/weigh.py): sizes, mean scores, a grid of each.
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from flask import Flask, Response, abort, render_template, request, url_for
+import numpy as np
+from flask import Flask, Response, abort, jsonify, render_template, request, url_for
 from PIL import Image
 
+from zxl.catalog.embeddings import read_embeddings
 from zxl.catalog.images import ImageStore
 from zxl.catalog.query import Catalog, open_catalog
+from zxl.catalog.rating import ChoiceStore, PairPicker, choices_path, clean_rater
 from zxl.images import decode
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
@@ -60,6 +70,7 @@ def parse_filters(args) -> dict:
         "tag": [t.strip()[:100] for t in args.getlist("tag") if t.strip()][:10],
         "not_tag": [t.strip()[:100] for t in args.getlist("not_tag") if t.strip()][:10],
         "q": args.get("q", "").strip()[:200],
+        "cluster": _int(args.get("cluster"), 0, 10**6),
         "sort": args.get("sort", "aesthetic") if args.get("sort", "aesthetic") in SORTS else "aesthetic",
         "per_page": _int(args.get("per_page")) if _int(args.get("per_page")) in PER_PAGE else PER_PAGE[0],
         "page": _int(args.get("page"), 1, MAX_PAGE) or 1,  # and at most the last page (index)
@@ -90,6 +101,9 @@ def where_clause(f: dict) -> tuple[str, list]:
     for t in f["not_tag"]:
         sql.append("rid NOT IN (SELECT rid FROM tag_index WHERE tag = ?)")
         params.append(t)
+    if f.get("cluster") is not None:
+        sql.append("cluster = ?")
+        params.append(f["cluster"])
     if f["q"]:
         sql.append("caption ILIKE ?")
         params.append("%" + f["q"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
@@ -179,6 +193,23 @@ class Browser:
             [group, group, row["key"]],
         )
 
+    def clusters(self, per_cluster: int = 12) -> list[dict]:
+        """Every cluster of the trainable rows: size, mean score, draws per epoch, its best rows."""
+        stats = self.rows(
+            "SELECT cluster, count(*) AS size, avg(score) AS mean_score, sum(weight) AS weight, sum(repeats) AS repeats "
+            "FROM catalog WHERE status = 'ok' AND cluster IS NOT NULL GROUP BY cluster ORDER BY cluster",
+            [],
+        )
+        top = self.rows(
+            "SELECT cluster, key, score FROM (SELECT cluster, key, score, row_number() OVER (PARTITION BY cluster "
+            "ORDER BY aesthetic DESC NULLS LAST, rid) AS n FROM catalog WHERE status = 'ok' AND cluster IS NOT NULL) "
+            "WHERE n <= ? ORDER BY cluster, n",
+            [per_cluster],
+        )
+        for c in stats:
+            c["rows"] = [r for r in top if r["cluster"] == c["cluster"]]
+        return stats
+
     def image(self, key: str) -> tuple[bytes, str] | None:
         rows = self.rows("SELECT shard, shard_key FROM catalog WHERE key = ? AND shard_key IS NOT NULL", [key])
         if not rows:
@@ -208,11 +239,54 @@ class Browser:
         return data
 
 
+class Taste:
+    """The rate view's state: the choice database and, built on first use, the pair picker over the
+    run's stored embeddings (``runs/<name>/embeddings``; the catalog folder sits in the run folder)."""
+
+    def __init__(self, browser: Browser, run_dir: Path):
+        self.browser, self.run_dir = browser, run_dir
+        self.store = ChoiceStore(choices_path(run_dir))
+        self._picker: PairPicker | None = None
+        self._lock = threading.Lock()
+        self.missing = ""
+
+    def picker(self) -> PairPicker | None:
+        with self._lock:
+            if self._picker is None and not self.missing:
+                rows = self.browser.rows("SELECT key, score FROM catalog WHERE status = 'ok' AND score IS NOT NULL", [])
+                score = {r["key"]: r["score"] for r in rows}
+                keys, emb = read_embeddings(self.run_dir, dtype=np.float16)
+                if emb is None:
+                    self.missing = (f"no stored embeddings in {self.run_dir / 'embeddings'}: rerun `zxl curate` "
+                                    "(every scorer stores them now) to rate pairs")  # fmt: skip
+                    return None
+                keep = [i for i, k in enumerate(keys) if k in score]
+                keys = [keys[i] for i in keep]
+                self._picker = PairPicker(keys, emb[keep], np.array([score[k] for k in keys]), self.store)
+            return self._picker
+
+
+def _json_post() -> dict:
+    """The body of a POST from our own page: JSON (a cross-site form cannot send it), same origin."""
+    origin = request.headers.get("Origin")
+    if origin and origin.rstrip("/") != request.host_url.rstrip("/"):
+        abort(403)
+    if not request.is_json:
+        abort(415)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400)
+    return body
+
+
 def create_app(catalog_dir: str | Path) -> Flask:
     catalog = open_catalog(catalog_dir)
     browser = Browser(catalog)
-    app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"))
+    app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"),
+                static_folder=str(Path(__file__).parent / "static"))  # fmt: skip
     app.config["BROWSER"] = browser
+    taste = Taste(browser, Path(catalog_dir).resolve().parent)
+    app.config["TASTE"] = taste
 
     def page_url(f: dict, **change) -> str:
         g = {**f, **change}
@@ -237,7 +311,64 @@ def create_app(catalog_dir: str | Path) -> Flask:
         row = browser.row(key)
         if row is None:
             abort(404)
-        return render_template("row.html", row=row, duplicates=browser.duplicates(row), problems=catalog.problems)
+        return render_template("row.html", row=row, duplicates=browser.duplicates(row), problems=catalog.problems,
+                               stars=taste.store.stars_of(key))  # fmt: skip
+
+    @app.get("/rate")
+    def rate():
+        return render_template("rate.html", counts=taste.store.counts(), problems=catalog.problems,
+                               db=str(taste.store.path))  # fmt: skip
+
+    @app.get("/clusters")
+    def clusters():
+        return render_template("clusters.html", clusters=browser.clusters(), diversity=catalog.manifest.get("diversity"),
+                               problems=catalog.problems)  # fmt: skip
+
+    def _pair_reply(pair: dict | None):
+        counts = taste.store.counts()
+        if pair is None:
+            return jsonify({"pair": None, "counts": counts, "message": taste.missing or "every pair has been shown"})
+        return jsonify({"pair": pair, "counts": counts})
+
+    @app.get("/api/pair")
+    def api_pair():
+        return _pair_reply(taste.picker() and taste.picker().next_pair())
+
+    def _rater(body: dict) -> str:
+        try:
+            return clean_rater(body.get("rater", ""))
+        except ValueError as e:
+            abort(Response(str(e), 400))
+
+    @app.post("/api/choice")
+    def api_choice():
+        body = _json_post()
+        rater = _rater(body)
+        picker = taste.picker()
+        left, right, side = body.get("left"), body.get("right"), body.get("winner")
+        if picker is None or left not in picker.index or right not in picker.index or left == right:
+            abort(Response("left and right must be two trainable rows of this catalog", 400))
+        if side not in ("left", "right", None):
+            abort(Response("winner is left, right or null (skip)", 400))
+        winner = {"left": left, "right": right, None: None}[side]
+        choice_id = taste.store.add_choice(rater, left, right, winner)
+        return jsonify({"saved": choice_id, "counts": taste.store.counts()})
+
+    @app.post("/api/undo")
+    def api_undo():
+        undone = taste.store.undo(_rater(_json_post()))
+        return jsonify({"undone": undone, "counts": taste.store.counts()})
+
+    @app.post("/api/stars")
+    def api_stars():
+        body = _json_post()
+        rater, key, stars = _rater(body), body.get("key"), body.get("stars")
+        if not isinstance(key, str) or browser.row(key) is None:
+            abort(Response("no such row", 400))
+        if stars is not None and (not isinstance(stars, int) or not 1 <= stars <= 9):
+            abort(Response("stars are 1..9, or null to take them back", 400))
+        taste.store.set_stars(rater, key, stars)
+        return jsonify({"key": key, "stars": taste.store.stars_of(key)})
 
     @app.get("/image/<path:key>")  # a key may hold "/"
     def image(key: str):
