@@ -97,6 +97,38 @@ def add_commands(sub) -> None:
 
     cp.set_defaults(run=cmd_caption)
 
+    taste = sub.add_parser(
+        "taste",
+        help="a scorer of your own taste: fit it on your choices, apply it to a run",
+        description="Fit a preference head on the choices made in `zxl catalog browse` (its rate view) or a "
+        "CSV, and re-score a run with it (no refetch, no re-embedding).",
+    )
+    taste.set_defaults(run=lambda a: (taste.print_help(), 2)[1])
+    actions = taste.add_subparsers(dest="taste_command", metavar="ACTION")
+    fit = actions.add_parser(
+        "fit",
+        help="fit the head on RUN_DIR's choices (or --choices FILE.csv); report held-out accuracy",
+        description="Bradley-Terry head over the run's stored embeddings, from runs/<name>/taste/choices.sqlite "
+        "(or a CSV with columns winner,loser), stars as extra evidence. Writes taste/head.safetensors, "
+        "taste/fit.json and taste/learning-curve.png.",
+    )
+    fit.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/demo")
+    fit.add_argument("--choices", metavar="FILE.csv", help="choices made elsewhere: columns winner,loser (catalog keys)")
+    fit.add_argument("--folds", type=int, default=5, help="k of the k-fold held-out accuracy (default 5)")
+    fit.add_argument("--c", type=float, help="the L2 strength 1/C (default: chosen by cross-validation)")
+    fit.set_defaults(run=cmd_taste_fit)
+    ap = actions.add_parser(
+        "apply",
+        help="re-score RUN_DIR with the head; redo dedup's keep choice, calibration, repeats, captions",
+        description="Sets taste.head and reruns the global step and what follows from the stored stage outputs "
+        "and embeddings. --set weigh.diversity=1 and the like apply too.",
+    )
+    ap.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/demo")
+    ap.add_argument("--head", metavar="FILE", help="a head file (default RUN_DIR/taste/head.safetensors)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides, e.g. weigh.diversity=1")  # fmt: skip
+    ap.set_defaults(run=cmd_taste_apply)
+
     top = sub.add_parser("demo", help="the bundled demo corpus")
     top.set_defaults(run=cmd_demo)
     demo = top.add_subparsers(dest="demo_command", metavar="ACTION")
@@ -182,6 +214,37 @@ def cmd_curate(args: argparse.Namespace) -> int:
             cfg.fetch.connect_to = [*cfg.fetch.connect_to, *server.connect_to]
             result = curate(cfg, urls=server.url_table())
     print(summary(result), flush=True)
+    return 0
+
+
+def cmd_taste_fit(args: argparse.Namespace) -> int:
+    from zxl.pipeline.taste import fit_taste
+
+    if not 2 <= args.folds <= 100:
+        raise ConfigError(f"--folds must be between 2 and 100, got {args.folds}")
+    if args.c is not None and not args.c > 0:
+        raise ConfigError(f"--c must be above 0, got {args.c}")
+    r = fit_taste(args.run_dir, args.choices, args.folds, c=args.c)
+    print(f"{r['choices']} choices by {', '.join(r['raters'])} ({r['stars']} stars) on {r['embedding']} embeddings")
+    print(f"held-out pairwise accuracy ({r['folds']}-fold): {r['heldout_accuracy']:.3f} ± {r['heldout_accuracy_std']:.3f}"
+          f"  (C {r['c']}; train {r['train_accuracy']:.3f})")  # fmt: skip
+    if r["scorer_agreement"] is not None:
+        print(f"the run's scorer ({r['scorer']}) agrees with {r['scorer_agreement']:.3f} of the same choices")
+    print("learning curve: " + ", ".join(f"{p['choices']}: {p['accuracy']:.3f}" for p in r["learning_curve"]))
+    head = Path(r["head"])
+    print(f"head: {head}\nreport: {head.parent / 'fit.json'}, {head.parent / 'learning-curve.png'}")
+    print(f"next: zxl taste apply {args.run_dir}")
+    return 0
+
+
+def cmd_taste_apply(args: argparse.Namespace) -> int:
+    from zxl.pipeline.curate import summary
+    from zxl.pipeline.taste import apply_taste
+
+    result = apply_taste(args.run_dir, args.head, args.overrides)
+    print(summary(result), flush=True)
+    t = result.manifest.get("taste", {})
+    print(f"scores now from {t.get('head')} (sha256 {t.get('sha256', '')[:12]}, {t.get('choices')} choices)")
     return 0
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from zxl import __version__
 from zxl.captioners import registry as captioner_registry
-from zxl.config import check_ranges, config_hash, dump_yaml, to_dict
+from zxl.config import ConfigError, check_ranges, config_hash, dump_yaml, to_dict
 from zxl.files import write_text_atomic
 from zxl.pipeline import executor, fetch, graph, reduce, sources, tag
 from zxl.pipeline.assemble import write_catalog
@@ -108,25 +108,53 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
         return _curate(cfg, table, run_dir, log)
 
 
-def _curate(cfg: CurateConfig, table: pa.Table, run_dir: Path, log) -> CurateResult:
+def rerun_from_reduce(cfg: CurateConfig, log=print) -> CurateResult:
+    """The global step and every stage after it again, on the shard stages' stored outputs (``zxl taste
+    apply``): nothing is fetched, inspected, embedded or tagged again. Refused when ``cfg`` would
+    redo any of those (its config differs from the run's for them)."""
+    from zxl.catalog.schema import read_manifest
+    from zxl.pipeline.stages import is_done, stage_path
+
+    check_ranges(cfg)
+    reduce.validate(cfg)
+    run_dir = Path(cfg.run.runs_dir) / cfg.run.name
+    before = read_manifest(run_dir / "catalog")
+    n_shards = len(before["parts"])
+    hashes = graph.stage_hashes(cfg, before["stage_hashes"]["source"])
+    stale = [f"{stage} {s:05d}" for stage in graph.SHARD_STAGES if stage in {x.name for x in graph.phase(0)}
+             for s in range(n_shards) if not is_done(stage_path(run_dir, stage, s), hashes[stage])]  # fmt: skip
+    if stale:
+        raise ConfigError(
+            f"{run_dir}: the stored outputs of {', '.join(stale[:4])}{' …' if len(stale) > 4 else ''} do not match "
+            "this config; run `zxl curate` with it (it fetches or embeds again only what changed)"
+        )
+    with run_lock(run_dir):
+        return _curate(cfg, None, run_dir, log, (n_shards, before["stage_hashes"]["source"], before["source"]))
+
+
+def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, stored=None) -> CurateResult:
     removed = remove_temporaries(run_dir)  # what a killed run left; this run holds the lock, so none is live
     if removed:
         log(f"removed {removed} temporary files left by an earlier, interrupted run")
     write_text_atomic(dump_yaml(cfg), run_dir / "config.yaml")
     t0 = time.time()
-    source_report = sources.report(table, cfg.source)
-    n_shards, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
+    if stored is None:
+        source_report = sources.report(table, cfg.source)
+        n_shards, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
+    else:  # rerun_from_reduce: the split and the first phase are done
+        n_shards, source_hash, source_report = stored
+    n_rows = source_report["rows"] if stored else table.num_rows
     split_seconds = time.time() - t0
     hashes = graph.stage_hashes(cfg, source_hash)
     shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder
-    tasks = graph.tasks(0, shared_dir, n_shards, hashes, cfg, _resources(cfg))
+    tasks = graph.tasks(0, shared_dir, n_shards, hashes, cfg, _resources(cfg)) if stored is None else []
     with Executor(cfg.run) as ex:
-        log(f"zxl curate: {table.num_rows} URLs in {n_shards} shards, run folder {run_dir}")
+        log(f"zxl curate: {n_rows} URLs in {n_shards} shards, run folder {run_dir}")
         log(f"executing on {ex.description}" + (f"; Dask dashboard: {ex.dashboard}" if ex.dashboard else ""))
         if ex.client is not None and cfg.run.model_resources:
             log(f"model stages ({', '.join(model_stages(cfg)) or 'none'}) ask for {cfg.run.model_resources}")
         ex.check_shared(shared_dir)
-        progress = Progress(dict.fromkeys(STAGES, table.num_rows), cfg.run.progress)
+        progress = Progress(dict.fromkeys(STAGES, n_rows), cfg.run.progress)
         try:
             results = ex.run(tasks, progress)
             t_reduce = time.time()
@@ -138,9 +166,9 @@ def _curate(cfg: CurateConfig, table: pa.Table, run_dir: Path, log) -> CurateRes
             progress.close()
         description, dashboard, workers = ex.description, ex.dashboard, ex.workers()
     stats = {
-        "split": {"rows": table.num_rows, "seconds": round(split_seconds, 3)},
+        "split": {"rows": n_rows, "seconds": round(split_seconds, 3)},
         **_stage_stats(tasks + catalog_tasks, results),
-        "reduce": {"rows": table.num_rows, "seconds": round(t_reduce, 3), **reduced["seconds"]},
+        "reduce": {"rows": n_rows, "seconds": round(t_reduce, 3), **reduced["seconds"]},
     }
     t1 = time.time()
     manifest = write_catalog(

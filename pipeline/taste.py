@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,10 @@ def head_info(path: str | Path) -> dict:
     for k, v in meta.items():
         if k.startswith(META_PREFIX):
             name = k[len(META_PREFIX) :]
-            info[name] = json.loads(v) if v[:1] in "[{" else v
+            try:
+                info[name] = json.loads(v)
+            except ValueError:
+                info[name] = v
     return info
 
 
@@ -95,3 +99,200 @@ def head_scores(path: str | Path, embeddings: np.ndarray, kind: str | None) -> n
 def head_hash(path: str) -> str | None:
     """What the global step's hash covers of ``taste.head``: the file's content, not its name."""
     return head_info(path)["sha256"] if path else None
+
+
+# ---- fit ----
+
+MIN_CHOICES = 10
+CURVE_SIZES = (10, 20, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000)
+
+
+def read_choices_csv(path: str | Path) -> list[tuple[str, str, str, str]]:
+    """(winner, loser, rater, time) from a CSV with columns ``winner,loser`` (and optionally ``rater``)."""
+    import csv
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--choices: no file at {path.resolve()}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"winner", "loser"} - set(reader.fieldnames or [])
+        if missing:
+            raise ConfigError(f"--choices: {path} needs the columns winner,loser (catalog keys); it lacks {sorted(missing)}")
+        out = []
+        for n, row in enumerate(reader, start=2):
+            w, lo = (row["winner"] or "").strip(), (row["loser"] or "").strip()
+            if not w or not lo or w == lo:
+                raise ConfigError(f"--choices: {path} line {n}: winner and loser must be two different keys")
+            out.append((w, lo, (row.get("rater") or path.name).strip(), ""))
+    return out
+
+
+def _scorer_aesthetic(run_dir: Path) -> dict[str, float]:
+    """The run's own scorer's raw score per key (stages/score), whatever the catalog now holds."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for p in sorted((run_dir / "stages" / "score").glob("*.parquet")):
+        t = pq.read_table(p, columns=["key", "aesthetic"])
+        out.update(zip(t["key"].to_pylist(), t["aesthetic"].to_pylist(), strict=True))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def learning_curve(emb: np.ndarray, pairs, extra, c: float, k: int, seed: int) -> list[dict]:
+    from zxl import preference
+
+    n_train = len(pairs) - -(-len(pairs) // k)  # the smallest training fold
+    sizes = [s for s in CURVE_SIZES if s < n_train] + [n_train]
+    out = []
+    for size in sizes:
+        acc = preference.kfold_accuracy(emb, pairs, extra, k, c, seed, size=size)
+        out.append({"choices": int(size), "accuracy": round(float(np.mean(acc)), 4), "std": round(float(np.std(acc)), 4)})
+    return out
+
+
+def plot_curve(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = report["learning_curve"]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    x = [p["choices"] for p in curve]
+    y = np.array([p["accuracy"] for p in curve])
+    sd = np.array([p["std"] for p in curve])
+    ax.plot(x, y, "o-", label="your head (held out)")
+    ax.fill_between(x, y - sd, y + sd, alpha=0.2)
+    if report.get("scorer_agreement") is not None:
+        ax.axhline(report["scorer_agreement"], color="grey", ls="--", label=f"scorer ({report['scorer']})")
+    ax.axhline(0.5, color="black", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("choices trained on")
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(loc="lower right")
+    ax.set_title(f"taste head on {report['embedding']} embeddings, {report['choices']} choices")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_head(w: np.ndarray, path: Path, meta: dict) -> None:
+    """``layers.0.weight`` [1, D] and ``layers.0.bias`` [1]: a one-Linear head scorers/heads.py builds."""
+    from safetensors.numpy import save_file
+
+    tensors = {"layers.0.weight": np.asarray(w, np.float32)[None, :], "layers.0.bias": np.zeros(1, np.float32)}
+    text = {META_PREFIX + k: json.dumps(v) for k, v in meta.items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=text)
+    os.replace(tmp, path)
+
+
+def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds: int = 5, seed: int = 0,
+              c: float | None = None, log=print) -> dict:  # fmt: skip
+    """Fit, measure and write the head (module docstring); returns the report written to fit.json."""
+    import datetime as dt
+
+    from zxl import preference
+    from zxl.catalog.embeddings import embedding_kind, read_embeddings
+    from zxl.catalog.rating import ChoiceStore, choices_path, star_pairs
+    from zxl.files import write_json_atomic
+
+    run_dir = Path(run_dir)
+    keys, emb = read_embeddings(run_dir, dtype=np.float16)
+    if emb is None:
+        raise ConfigError(f"{run_dir}: the run has no stored embeddings (runs/<name>/embeddings); rerun `zxl curate`")
+    kind = embedding_kind(run_dir)
+    index = {k: i for i, k in enumerate(keys)}
+    db = choices_path(run_dir)
+    stars = []
+    if choices_csv:
+        raw = read_choices_csv(choices_csv)
+        source = str(choices_csv)
+    else:
+        if not db.exists():
+            raise ConfigError(f"{db}: no choices yet; rate pairs in `zxl catalog browse` (its rate view) or pass --choices FILE.csv")
+        store = ChoiceStore(db)
+        raw, stars = store.choices(), store.stars()
+        store.close()
+        source = str(db)
+    known = [(w, lo, r) for w, lo, r, _ in raw if w in index and lo in index]
+    if len(known) < len(raw):
+        log(f"taste fit: {len(raw) - len(known)} of {len(raw)} choices name keys without a stored embedding: left out")
+    if len(known) < MIN_CHOICES:
+        raise ConfigError(f"taste fit needs at least {MIN_CHOICES} choices between rows of this run; it has {len(known)}")
+    pairs = preference.Pairs.of([index[w] for w, _, _ in known], [index[lo] for _, lo, _ in known])
+    extra = star_pairs(stars, index, seed)
+    k = max(2, min(folds, len(pairs)))
+    t0 = dt.datetime.now(dt.UTC)
+    by_c = preference.choose_c(emb, pairs, extra, k, seed) if c is None else {c: float("nan")}
+    best_c = max(by_c, key=lambda v: (by_c[v], -v)) if c is None else c
+    held = preference.kfold_accuracy(emb, pairs, extra, k, best_c, seed + 1)  # other folds than C was chosen on
+    aesthetic = _scorer_aesthetic(run_dir)
+    judged = [(aesthetic[w], aesthetic[lo]) for w, lo, _ in known if w in aesthetic and lo in aesthetic]
+    agreement = float(np.mean([(a > b) + 0.5 * (a == b) for a, b in judged])) if judged else None
+    curve = learning_curve(emb, pairs, extra, best_c, k, seed)
+    both = preference.Pairs(np.r_[pairs.winner, extra.winner], np.r_[pairs.loser, extra.loser],
+                            np.r_[pairs.weight, extra.weight])  # fmt: skip
+    w = preference.fit(emb, both, best_c)
+    raters = sorted({r for _, _, r in known})
+    digest = hashlib.sha256("\n".join(f"{w_}\t{lo}" for w_, lo, _ in known).encode()).hexdigest()
+    out_dir = taste_dir(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "run": str(run_dir),
+        "source": source,
+        "embedding": kind,
+        "dim": int(emb.shape[1]),
+        "choices": len(known),
+        "choices_left_out": len(raw) - len(known),
+        "choices_sha256": digest,
+        "stars": len(stars),
+        "star_pairs": len(extra),
+        "raters": raters,
+        "folds": k,
+        "c": best_c,
+        "accuracy_by_c": {str(v): round(a, 4) for v, a in by_c.items()},
+        "heldout_accuracy": round(float(np.mean(held)), 4),
+        "heldout_accuracy_std": round(float(np.std(held)), 4),
+        "scorer": _scorer_name(run_dir),
+        "scorer_agreement": None if agreement is None else round(agreement, 4),
+        "learning_curve": curve,
+        "train_accuracy": round(preference.accuracy(w, emb, pairs), 4),
+        "fitted_at": t0.isoformat(timespec="seconds"),
+        "head": str(out_dir / HEAD_FILE),
+    }
+    meta_keys = ("embedding", "choices", "choices_sha256", "stars", "raters", "heldout_accuracy", "fitted_at", "source")
+    write_head(w, out_dir / HEAD_FILE, {m: report[m] for m in meta_keys})
+    write_json_atomic(report, out_dir / "fit.json")
+    plot_curve(report, out_dir / "learning-curve.png")
+    return report
+
+
+def _scorer_name(run_dir: Path) -> str:
+    try:
+        from zxl.catalog.schema import read_manifest
+
+        return read_manifest(run_dir / "catalog")["config"]["score"]["scorer"]
+    except (FileNotFoundError, KeyError):
+        return "scorer"
+
+
+def apply_taste(run_dir: str | Path, head: str | Path | None = None, overrides: list[str] = (), log=print):
+    """Rerun the global step and what follows with ``taste.head`` (module docstring)."""
+    from zxl.config import load_config
+    from zxl.pipeline.config import CurateConfig
+    from zxl.pipeline.curate import rerun_from_reduce
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "catalog" / "_manifest.json").is_file():
+        raise ConfigError(f"{run_dir} is not a finished zxl run (it needs config.yaml and catalog/)")
+    head = Path(head or taste_dir(run_dir) / HEAD_FILE).expanduser().absolute()
+    if not head.is_file():
+        raise ConfigError(f"no taste head at {head}: fit one first (`zxl taste fit {run_dir}`)")
+    cfg = load_config(CurateConfig, [run_dir / "config.yaml"], overrides=[
+        f"run.runs_dir={run_dir.absolute().parent}", f"run.name={run_dir.name}", f"taste.head={head}", *overrides])  # fmt: skip
+    return rerun_from_reduce(cfg, log)
