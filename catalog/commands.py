@@ -88,7 +88,29 @@ def _catalog_stats(cat, args, json) -> int:
     print(f"captions: {cov['captioned']} of {cov['ok_rows']} ok rows ({100 * cov['share']:.1f}%)")
     if st["score_edges"]:
         print("score edges: " + " ".join(f"{e:.4g}" for e in st["score_edges"]))
+    if st["taste"]:
+        t = st["taste"]
+        print(f"scores from the taste head {t['head']} ({t.get('choices', '?')} choices by "
+              f"{', '.join(t.get('raters') or ['?'])}; held-out accuracy {t.get('heldout_accuracy', '?')})")  # fmt: skip
+    print(diversity_text(st["diversity"]))
     return 0
+
+
+def diversity_text(d: dict | None) -> str:
+    """The draws per epoch over the embedding's clusters, at the chosen weigh.diversity and at 0."""
+    if not d or not d.get("clusters"):
+        return "diversity: no clusters (the run stored no embeddings, or the catalog predates them)"
+    c = d["clusters"]
+    lines = [f"diversity: weigh.diversity {d['setting']}, {c['k']} clusters ({c['chosen']})",
+             f"  {'draws':<28} {'effective clusters':>18} {'Vendi (1000 draws)':>19} {'mean score':>11} {'per epoch':>10}"]  # fmt: skip
+    rows = [("at diversity 0 (by score)", d["zero"])]
+    if d["setting"] > 0:
+        rows += [(f"at {d['setting']}: weights (zxl train)", d["chosen"]["weights"]),
+                 (f"at {d['setting']}: repeats (kohya)", d["chosen"]["repeats"])]  # fmt: skip
+    for name, r in rows:
+        lines.append(f"  {name:<28} {r['effective_clusters']:>18.2f} {r['vendi']:>19.2f} {r['mean_score']:>11.2f} "
+                     f"{r['draws_per_epoch']:>10.0f}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _catalog_query(cat, args, json) -> int:

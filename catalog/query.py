@@ -110,6 +110,8 @@ def stats(cat: Catalog, top_tags: int = 20) -> dict:
         "top_tags": dict(tags),
         "caption_coverage": {"captioned": captioned, "ok_rows": ok, "share": round(captioned / ok, 4) if ok else 0.0},
         "score_edges": (cat.manifest.get("score_edges") or {}).get("edges"),
+        "diversity": cat.manifest.get("diversity"),
+        "taste": cat.manifest.get("taste"),
         "problems": cat.problems,
     }
 

@@ -37,6 +37,7 @@ class DataConfig:
     year_format: str = "year {}"
     cache_batch_size: int = num(8, "[1, 4096]")  # images per VAE encode
     holdout: float = num(0.0, "[0, 1)")  # rows kept out of training for zxl eval (by key hash; the same rows there)
+    draw: str = "weight"  # weight: the catalog's draw weights (fractional with weigh.diversity > 0) | repeats
 
 
 @dataclasses.dataclass

@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 
 from zxl.buckets import recipe_buckets
 from zxl.catalog.captions import build_caption
+from zxl.catalog.schema import SCHEMA_V1
 from zxl.config import ConfigError
 
 COLUMNS = ["key", "status", "shard", "shard_key", "sha256", "width", "height", "original_width", "original_height",
-           "score", "rating", "year", "tags", "characters", "caption", "repeats"]  # fmt: skip
+           "score", "rating", "year", "tags", "characters", "caption", "repeats", "weight"]  # fmt: skip
 
 
 def buckets_for(resolution: int) -> list[tuple[int, int]]:
@@ -39,17 +40,23 @@ def nearest(width: np.ndarray, height: np.ndarray, buckets: list[tuple[int, int]
     return np.abs(np.log(width / height)[:, None] - logs[None, :]).argmin(axis=1)
 
 
-def load_rows(catalog: str | Path, resolution: int) -> pd.DataFrame:
-    """Trainable rows with their bucket; a clear error when there are none."""
+def load_rows(catalog: str | Path, resolution: int, draw: str = "weight") -> pd.DataFrame:
+    """Trainable rows with their bucket and ``draws`` per epoch (the catalog's ``weight`` — fractional
+    with weigh.diversity > 0 — or, with ``draw`` "repeats" or a catalog without weights, ``repeats``);
+    a clear error when there are none."""
     path = Path(catalog)
+    if draw not in ("weight", "repeats"):
+        raise ConfigError(f"data.draw must be weight or repeats, got '{draw}'")
     if not (path / "_manifest.json").is_file():
         raise ConfigError(f"data.catalog: {path} is not a zxl catalog (no _manifest.json); run zxl curate first")
-    table = pq.read_table(path, columns=COLUMNS)
+    table = pq.read_table(path, columns=COLUMNS, schema=SCHEMA_V1)  # a catalog from before `weight`: nulls
     df = table.to_pandas()
     ok = df[(df.status == "ok") & (df.repeats > 0) & df.width.notna()].reset_index(drop=True)
     if ok.empty:
         counts = ", ".join(f"{k} {v}" for k, v in df.status.value_counts().items()) or "no rows"
         raise ConfigError(f"data.catalog: {path} has no trainable rows (status ok and repeats > 0); it has {counts}")
+    weight = ok.weight.astype(float)
+    ok["draws"] = ok.repeats.astype(float) if draw == "repeats" else weight.where(weight.notna(), ok.repeats.astype(float))
     buckets = buckets_for(resolution)
     ok["bucket_index"] = nearest(ok.width.to_numpy(float), ok.height.to_numpy(float), buckets)
     ok = ok.sort_values("key", kind="stable").reset_index(drop=True)
@@ -79,13 +86,21 @@ class Batch:
 
 
 def epoch_plan(rows: pd.DataFrame, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[Batch]:
-    """The batches of one epoch. Each row appears ``repeats`` times; batches hold one bucket;
-    rows are shuffled within a bucket and batches across buckets, both with seed + epoch. A bucket's
-    last incomplete batch is dropped (kohya keeps it; a fixed batch keeps data-parallel ranks equal)."""
+    """The batches of one epoch. Each row appears ``draws`` times (``repeats`` when the frame has no
+    draws): a fractional f as ⌊f⌋ or ⌊f⌋ + 1 times, the second with probability f − ⌊f⌋ (its own
+    generator, keyed by seed + epoch, so integer draws give the very plan integer repeats give);
+    batches hold one bucket; rows are shuffled within a bucket and batches across buckets, both with
+    seed + epoch. A bucket's last incomplete batch is dropped (kohya keeps it; a fixed batch keeps
+    data-parallel ranks equal)."""
     rng = rng_for("epoch", seed, epoch)
+    rounding = rng_for("draws", seed, epoch)
     batches = []
     for b, group in rows.groupby("bucket_index", sort=True):
-        items = np.repeat(group.index.to_numpy(), group.repeats.to_numpy().astype(int)).tolist()
+        draws = (group.draws if "draws" in group else group.repeats).to_numpy(float)
+        whole = np.floor(draws)
+        if (draws > whole).any():
+            whole = whole + (np.array([rounding.random() for _ in draws]) < draws - whole)
+        items = np.repeat(group.index.to_numpy(), whole.astype(int)).tolist()
         rng.shuffle(items)
         stop = len(items) - len(items) % batch_size if drop_last else len(items)
         batches += [Batch(int(b), tuple(items[i : i + batch_size])) for i in range(0, stop, batch_size)]
@@ -97,7 +112,7 @@ def check_plan(rows: pd.DataFrame, batch_size: int, buckets: list[tuple[int, int
     """Warnings about buckets whose images never fill a batch (those images are never trained on)."""
     notes = []
     for b, group in rows.groupby("bucket_index"):
-        n = int(group.repeats.sum())
+        n = int(round((group.draws if "draws" in group else group.repeats).sum()))
         if n < batch_size:
             w, h = buckets[b]
             notes.append(f"bucket {w}x{h}: {n} samples per epoch, fewer than a batch of {batch_size}; not trained on")

@@ -132,7 +132,7 @@ class Data:
 
     @classmethod
     def load(cls, cfg: TrainConfig) -> Data:
-        rows = load_rows(cfg.data.catalog, cfg.data.resolution)
+        rows = load_rows(cfg.data.catalog, cfg.data.resolution, cfg.data.draw)
         if cfg.data.holdout:
             rows = rows[~held_out(rows.key, cfg.data.holdout)].reset_index(drop=True)
             if rows.empty:
