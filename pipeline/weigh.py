@@ -22,8 +22,8 @@ Clusters come from scikit-learn's ``MiniBatchKMeans``, not faiss: it streams the
 chunks (``partial_fit``), so 950k × 768 stays well under the 4 GB a float32 copy plus faiss's working
 set would need; it is deterministic for a seed; scikit-learn also gives the silhouette score used to
 choose k; and it is a plain wheel on every platform (bench/taste.py measures its time and memory).
-With ``weigh.clusters: 0`` k is the candidate of ``K_GRID`` (up to √n) with the best silhouette on a
-sample of at most ``SILHOUETTE_SAMPLE`` rows.
+With ``weigh.clusters: 0`` k is the candidate of ``K_GRID`` (up to √n, and at most 625) with the best
+cosine silhouette on a sample of at most ``SILHOUETTE_SAMPLE`` rows.
 
 What is reported (the manifest's ``diversity``; ``zxl catalog stats``), for the chosen d and for d = 0:
 the effective number of clusters drawn (exp of the entropy of the draws' shares per cluster), the
@@ -38,8 +38,8 @@ from zxl.config import ConfigError
 from zxl.diversity import effective_clusters, vendi
 from zxl.pipeline.config import WeighConfig
 
-K_GRID = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-SILHOUETTE_SAMPLE = 4000
+K_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640)
+SILHOUETTE_SAMPLE = 5000  # k is chosen up to min(√n, SILHOUETTE_SAMPLE / 8); set weigh.clusters for more
 CHUNK = 16384  # rows per partial_fit / predict call (float32 copies of this size only)
 DRAW_SAMPLE = 1000  # draws whose Vendi score is reported
 
@@ -91,14 +91,14 @@ def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def choose_k(x: np.ndarray, seed: int = 0) -> tuple[int, dict[int, float]]:
-    """The k of ``K_GRID`` (at most √n) with the best silhouette on a sample; the scores by k."""
+    """The k of ``K_GRID`` (at most √n) with the best silhouette on a sample; the silhouettes by k."""
     from sklearn.metrics import silhouette_score
 
     n = len(x)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, SILHOUETTE_SAMPLE), replace=False))
     xs = np.asarray(x[sample], np.float32)
-    grid = [k for k in K_GRID if k <= max(4, int(np.sqrt(n))) and k < len(xs)]
+    grid = [k for k in K_GRID if k <= max(2, min(int(np.sqrt(n)), SILHOUETTE_SAMPLE // 8)) and k < len(xs)]
     scores = {}
     for k in grid:
         labels = assign(xs, _fit(xs, k, seed))

@@ -1,0 +1,131 @@
+"""pipeline/taste.py: a simulated rater's choices → ``zxl taste fit`` → ``zxl taste apply``, on a demo run."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from zxl.catalog.embeddings import read_embeddings
+from zxl.catalog.images import ImageStore
+from zxl.catalog.schema import read_catalog, read_manifest
+from zxl.cli import main
+from zxl.config import ConfigError
+from zxl.images import decode
+from zxl.pipeline.taste import HEAD_FILE, apply_taste, fit_taste, taste_dir
+
+
+def warmth(data: bytes) -> float:
+    """The simulated rater's taste, a known function of the image: warm (red over blue) pictures."""
+    with decode(data) as im:
+        a = np.asarray(im.convert("RGB").resize((64, 64)), np.float32) / 255
+    return float((a[..., 0] - a[..., 2]).mean())
+
+
+@pytest.fixture(scope="module")
+def run(sync_run, tmp_path_factory):
+    """A copy of the demo run (its own folder: apply rewrites the catalog), and each ok row's warmth."""
+    src = sync_run[1].run_dir
+    dst = tmp_path_factory.mktemp("taste") / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    cat = read_catalog(dst / "catalog").to_pandas()
+    ok = cat[cat.status == "ok"].reset_index(drop=True)
+    store = ImageStore(dst / "catalog")
+    ok["warmth"] = [warmth(store.get(r.shard, r.shard_key)[0]) for r in ok.itertuples()]
+    return dst, ok
+
+
+def simulate(ok, n, path, seed=0, temperature=0.01):
+    """n choices between random pairs of ok rows, the warmer one winning with Bradley–Terry noise."""
+    rng = np.random.default_rng(seed)
+    u = ok.warmth.to_numpy()
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["winner", "loser", "rater"])
+        for _ in range(n):
+            a, b = rng.choice(len(ok), 2, replace=False)
+            a_wins = rng.random() < 1 / (1 + np.exp(-(u[a] - u[b]) / temperature))
+            w.writerow([ok.key[a if a_wins else b], ok.key[b if a_wins else a], "simulated"])
+    return path
+
+
+def test_a_simulated_rater_is_learned_from_a_few_hundred_choices(run, tmp_path, capsys):
+    run_dir, ok = run
+    choices = simulate(ok, 300, tmp_path / "choices.csv")
+    assert main(["taste", "fit", str(run_dir), "--choices", str(choices)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out pairwise accuracy (5-fold)" in out and "agrees with" in out
+    report = json.loads((taste_dir(run_dir) / "fit.json").read_text())
+    assert report["choices"] == 300 and report["embedding"] == "pixels-v1" and report["raters"] == ["simulated"]
+    assert report["heldout_accuracy"] >= 0.85, report
+    assert report["heldout_accuracy"] > report["scorer_agreement"] + 0.2  # the technical scorer is not this taste
+    curve = report["learning_curve"]
+    assert curve[0]["choices"] == 10 and curve[-1]["choices"] == 240
+    assert curve[-1]["accuracy"] > curve[0]["accuracy"]
+    assert (taste_dir(run_dir) / "learning-curve.png").stat().st_size > 10_000
+    # the head is what score.head_weights reads: scorers/heads.py builds it, and it ranks by warmth
+    import torch
+
+    from zxl.models import load_state_dict
+    from zxl.scorers.heads import build_head
+
+    head = build_head(load_state_dict(taste_dir(run_dir) / HEAD_FILE, "score.head_weights"))
+    keys, emb = read_embeddings(run_dir)
+    u = dict(zip(ok.key, ok.warmth, strict=True))
+    with torch.no_grad():
+        raw = head(torch.from_numpy(emb)).squeeze(-1).numpy()
+    rows = [i for i, k in enumerate(keys) if k in u]
+    from scipy.stats import spearmanr
+
+    assert spearmanr(raw[rows], [u[keys[i]] for i in rows]).statistic > 0.8
+
+
+def test_apply_rescores_without_refetching_or_re_embedding(run, tmp_path, capsys):
+    run_dir, ok = run
+    simulate(ok, 300, tmp_path / "choices.csv", seed=1)
+    fit_taste(run_dir, tmp_path / "choices.csv", log=lambda *_: None)
+    before = read_catalog(run_dir / "catalog").to_pandas().set_index("key")
+    upstream = sorted(p for d in ("shards", "embeddings", "stages/fetch", "stages/inspect", "stages/score",
+                                  "stages/tag", "stages/source") for p in (run_dir / d).iterdir())  # fmt: skip
+    stamps = {p: p.stat().st_mtime_ns for p in upstream}
+    assert main(["taste", "apply", str(run_dir), "--set", "run.scheduler=sync", "--set", "run.progress=false"]) == 0
+    assert "scores now from" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in upstream} == stamps  # nothing fetched, inspected, embedded, tagged
+    after = read_catalog(run_dir / "catalog").to_pandas().set_index("key")
+    m = read_manifest(run_dir / "catalog")
+    assert m["taste"]["choices"] == 300 and m["taste"]["raters"] == ["simulated"]
+    assert m["taste"]["sha256"] and m["config"]["taste"]["head"].endswith(HEAD_FILE)
+    trained = after.index[after.status == "ok"]
+    assert (after.loc[trained, "aesthetic"] != before.reindex(trained)["aesthetic"]).mean() > 0.9  # re-scored
+    from scipy.stats import spearmanr
+
+    u = dict(zip(ok.key, ok.warmth, strict=True))
+    both = [k for k in trained if k in u]
+    assert spearmanr(after.loc[both, "score"], [u[k] for k in both]).statistic > 0.7  # scores follow the taste
+    assert after.loc[trained, "score"].value_counts().size == 9  # recalibrated into ninths again
+    assert (after.loc[trained, "repeats"] > 0).all() and after.caption.notna().sum() > 0
+    # the stored aesthetic is the head's output on the stored embedding
+    from zxl.pipeline.taste import head_scores
+
+    keys, emb = read_embeddings(run_dir)
+    idx = {k: i for i, k in enumerate(keys)}
+    expect = head_scores(taste_dir(run_dir) / HEAD_FILE, emb[[idx[k] for k in trained]], "pixels-v1")
+    np.testing.assert_allclose(after.loc[trained, "aesthetic"].to_numpy(), expect, rtol=1e-4, atol=1e-4)
+    assert pq.read_schema(next((run_dir / "catalog").glob("part-*.parquet"))).field("weight").type == "float"
+
+
+def test_clear_errors(run, tmp_path):
+    run_dir, ok = run
+    few = simulate(ok, 5, tmp_path / "few.csv")
+    with pytest.raises(ConfigError, match="at least 10 choices"):
+        fit_taste(run_dir, few, log=lambda *_: None)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match="winner,loser"):
+        fit_taste(run_dir, bad)
+    with pytest.raises(ConfigError, match="zxl taste fit"):
+        apply_taste(run_dir, head=tmp_path / "missing.safetensors")
+    with pytest.raises(ConfigError, match="do not match this config"):  # it would refetch: refused
+        apply_taste(run_dir, overrides=["fetch.encode_quality=80", "run.scheduler=sync"])
