@@ -17,6 +17,7 @@ CHROMIUM = "/usr/bin/chromium"
 HOSTILE_CAPTION = '<script>window.__pwned = 1</script>"><b>bold?</b>'
 HOSTILE_TAG = "<img src=x onerror=window.__pwned=2>"
 SLASH_KEY = "art/2021/5#2?x"
+_SITE_RUN: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def site(sync_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("browse") / "run"
     shutil.copytree(sync_run[1].run_dir / "catalog", run / "catalog")
     (run / "shards").symlink_to(sync_run[1].run_dir / "shards")
+    (run / "embeddings").symlink_to(sync_run[1].run_dir / "embeddings")
     part = sorted((run / "catalog").glob("part-*.parquet"))[0]
     t = pq.read_table(part)
     ok = [i for i, s in enumerate(t["status"].to_pylist()) if s == "ok"]
@@ -42,6 +44,7 @@ def site(sync_run, tmp_path_factory):
     server = serve(run / "catalog", "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    _SITE_RUN[f"http://127.0.0.1:{server.server_port}"] = run
     yield f"http://127.0.0.1:{server.server_port}", hostile_key
     server.shutdown()
 
@@ -129,3 +132,88 @@ def test_in_a_real_browser(site, tmp_path):
         assert page.locator("#row b").count() == 0
         browser.close()
     assert (tmp_path / "grid.png").stat().st_size > 10_000
+
+
+def _launch(p):
+    return p.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )  # fmt: skip
+
+
+def _post(url, body: bytes, headers: dict):
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_writes_come_only_from_our_own_page(site):
+    base, _ = site
+    import json
+
+    pair = json.loads(_get(f"{base}/api/pair")[2])["pair"]
+    body = json.dumps({"rater": "eve", "left": pair["left"], "right": pair["right"], "winner": "left"}).encode()
+    form = urllib.parse.urlencode({"rater": "eve"}).encode()
+    assert _post(f"{base}/api/choice", form, {"Content-Type": "application/x-www-form-urlencoded"}) == 415
+    assert _post(f"{base}/api/choice", body, {"Content-Type": "text/plain"}) == 415  # what a cross-site form sends
+    assert _post(f"{base}/api/choice", body, {"Content-Type": "application/json", "Origin": "http://evil.test"}) == 403
+    bad = json.dumps({"rater": "eve", "left": "no such key", "right": pair["right"], "winner": "left"}).encode()
+    assert _post(f"{base}/api/choice", bad, {"Content-Type": "application/json"}) == 400
+    nameless = json.dumps({"rater": " ", "left": pair["left"], "right": pair["right"], "winner": "left"}).encode()
+    assert _post(f"{base}/api/choice", nameless, {"Content-Type": "application/json"}) == 400
+
+
+def test_rate_view_by_keyboard_lands_in_the_database(site, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from zxl.catalog.rating import ChoiceStore
+
+    base, _ = site
+    db = site_run(site) / "taste" / "choices.sqlite"
+    before = len(ChoiceStore(db).choices())
+    with sync_playwright() as p:
+        browser = _launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/rate")
+        page.wait_for_selector("body[data-pair]")  # (the page's CSP forbids eval: selectors, not JS predicates)
+        page.keyboard.press("ArrowLeft")  # no name yet: nothing is saved, the page says why
+        page.wait_for_selector("#status:has-text('enter your name')")
+        page.fill("#rater", "ann")
+        page.locator("#rater").dispatch_event("change")
+        page.locator("body").click(position={"x": 5, "y": 5})
+        chosen = []
+        for key in ("ArrowLeft", "ArrowRight", "ArrowLeft", "s", "ArrowRight", "u"):
+            shown = page.evaluate("document.body.dataset.pair").split("\n")
+            chosen.append((key, shown))
+            page.keyboard.press(key)
+            page.wait_for_selector("body[data-busy='0']", state="attached")
+        page.screenshot(path=str(tmp_path / "rate.png"))
+        # after the undo the undone pair is shown again
+        assert page.evaluate("document.body.dataset.pair").split("\n") == chosen[4][1]
+        # stars on a row's page
+        left = chosen[0][1][0]
+        page.goto(f"{base}/row/{urllib.parse.quote(left, safe='/')}")
+        page.click("#stars button[data-stars='8']")
+        page.wait_for_selector("#stars[data-mine='8']")
+        page.goto(base + "/clusters")
+        assert page.locator("section.cluster").count() >= 2 and "Effective clusters" in page.inner_text("#summary")
+        page.locator("section.cluster h3 a").first.click()
+        page.wait_for_load_state()
+        assert "cluster=" in page.url and page.locator(".card").count() > 0
+        browser.close()
+    store = ChoiceStore(db)
+    got = store.choices()[before:]
+    expect = [(shown[0] if key == "ArrowLeft" else shown[1]) for key, shown in chosen[:3]]
+    assert [w for w, *_ in got] == expect and all(r == "ann" for _, _, r, _ in got)  # the undone 4th is not there
+    assert store.counts()["undone"] >= 1 and store.stars_of(left) == {"ann": 8}
+    assert (tmp_path / "rate.png").stat().st_size > 10_000
+
+
+def site_run(site):
+    """The run folder the site serves (its catalog's parent)."""
+    base, _ = site
+    return _SITE_RUN[base]

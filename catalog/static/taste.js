@@ -39,7 +39,11 @@
   }
   async function act(what) {
     if (busy) return;
-    if (!rater()) { say("enter your name first: choices are saved under it"); if (nameBox) nameBox.focus(); return; }
+    if (!rater()) {
+      say("enter your name first: choices are saved under it");
+      document.body.dataset.busy = "0";
+      return;
+    }
     busy = true;
     try {
       if (what === "undo") {

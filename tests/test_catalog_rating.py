@@ -1,0 +1,105 @@
+"""catalog/rating.py: the choice database (crash-safe, nothing deleted) and the active pair picker."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from zxl.catalog.rating import ChoiceStore, PairPicker, star_pairs
+
+
+def test_choices_undo_skip_and_stars(tmp_path):
+    store = ChoiceStore(tmp_path / "taste" / "choices.sqlite")
+    store.add_choice("ann", "a", "b", "a")
+    store.add_choice("ann", "c", "d", None)  # a skip
+    store.add_choice("bob", "e", "f", "f")
+    assert store.choices() == [("a", "b", "ann", store.choices()[0][3]), ("f", "e", "bob", store.choices()[1][3])]
+    assert store.shown_pairs() == {frozenset("ab"), frozenset("cd"), frozenset("ef")}
+    assert store.undo("ann") == {"id": 2, "left": "c", "right": "d", "winner": None}  # the latest, a skip
+    assert store.undo("ann")["winner"] == "a"
+    assert store.undo("ann") is None
+    assert store.counts() == {"choices": 1, "skipped": 0, "undone": 2, "raters": 2, "stars": 0}
+    store.set_stars("ann", "a", 7)
+    store.set_stars("ann", "a", 8)
+    store.set_stars("bob", "a", 2)
+    assert store.stars_of("a") == {"ann": 8, "bob": 2}
+    store.set_stars("bob", "a", None)
+    assert store.stars_of("a") == {"ann": 8}
+    for bad in (lambda: store.add_choice("ann", "a", "b", "z"), lambda: store.add_choice("ann", "a", "a", "a"),
+                lambda: store.add_choice("  ", "a", "b", "a"), lambda: store.set_stars("ann", "a", 10)):  # fmt: skip
+        with pytest.raises(ValueError):
+            bad()
+    store.close()
+    again = ChoiceStore(tmp_path / "taste" / "choices.sqlite")  # a restart keeps everything
+    assert len(again.choices()) == 1 and again.counts()["undone"] == 2
+
+
+def test_stars_imply_pairs_within_one_rater():
+    pairs = star_pairs([("a", "ann", 9), ("b", "ann", 3), ("c", "ann", 3), ("d", "bob", 1)], {"a": 0, "b": 1, "c": 2, "d": 3})
+    assert sorted(zip(pairs.winner.tolist(), pairs.loser.tolist())) == [(0, 1), (0, 2)]
+    assert (pairs.weight == 0.5).all()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from zxl.catalog.rating import ChoiceStore
+    store = ChoiceStore(sys.argv[1])
+    i = 0
+    while True:
+        store.add_choice("ann", f"k{i}", f"k{i + 1}", f"k{i}")
+        print(i, flush=True)  # acknowledged: committed
+        i += 1
+    """
+)
+
+
+def test_nothing_acknowledged_is_lost_when_the_writer_is_killed(tmp_path):
+    db = tmp_path / "choices.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    acked = -1
+    try:
+        for line in proc.stdout:
+            acked = int(line)
+            if acked >= 150:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # mid-write: it was committing the next one
+        proc.wait(timeout=30)
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    n = con.execute("SELECT count(*) FROM choices").fetchone()[0]
+    con.close()
+    assert n >= acked + 1  # every acknowledged choice is there (and at most the one in flight more)
+    assert len(ChoiceStore(db).choices()) == n
+
+
+def test_picker_spreads_over_scores_never_repeats_and_skips_near_copies(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 90
+    emb = rng.normal(size=(n, 16))
+    emb[1] = emb[0] + 1e-3  # a near copy of row 0
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    score = np.arange(n) % 9 + 1
+    keys = [f"r{i}" for i in range(n)]
+    store = ChoiceStore(tmp_path / "c.sqlite")
+    picker = PairPicker(keys, emb.astype(np.float16), score, store)
+    seen, levels = set(), []
+    u = emb @ rng.normal(size=16)
+    for _ in range(120):
+        p = picker.next_pair()
+        pair = frozenset((p["left"], p["right"]))
+        assert pair not in seen and pair != frozenset(("r0", "r1"))
+        seen.add(pair)
+        a, b = keys.index(p["left"]), keys.index(p["right"])
+        levels += [score[a], score[b]]
+        assert abs(score[a] - score[b]) <= 2
+        store.add_choice("ann", p["left"], p["right"], p["left"] if u[a] > u[b] else p["right"])
+    assert set(levels) == set(range(1, 10))  # every score level is asked about
+    picker.refit()
+    assert picker._fitted_on == 120 and np.corrcoef(picker.w, np.linalg.lstsq(emb, u, rcond=None)[0])[0, 1] > 0.5
