@@ -196,8 +196,9 @@ class Browser:
     def clusters(self, per_cluster: int = 12) -> list[dict]:
         """Every cluster of the trainable rows: size, mean score, draws per epoch, its best rows."""
         stats = self.rows(
-            "SELECT cluster, count(*) AS size, avg(score) AS mean_score, sum(weight) AS weight, sum(repeats) AS repeats "
-            "FROM catalog WHERE status = 'ok' AND cluster IS NOT NULL GROUP BY cluster ORDER BY cluster",
+            "SELECT cluster, count(*) AS size, avg(score) AS mean_score, sum(weight) AS weight, "
+            "sum(repeats) AS repeats FROM catalog WHERE status = 'ok' AND cluster IS NOT NULL "
+            "GROUP BY cluster ORDER BY cluster",
             [],
         )
         top = self.rows(
@@ -321,7 +322,8 @@ def create_app(catalog_dir: str | Path) -> Flask:
 
     @app.get("/clusters")
     def clusters():
-        return render_template("clusters.html", clusters=browser.clusters(), diversity=catalog.manifest.get("diversity"),
+        diversity = catalog.manifest.get("diversity")
+        return render_template("clusters.html", clusters=browser.clusters(), diversity=diversity,
                                problems=catalog.problems)  # fmt: skip
 
     def _pair_reply(pair: dict | None):

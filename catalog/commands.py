@@ -90,8 +90,9 @@ def _catalog_stats(cat, args, json) -> int:
         print("score edges: " + " ".join(f"{e:.4g}" for e in st["score_edges"]))
     if st["taste"]:
         t = st["taste"]
-        print(f"scores from the taste head {t['head']} ({t.get('choices', '?')} choices by "
-              f"{', '.join(t.get('raters') or ['?'])}; held-out accuracy {t.get('heldout_accuracy', '?')})")  # fmt: skip
+        raters = ", ".join(t.get("raters") or ["?"])
+        print(f"scores from the taste head {t['head']} ({t.get('choices', '?')} choices by {raters}; "
+              f"held-out accuracy {t.get('heldout_accuracy', '?')})")  # fmt: skip
     print(diversity_text(st["diversity"]))
     return 0
 
@@ -102,7 +103,8 @@ def diversity_text(d: dict | None) -> str:
         return "diversity: no clusters (the run stored no embeddings, or the catalog predates them)"
     c = d["clusters"]
     lines = [f"diversity: weigh.diversity {d['setting']}, {c['k']} clusters ({c['chosen']})",
-             f"  {'draws':<28} {'effective clusters':>18} {'Vendi (1000 draws)':>19} {'mean score':>11} {'per epoch':>10}"]  # fmt: skip
+             f"  {'draws':<28} {'effective clusters':>18} {'Vendi (1000 draws)':>19} {'mean score':>11} "
+             f"{'per epoch':>10}"]  # fmt: skip
     rows = [("at diversity 0 (by score)", d["zero"])]
     if d["setting"] > 0:
         rows += [(f"at {d['setting']}: weights (zxl train)", d["chosen"]["weights"]),

@@ -113,7 +113,9 @@ def add_commands(sub) -> None:
         "taste/fit.json and taste/learning-curve.png.",
     )
     fit.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/demo")
-    fit.add_argument("--choices", metavar="FILE.csv", help="choices made elsewhere: columns winner,loser (catalog keys)")
+    fit.add_argument(
+        "--choices", metavar="FILE.csv", help="choices made elsewhere: columns winner,loser (catalog keys)"
+    )
     fit.add_argument("--folds", type=int, default=5, help="k of the k-fold held-out accuracy (default 5)")
     fit.add_argument("--c", type=float, help="the L2 strength 1/C (default: chosen by cross-validation)")
     fit.set_defaults(run=cmd_taste_fit)
@@ -226,7 +228,8 @@ def cmd_taste_fit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--c must be above 0, got {args.c}")
     r = fit_taste(args.run_dir, args.choices, args.folds, c=args.c)
     print(f"{r['choices']} choices by {', '.join(r['raters'])} ({r['stars']} stars) on {r['embedding']} embeddings")
-    print(f"held-out pairwise accuracy ({r['folds']}-fold): {r['heldout_accuracy']:.3f} ± {r['heldout_accuracy_std']:.3f}"
+    acc, sd = r["heldout_accuracy"], r["heldout_accuracy_std"]
+    print(f"held-out pairwise accuracy ({r['folds']}-fold): {acc:.3f} ± {sd:.3f}"
           f"  (C {r['c']}; train {r['train_accuracy']:.3f})")  # fmt: skip
     if r["scorer_agreement"] is not None:
         print(f"the run's scorer ({r['scorer']}) agrees with {r['scorer_agreement']:.3f} of the same choices")

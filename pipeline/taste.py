@@ -118,7 +118,9 @@ def read_choices_csv(path: str | Path) -> list[tuple[str, str, str, str]]:
         reader = csv.DictReader(f)
         missing = {"winner", "loser"} - set(reader.fieldnames or [])
         if missing:
-            raise ConfigError(f"--choices: {path} needs the columns winner,loser (catalog keys); it lacks {sorted(missing)}")
+            raise ConfigError(
+                f"--choices: {path} needs the columns winner,loser (catalog keys); it lacks {sorted(missing)}"
+            )
         out = []
         for n, row in enumerate(reader, start=2):
             w, lo = (row["winner"] or "").strip(), (row["loser"] or "").strip()
@@ -147,7 +149,8 @@ def learning_curve(emb: np.ndarray, pairs, extra, c: float, k: int, seed: int) -
     out = []
     for size in sizes:
         acc = preference.kfold_accuracy(emb, pairs, extra, k, c, seed, size=size)
-        out.append({"choices": int(size), "accuracy": round(float(np.mean(acc)), 4), "std": round(float(np.std(acc)), 4)})
+        mean, sd = round(float(np.mean(acc)), 4), round(float(np.std(acc)), 4)
+        out.append({"choices": int(size), "accuracy": mean, "std": sd})
     return out
 
 
@@ -214,7 +217,9 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
         source = str(choices_csv)
     else:
         if not db.exists():
-            raise ConfigError(f"{db}: no choices yet; rate pairs in `zxl catalog browse` (its rate view) or pass --choices FILE.csv")
+            raise ConfigError(
+                f"{db}: no choices yet; rate pairs in `zxl catalog browse` (its rate view) or pass --choices FILE.csv"
+            )
         store = ChoiceStore(db)
         raw, stars = store.choices(), store.stars()
         store.close()
@@ -223,7 +228,9 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
     if len(known) < len(raw):
         log(f"taste fit: {len(raw) - len(known)} of {len(raw)} choices name keys without a stored embedding: left out")
     if len(known) < MIN_CHOICES:
-        raise ConfigError(f"taste fit needs at least {MIN_CHOICES} choices between rows of this run; it has {len(known)}")
+        raise ConfigError(
+            f"taste fit needs at least {MIN_CHOICES} choices between rows of this run; it has {len(known)}"
+        )
     pairs = preference.Pairs.of([index[w] for w, _, _ in known], [index[lo] for _, lo, _ in known])
     extra = star_pairs(stars, index, seed)
     k = max(2, min(folds, len(pairs)))
@@ -293,6 +300,6 @@ def apply_taste(run_dir: str | Path, head: str | Path | None = None, overrides: 
     head = Path(head or taste_dir(run_dir) / HEAD_FILE).expanduser().absolute()
     if not head.is_file():
         raise ConfigError(f"no taste head at {head}: fit one first (`zxl taste fit {run_dir}`)")
-    cfg = load_config(CurateConfig, [run_dir / "config.yaml"], overrides=[
-        f"run.runs_dir={run_dir.absolute().parent}", f"run.name={run_dir.name}", f"taste.head={head}", *overrides])  # fmt: skip
+    where = [f"run.runs_dir={run_dir.absolute().parent}", f"run.name={run_dir.name}", f"taste.head={head}"]
+    cfg = load_config(CurateConfig, [run_dir / "config.yaml"], overrides=[*where, *overrides])
     return rerun_from_reduce(cfg, log)

@@ -184,7 +184,8 @@ def weigh(status: np.ndarray, score: np.ndarray, cfg: WeighConfig, emb: np.ndarr
     vec_t = t[has_emb[t]]
 
     def report(weights):
-        return draw_report(weights[vec_t], labels[vec_t], score[vec_t].astype(np.float64), emb[emb_row[vec_t]], cfg.seed)
+        at = emb[emb_row[vec_t]]
+        return draw_report(weights[vec_t], labels[vec_t], score[vec_t].astype(np.float64), at, cfg.seed)
 
     out = {
         "setting": cfg.diversity,

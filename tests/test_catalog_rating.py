@@ -40,8 +40,9 @@ def test_choices_undo_skip_and_stars(tmp_path):
 
 
 def test_stars_imply_pairs_within_one_rater():
-    pairs = star_pairs([("a", "ann", 9), ("b", "ann", 3), ("c", "ann", 3), ("d", "bob", 1)], {"a": 0, "b": 1, "c": 2, "d": 3})
-    assert sorted(zip(pairs.winner.tolist(), pairs.loser.tolist())) == [(0, 1), (0, 2)]
+    stars = [("a", "ann", 9), ("b", "ann", 3), ("c", "ann", 3), ("d", "bob", 1)]
+    pairs = star_pairs(stars, {"a": 0, "b": 1, "c": 2, "d": 3})
+    assert sorted(zip(pairs.winner.tolist(), pairs.loser.tolist(), strict=True)) == [(0, 1), (0, 2)]
     assert (pairs.weight == 0.5).all()
 
 

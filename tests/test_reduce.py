@@ -38,7 +38,8 @@ def test_reduce_reads_only_the_score_and_inspect_outputs(tmp_path):
     cfg, hashes = stage_folder.build(tmp_path, [stage_folder.picture(0)])
     stage_folder.run(tmp_path, cfg, hashes, "inspect", "score")
     try:
-        reduce.reduce_all(StageInputs(tmp_path, "reduce", ("score",)), 1, "h", cfg.taste, cfg.calibrate, cfg.dedup, cfg.weigh)
+        inputs = StageInputs(tmp_path, "reduce", ("score",))
+        reduce.reduce_all(inputs, 1, "h", cfg.taste, cfg.calibrate, cfg.dedup, cfg.weigh)
     except UndeclaredReadError as e:
         assert "reads the output of inspect" in str(e)
     else:

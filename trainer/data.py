@@ -56,7 +56,8 @@ def load_rows(catalog: str | Path, resolution: int, draw: str = "weight") -> pd.
         counts = ", ".join(f"{k} {v}" for k, v in df.status.value_counts().items()) or "no rows"
         raise ConfigError(f"data.catalog: {path} has no trainable rows (status ok and repeats > 0); it has {counts}")
     weight = ok.weight.astype(float)
-    ok["draws"] = ok.repeats.astype(float) if draw == "repeats" else weight.where(weight.notna(), ok.repeats.astype(float))
+    whole = ok.repeats.astype(float)
+    ok["draws"] = whole if draw == "repeats" else weight.where(weight.notna(), whole)
     buckets = buckets_for(resolution)
     ok["bucket_index"] = nearest(ok.width.to_numpy(float), ok.height.to_numpy(float), buckets)
     ok = ok.sort_values("key", kind="stable").reset_index(drop=True)

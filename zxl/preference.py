@@ -94,7 +94,7 @@ def kfold_accuracy(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k:
     return out
 
 
-def choose_c(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k: int = 5, seed: int = 0) -> dict[float, float]:
+def choose_c(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k: int = 5, seed: int = 0) -> dict:
     """Mean held-out accuracy by C over ``C_GRID``."""
     return {c: float(np.mean(kfold_accuracy(emb, pairs, extra, k, c, seed))) for c in C_GRID}
 
