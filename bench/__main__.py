@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import catalog, evaluation, fetch, sampling, scoring, tagging, training
+from bench import catalog, evaluation, fetch, sampling, scoring, tagging, taste, training
 
 ENTRIES = {
     "fetch": fetch.run,
@@ -29,6 +29,9 @@ ENTRIES = {
     "sampling": sampling.run,
     "training": training.run,
     "eval": evaluation.run,
+    "clustering": taste.clustering,
+    "taste-fit": taste.taste_fit,
+    "rating": taste.rating_latency,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -212,9 +212,12 @@ class PairPicker:
         return preference.Pairs(np.r_[pairs.winner, extra.winner], np.r_[pairs.loser, extra.loser],
                                 np.r_[pairs.weight, extra.weight])  # fmt: skip
 
-    def refit(self) -> None:
+    def refit(self, force: bool = False) -> None:
+        """Refit on the choices so far: after every choice while there are few, then after every tenth
+        more (a pair a second stays quick at thousands of choices; the head moves little per choice)."""
         pairs = self._pairs()
-        if len(pairs) == self._fitted_on:
+        due = len(pairs) - self._fitted_on >= max(1, self._fitted_on // 10)
+        if len(pairs) == self._fitted_on or not (due or force):
             return
         self._fitted_on = len(pairs)
         if len(pairs) >= MIN_TO_FIT:

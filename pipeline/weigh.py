@@ -68,8 +68,10 @@ def _kmeans(k: int, seed: int):
                            init_size=min(CHUNK, max(3 * k, 1024)), reassignment_ratio=0.01)  # fmt: skip
 
 
-def _fit(x: np.ndarray, k: int, seed: int, passes: int = 2) -> np.ndarray:
-    """k-means centres of ``x`` (any float dtype, [n, d]), streamed in float32 chunks."""
+def _fit(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means centres of ``x`` (any float dtype, [n, d]), streamed in float32 chunks: two passes,
+    one past 200k rows (that is already 12+ mini-batches of 16k per centre update pass)."""
+    passes = 2 if len(x) < 200_000 else 1
     km = _kmeans(k, seed)
     order = np.random.default_rng(seed).permutation(len(x))
     for _ in range(passes):

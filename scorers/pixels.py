@@ -14,7 +14,7 @@ the comparison, as with CLIP embeddings:
     hue         a 12-bin histogram of hue weighted by saturation, summing to 1 — 12
 
 224 dimensions, float32. Images are first reduced to at most 128 px on the long side (texture is
-measured at that scale, so sizes compare).
+measured at that scale, so sizes compare); a side under 8 px is repeated up to 8.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def pixel_embedding(image: Image.Image) -> np.ndarray:
     if max(im.size) > 128:
         k = 128 / max(im.size)
         im = im.resize((max(8, round(im.width * k)), max(8, round(im.height * k))), Image.Resampling.BOX)
+    elif min(im.size) < 8:  # a 1×1 or 3×500 picture: enough pixels for the gradients (pixels repeated)
+        im = im.resize((max(8, im.width), max(8, im.height)), Image.Resampling.NEAREST)
     a = np.asarray(im, dtype=np.float32) / 255.0
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
     y = 0.299 * r + 0.587 * g + 0.114 * b

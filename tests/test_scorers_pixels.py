@@ -27,3 +27,13 @@ def test_near_copies_are_nearer_than_other_pictures():
     ea, eb, en = pixel_embeddings([a, b, noisy])
     assert ea @ en > ea @ eb + 0.1
     assert ea @ pixel_embedding(a.resize((128, 128))) > 0.95
+
+
+def test_any_size_embeds():
+    from PIL import Image
+
+    from zxl.scorers.pixels import DIM, pixel_embedding
+
+    for size in ((1, 1), (1, 300), (3, 2), (7, 7), (2000, 3)):
+        v = pixel_embedding(Image.new("RGB", size, (200, 30, 30)))
+        assert v.shape == (DIM,) and np.isfinite(v).all()

@@ -114,5 +114,5 @@ def win_probability(w: np.ndarray, cov: np.ndarray | None, xa: np.ndarray, xb: n
     """p̄(a beats b) for rows of candidate pairs (the probit-approximated posterior mean)."""
     d = np.asarray(xa, np.float64) - np.asarray(xb, np.float64)
     m = d @ w
-    v = np.einsum("ij,jk,ik->i", d, cov, d) if cov is not None else np.zeros(len(d))
+    v = ((d @ cov) * d).sum(axis=1) if cov is not None else np.zeros(len(d))
     return 1 / (1 + np.exp(-m / np.sqrt(1 + np.pi * v / 8)))
