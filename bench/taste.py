@@ -56,8 +56,8 @@ else:
     k = int(sys.argv[3])
     labels = MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=4096).fit(x.astype(np.float32)).labels_
 seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "k": int(k), "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                  "clusters_used": int(len(np.unique(labels)))}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"seconds": seconds, "k": int(k), "peak_gb": peak, "clusters_used": int(len(np.unique(labels)))}))
 """
 
 
