@@ -10,12 +10,13 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate browse browser train sample grid test bench bench-gpu lint format lock clean help
+.PHONY: install curate taste-demo browse browser train sample grid test bench bench-gpu lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
 	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
 	@echo "make browse     the catalog browser on http://127.0.0.1:8765 (CATALOG=runs/demo/catalog)"
+	@echo "make taste-demo a simulated rater answers 300 pairs of the rate view; zxl taste fit + apply at weigh.diversity 0 and 1"
 	@echo "make train      train on the demo catalog (a tiny SDXL on the CPU); real: CONFIG=configs/train/zero-xl.yaml BASE=model.safetensors"
 	@echo "make sample     a validation grid (MODEL=.safetensors or diffusers folder; the demo checkpoint without)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
@@ -36,6 +37,11 @@ install: $(STAMP)
 
 curate: $(STAMP)
 	$(BIN)/zxl curate --demo -c $(CONFIG) $(ARGS)
+
+# The taste loop offline: a simulated rater answers 300 pairs in the rate view, then taste fit and apply.
+taste-demo: $(STAMP)
+	test -f $(CATALOG)/_manifest.json || $(MAKE) curate
+	$(BIN)/python docs/taste_demo.py $(ARGS)
 
 browse: $(STAMP)
 	test -f $(CATALOG)/_manifest.json || $(MAKE) curate

@@ -1,10 +1,12 @@
 """Regenerate the README's pictures: ``.venv/bin/python docs/screenshot.py`` after ``make curate``.
 
 Serves runs/demo/catalog on a free port and photographs the browser with Playwright and Debian's
-chromium (``make browser`` installs it): the grid filtered to score_8+ and one row's detail view.
+chromium (``make browser`` installs it): the grid filtered to score_7+, the rate view and the clusters page (after ``make taste-demo``, so
+the clusters are those of the taste-applied catalog), and copies the taste learning curve.
 """
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -27,7 +29,17 @@ def main() -> None:
         page.goto(f"{base}/?score_min=7&sort=aesthetic&per_page=24")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(ROOT / "docs/img/browse.png"))
+        page.goto(f"{base}/rate")
+        page.wait_for_selector("body[data-pair]")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ROOT / "docs/img/rate.png"))
+        page.goto(f"{base}/clusters")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ROOT / "docs/img/clusters.png"), full_page=False)
         browser.close()
+    curve = ROOT / "runs/demo/taste/learning-curve.png"
+    if curve.exists():
+        shutil.copyfile(curve, ROOT / "docs/img/taste-curve.png")
     server.shutdown()
 
 

@@ -71,10 +71,7 @@ def head_info(path: str | Path) -> dict:
 
 def head_scores(path: str | Path, embeddings: np.ndarray, kind: str | None) -> np.ndarray:
     """The head's raw score of every row of ``embeddings`` (any float dtype, [N, D]) as float64."""
-    import torch
-
-    from zxl.models import load_state_dict
-    from zxl.scorers.heads import build_head, input_dim
+    from zxl.scorers.heads import input_dim, load_head, run_head
 
     info = head_info(path)
     made_on = info.get("embedding")
@@ -83,17 +80,12 @@ def head_scores(path: str | Path, embeddings: np.ndarray, kind: str | None) -> n
             f"taste.head: {path} was fitted on '{made_on}' embeddings but this run stores '{kind}' ones; "
             "fit a head on this run (`zxl taste fit RUN_DIR`)"
         )
-    head = build_head(load_state_dict(str(path), "taste.head"), key="taste.head")
+    head = load_head(Path(path).expanduser(), "taste.head")
     if input_dim(head) != embeddings.shape[1]:
         raise ConfigError(
             f"taste.head: the head takes {input_dim(head)}-d embeddings but this run's are {embeddings.shape[1]}-d"
         )
-    out = np.empty(len(embeddings), np.float64)
-    with torch.inference_mode():
-        for a in range(0, len(embeddings), 65536):
-            x = torch.from_numpy(np.asarray(embeddings[a : a + 65536], np.float32))
-            out[a : a + len(x)] = head(x).squeeze(-1).double().numpy()
-    return out
+    return run_head(head, embeddings)
 
 
 def head_hash(path: str) -> str | None:

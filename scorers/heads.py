@@ -15,10 +15,12 @@ Linear and BatchNorm sizes, and the layout fixes what sits in the parameterless 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from zxl.config import ConfigError
+from zxl.scorers.base import Scorer
 
 LAYOUTS = ("auto", "laion", "waifu-v3")
 _PREFIXES = ("_orig_mod.", "module.", "model.", "mlp.")
@@ -83,3 +85,55 @@ def laion_state_dict(dim: int = 768, seed: int = 0) -> dict[str, torch.Tensor]:
         out[f"layers.{i}.weight"] = torch.randn(n_out, n_in, generator=g) / n_in**0.5
         out[f"layers.{i}.bias"] = torch.randn(n_out, generator=g) * 0.01
     return out
+
+
+def load_head(path, key: str = "taste.head") -> nn.Sequential:
+    """A head file (``.safetensors`` or a ``.pth`` state dict) as an ``nn.Sequential`` on the CPU."""
+    from zxl.models import load_state_dict
+
+    return build_head(load_state_dict(path, key), key=key)
+
+
+def run_head(head: nn.Sequential, embeddings: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The head's output for every row of ``embeddings`` (any float dtype, [N, D]) as float64, in chunks."""
+    out = np.empty(len(embeddings), np.float64)
+    with torch.inference_mode():
+        for a in range(0, len(embeddings), chunk):
+            x = torch.from_numpy(np.asarray(embeddings[a : a + chunk], np.float32))
+            out[a : a + len(x)] = head(x).squeeze(-1).double().numpy()
+    return out
+
+
+class WithHead(Scorer):
+    """A scorer that stores embeddings, scored instead by another head over them: what a catalog made
+    with ``zxl taste apply`` scores with (``zxl eval`` measures the samples the way the rows were)."""
+
+    def __init__(self, inner: Scorer, head_path, key: str = "taste.head"):
+        if not inner.embeds:
+            raise ConfigError(f"{key}: the scorer {inner.name} stores no embeddings for a head to read")
+        self.inner, self.head, self.cfg = inner, load_head(head_path, key), inner.cfg
+        self.name = f"{inner.name} + {head_path}"
+
+    @property
+    def embeds(self) -> bool:
+        return True
+
+    @property
+    def embedding_kind(self) -> str:
+        return self.inner.embedding_kind
+
+    def prepare(self, image):
+        return self.inner.prepare(image)
+
+    def collate(self, items):
+        return self.inner.collate(items)
+
+    def score_and_embed(self, batch):
+        _, emb = self.inner.score_and_embed(batch)
+        return run_head(self.head, emb).astype(np.float32), emb
+
+    def score(self, batch) -> np.ndarray:
+        return self.score_and_embed(batch)[0]
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        return self.inner.embed_text(texts)

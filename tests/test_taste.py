@@ -129,3 +129,22 @@ def test_clear_errors(run, tmp_path):
         apply_taste(run_dir, head=tmp_path / "missing.safetensors")
     with pytest.raises(ConfigError, match="do not match this config"):  # it would refetch: refused
         apply_taste(run_dir, overrides=["fetch.encode_quality=80", "run.scheduler=sync"])
+
+
+def test_eval_scores_samples_with_the_taste_head(run, tmp_path):
+    """A catalog made by `zxl taste apply` is measured by its head: zxl eval's scorer is the head."""
+    from zxl.scorers.heads import WithHead
+    from zxl.trainer.evaluate import EvalConfig, EvalSet
+
+    run_dir, ok = run
+    if "taste" not in read_manifest(run_dir / "catalog"):
+        simulate(ok, 100, tmp_path / "c.csv")
+        fit_taste(run_dir, tmp_path / "c.csv", log=lambda *_: None)
+        apply_taste(run_dir, overrides=["run.scheduler=sync", "run.progress=false"], log=lambda *_: None)
+    es = EvalSet.build(run_dir / "catalog", EvalConfig(holdout=0.3, resolution=128))
+    assert isinstance(es.scorer, WithHead)
+    store = ImageStore(run_dir / "catalog")
+    images = [decode(store.get(r.shard, r.shard_key)[0]) for r in ok.head(4).itertuples()]
+    raw, emb = es.scorer.score_and_embed(es.scorer.collate([es.scorer.prepare(im) for im in images]))
+    cat = read_catalog(run_dir / "catalog").to_pandas().set_index("key")
+    np.testing.assert_allclose(raw, cat.loc[ok.key.head(4), "aesthetic"].to_numpy(), rtol=1e-3, atol=1e-3)

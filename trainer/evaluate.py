@@ -109,6 +109,13 @@ class EvalSet:
         manifest = read_manifest(catalog)
         score_cfg = ScoreConfig(**manifest.get("config", {}).get("score", {}))  # a bare manifest: the technical one
         scorer = build_scorer(score_cfg)
+        taste = manifest.get("taste")
+        if taste:  # the rows were scored by the user's taste head: the samples are too
+            from zxl.scorers.heads import WithHead
+
+            if not Path(taste["head"]).is_file():
+                raise ConfigError(f"{catalog}: its scores come from the taste head {taste['head']}, which is gone")
+            scorer = WithHead(scorer, taste["head"])
         clip = (
             None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
         )
