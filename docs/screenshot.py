@@ -1,8 +1,9 @@
 """Regenerate the README's pictures: ``.venv/bin/python docs/screenshot.py`` after ``make curate``.
 
 Serves runs/demo/catalog on a free port and photographs the browser with Playwright and Debian's
-chromium (``make browser`` installs it): the grid filtered to score_7+, the rate view and the clusters page (after ``make taste-demo``, so
-the clusters are those of the taste-applied catalog), and copies the taste learning curve.
+chromium (``make browser`` installs it): the grid filtered to score_7+, the rate view and the
+clusters page (after ``make taste-demo``, so the clusters are those of the taste-applied catalog);
+copies the taste learning curve.
 """
 
 import logging

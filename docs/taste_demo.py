@@ -107,9 +107,8 @@ def main() -> int:
           f"taste head {follows(RUN):.2f}")  # fmt: skip
     z, one = out[0]["zero"], out[1]["chosen"]
     print(f"{out[1]['clusters']['k']} clusters; draws per epoch     effective clusters   Vendi   mean score")
-    print(
-        f"  weigh.diversity 0 (by score)    {z['effective_clusters']:>18.2f} {z['vendi']:>7.2f} {z['mean_score']:>12.2f}"
-    )
+    ec, vendi, mean = z["effective_clusters"], z["vendi"], z["mean_score"]
+    print(f"  weigh.diversity 0 (by score)    {ec:>18.2f} {vendi:>7.2f} {mean:>12.2f}")
     for name in ("weights", "repeats"):
         r = one[name]
         print(f"  weigh.diversity 1 ({name:<7})    {r['effective_clusters']:>18.2f} {r['vendi']:>7.2f} "
