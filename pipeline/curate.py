@@ -218,6 +218,14 @@ def summary(result: CurateResult) -> str:
         + f"; repeats: {' '.join(f'{k}x{v}' for k, v in sorted(m['counts']['repeats'].items()))}"
     )
     lines.append(f"duplicates: {m['dedup']['duplicates']} ({m['dedup']['pairs_by_evidence']} pairs by evidence)")
+    d = m.get("diversity") or {}
+    if d.get("clusters"):
+        chosen, zero = d["chosen"]["weights"], d["zero"]
+        lines.append(
+            f"draws over {d['clusters']['k']} clusters of the {m.get('embedding')} embeddings: effective clusters "
+            f"{chosen['effective_clusters']:.2f}, mean score {chosen['mean_score']:.2f} at weigh.diversity "
+            f"{d['setting']} ({zero['effective_clusters']:.2f}, {zero['mean_score']:.2f} at 0)"
+        )
     ratings = m["counts"]["rating"]
     lines.append(
         f"ratings: {', '.join(f'{k} {v}' for k, v in ratings.items())}; captions: {m['captioned']}"

@@ -114,6 +114,11 @@ def test_apply_rescores_without_refetching_or_re_embedding(run, tmp_path, capsys
     expect = head_scores(taste_dir(run_dir) / HEAD_FILE, emb[[idx[k] for k in trained]], "pixels-v1")
     np.testing.assert_allclose(after.loc[trained, "aesthetic"].to_numpy(), expect, rtol=1e-4, atol=1e-4)
     assert pq.read_schema(next((run_dir / "catalog").glob("part-*.parquet"))).field("weight").type == "float"
+    # stats name the head and the draws over clusters at the setting and at 0
+    assert main(["catalog", "stats", str(run_dir / "catalog")]) == 0
+    out = capsys.readouterr().out
+    assert "scores from the taste head" in out and "300 choices by simulated" in out
+    assert "effective clusters" in out and "at diversity 0 (by score)" in out
 
 
 def test_clear_errors(run, tmp_path):
