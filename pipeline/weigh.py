@@ -20,10 +20,13 @@ epoch) and ``repeats`` max(1, round(f_i)) for trainable rows (the integers a koh
 
 Clusters come from scikit-learn's ``MiniBatchKMeans``, not faiss: it streams the float16 vectors in
 chunks (``partial_fit``), so 950k × 768 stays well under the 4 GB a float32 copy plus faiss's working
-set would need; it is deterministic for a seed; scikit-learn also gives the silhouette score used to
-choose k; and it is a plain wheel on every platform (bench/taste.py measures its time and memory).
-With ``weigh.clusters: 0`` k is the candidate of ``K_GRID`` (up to √n, and at most 625) with the best
-cosine silhouette on a sample of at most ``SILHOUETTE_SAMPLE`` rows.
+set would need; it is deterministic for a seed; and it is a plain wheel on every platform
+(bench/taste.py measures its time and memory). With ``weigh.clusters: 0`` k is the candidate of
+``K_GRID`` (up to √n, and at most 625) whose balanced draws are the most varied: the probability-
+weighted Vendi score of the draws, on a sample (``choose_k``). The silhouette, the usual criterion,
+was tried first: on 768-d embeddings it prefers k = 2, and balancing two clusters of 184 and 22
+demo pictures repeats the 22 six times each — fewer distinct pictures, lower variety, the opposite
+of the aim.
 
 What is reported (the manifest's ``diversity``; ``zxl catalog stats``), for the chosen d and for d = 0:
 the effective number of clusters drawn (exp of the entropy of the draws' shares per cluster), the
@@ -39,7 +42,8 @@ from zxl.diversity import effective_clusters, vendi
 from zxl.pipeline.config import WeighConfig
 
 K_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640)
-SILHOUETTE_SAMPLE = 5000  # k is chosen up to min(√n, SILHOUETTE_SAMPLE / 8); set weigh.clusters for more
+SAMPLE = 5000  # rows k-means is fitted on to choose k: k up to min(√n, SAMPLE / 8); set weigh.clusters for more
+VENDI_SAMPLE = 1500  # rows whose weighted draws are scored for each k
 CHUNK = 16384  # rows per partial_fit / predict call (float32 copies of this size only)
 DRAW_SAMPLE = 1000  # draws whose Vendi score is reported
 
@@ -92,35 +96,40 @@ def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return out
 
 
-def choose_k(x: np.ndarray, seed: int = 0) -> tuple[int, dict[int, float]]:
-    """The k of ``K_GRID`` (at most √n) with the best silhouette on a sample; the silhouettes by k."""
-    from sklearn.metrics import silhouette_score
-
+def choose_k(x: np.ndarray, base: np.ndarray, diversity: float, seed: int = 0) -> tuple[int, dict[int, float]]:
+    """The k of ``K_GRID`` (at most √n) whose clusters, balanced at ``diversity`` (1 when it is 0),
+    give the most varied draws: the probability-weighted Vendi score of the draws of a sample of
+    ``VENDI_SAMPLE`` rows, under clusters fitted on ``SAMPLE`` rows. More clusters balance finer until
+    they get so small that balancing only repeats a few pictures; the score finds the point between."""
     n = len(x)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, min(n, SILHOUETTE_SAMPLE), replace=False))
-    xs = np.asarray(x[sample], np.float32)
-    grid = [k for k in K_GRID if k <= max(2, min(int(np.sqrt(n)), SILHOUETTE_SAMPLE // 8)) and k < len(xs)]
+    sample = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
+    xs, ws = np.asarray(x[sample], np.float32), np.asarray(base, np.float64)[sample]
+    judge = np.sort(rng.choice(len(xs), min(len(xs), VENDI_SAMPLE), replace=False))
+    grid = [k for k in K_GRID if k <= max(2, min(int(np.sqrt(n)), SAMPLE // 8)) and k < len(xs)]
+    d = diversity or 1.0
     scores = {}
     for k in grid:
         labels = assign(xs, _fit(xs, k, seed))
-        if len(np.unique(labels)) > 1:
-            scores[k] = float(silhouette_score(xs, labels, metric="cosine", random_state=seed))
+        f = diverse_weights(ws, labels, d)
+        scores[k] = vendi(xs[judge], f[judge])
     if not scores:
         return 1, {}
     return max(scores, key=lambda k: (scores[k], -k)), scores
 
 
-def cluster(x: np.ndarray, n_clusters: int = 0, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Cluster labels (int32) of the rows of ``x`` and how k was set."""
+def cluster(x: np.ndarray, n_clusters: int = 0, seed: int = 0, base: np.ndarray | None = None,
+            diversity: float = 1.0) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """Cluster labels (int32) of the rows of ``x`` and how k was set (``base`` and ``diversity``: what
+    the draws will be, for choosing k)."""
     n = len(x)
     if n == 0:
         return np.zeros(0, np.int32), {"k": 0, "chosen": "no rows"}
     if n_clusters:
         k, how = min(n_clusters, n), {"chosen": "weigh.clusters"}
     else:
-        k, scores = choose_k(x, seed)
-        how = {"chosen": "silhouette", "silhouette": {str(k_): round(v, 4) for k_, v in scores.items()}}
+        k, scores = choose_k(x, np.ones(n) if base is None else base, diversity, seed)
+        how = {"chosen": "vendi of the draws", "vendi": {str(k_): round(v, 3) for k_, v in scores.items()}}
     if k <= 1:
         return np.zeros(n, np.int32), {"k": 1, **how}
     labels = assign(x, _fit(x, k, seed))
@@ -175,7 +184,7 @@ def weigh(status: np.ndarray, score: np.ndarray, cfg: WeighConfig, emb: np.ndarr
     emb_row = np.full(n, -1, np.int64)
     emb_row[has_emb] = np.arange(int(has_emb.sum()))
     rows = np.flatnonzero(trained & has_emb)
-    found, how = cluster(emb[emb_row[rows]], cfg.clusters, cfg.seed)
+    found, how = cluster(emb[emb_row[rows]], cfg.clusters, cfg.seed, base[rows], cfg.diversity)
     labels[rows] = found
     missing = trained & ~has_emb
     labels[missing] = found.max(initial=-1) + 1  # rows with no vector: one cluster of their own

@@ -59,7 +59,7 @@ def test_diversity_one_draws_every_cluster_equally():
     base = repeats(status, score, WeighConfig())
     zero = weigh(status, score, WeighConfig(), x, np.ones(len(x), bool))[3]["zero"]
     reps, weights, clusters, report = weigh(status, score, WeighConfig(diversity=1.0), x, np.ones(len(x), bool))
-    assert report["clusters"]["k"] == 6 and report["clusters"]["chosen"] == "silhouette"  # k found from the data
+    assert report["clusters"]["k"] == 6 and report["clusters"]["chosen"] == "vendi of the draws"  # k from the data
     # the blobs are found: each cluster is one blob
     assert len({(c, t) for c, t in zip(clusters, truth, strict=True)}) == 6
     mass = np.bincount(clusters, weights=weights)

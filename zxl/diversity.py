@@ -20,13 +20,19 @@ def _unit(embeddings: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1)
 
 
-def vendi(embeddings: np.ndarray) -> float:
-    """The Vendi score of [n, d] embeddings under cosine similarity."""
+def vendi(embeddings: np.ndarray, p: np.ndarray | None = None) -> float:
+    """The Vendi score of [n, d] embeddings under cosine similarity; with ``p`` (a weight per row) the
+    score of drawing row i with probability p_i: the eigenvalues of diag(√p) K diag(√p) (Friedman &
+    Dieng's probability-weighted form; uniform p is the plain score)."""
     n = len(embeddings)
     if n == 0:
         return float("nan")
     x = _unit(embeddings)
-    eig = np.linalg.eigvalsh(x @ x.T / n)
+    if p is None:
+        p = np.full(n, 1.0 / n)
+    p = np.asarray(p, np.float64) / np.sum(p)
+    x = x * np.sqrt(p)[:, None]
+    eig = np.linalg.eigvalsh(x @ x.T)
     eig = eig[eig > 1e-12]
     return float(np.exp(-(eig * np.log(eig)).sum()))
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 
 
 @dataclass
