@@ -216,7 +216,7 @@ class PairPicker:
         """Refit on the choices so far: after every choice while there are few, then after every tenth
         more (a pair a second stays quick at thousands of choices; the head moves little per choice)."""
         pairs = self._pairs()
-        due = len(pairs) - self._fitted_on >= max(1, self._fitted_on // 10)
+        due = len(pairs) - self._fitted_on >= max(1, self._fitted_on // 10) or len(pairs) < self._fitted_on  # undo
         if len(pairs) == self._fitted_on or not (due or force):
             return
         self._fitted_on = len(pairs)

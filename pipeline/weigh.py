@@ -100,7 +100,8 @@ def choose_k(x: np.ndarray, base: np.ndarray, diversity: float, seed: int = 0) -
     """The k of ``K_GRID`` (at most √n) whose clusters, balanced at ``diversity`` (1 when it is 0),
     give the most varied draws: the probability-weighted Vendi score of the draws of a sample of
     ``VENDI_SAMPLE`` rows, under clusters fitted on ``SAMPLE`` rows. More clusters balance finer until
-    they get so small that balancing only repeats a few pictures; the score finds the point between."""
+    they get so small that balancing only repeats a few pictures; the score finds the point between
+    (the largest k within 1% of the best: when the data is already balanced the scores are flat)."""
     n = len(x)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, SAMPLE), replace=False))
@@ -115,7 +116,8 @@ def choose_k(x: np.ndarray, base: np.ndarray, diversity: float, seed: int = 0) -
         scores[k] = vendi(xs[judge], f[judge])
     if not scores:
         return 1, {}
-    return max(scores, key=lambda k: (scores[k], -k)), scores
+    best = max(scores.values())  # the finest balance within 1% of the most varied: ties go to more clusters
+    return max(k for k, v in scores.items() if v >= 0.99 * best), scores
 
 
 def cluster(x: np.ndarray, n_clusters: int = 0, seed: int = 0, base: np.ndarray | None = None,

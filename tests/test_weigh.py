@@ -73,8 +73,8 @@ def test_diversity_one_draws_every_cluster_equally():
     # within a cluster the score order stays: a score_9 row weighs more than a score_8 row of the same cluster
     in0 = clusters == clusters[0]
     assert weights[in0 & (score == 9)].min() > weights[in0 & (score == 8)].max()
-    half = weigh(status, score, WeighConfig(diversity=0.5), x, np.ones(len(x), bool))[3]
-    assert zero["effective_clusters"] < half["chosen"]["weights"]["effective_clusters"] < 6.0
+    half = weigh(status, score, WeighConfig(diversity=0.5, clusters=6), x, np.ones(len(x), bool))[3]
+    assert report["zero"]["effective_clusters"] < half["chosen"]["weights"]["effective_clusters"] < 6.0
 
 
 def test_set_clusters_and_range_errors():
