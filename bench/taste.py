@@ -175,8 +175,10 @@ def rating_latency(quick: bool = False) -> dict:
             theirs.append(time.perf_counter() - t0)
         store.close()
     o, t = float(np.median(ours)) * 1000, float(np.median(theirs)) * 1000
+    p95, worst = float(np.percentile(ours, 95)) * 1000, float(np.max(ours)) * 1000
     return {
-        "name": f"rate view: next pair after 300 choices (refit, 256 candidates, {n} × {DIM}) + the choice saved",
+        "name": f"rate view, median ms: next pair after 300 choices (256 candidates, {n} × {DIM}) + the choice "
+        f"saved; p95 {p95:.0f} ms, slowest {worst:.0f} ms (a refit)",
         "ours": o,
         "baseline": t,
         "baseline_name": "a random pair + the choice saved",

@@ -17,6 +17,7 @@ diversity-aware repeats (pipeline/weigh.py): sizes, mean scores, a grid of each.
 from __future__ import annotations
 
 import io
+import sqlite3
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -246,12 +247,30 @@ class Taste:
 
     def __init__(self, browser: Browser, run_dir: Path):
         self.browser, self.run_dir = browser, run_dir
-        self.store = ChoiceStore(choices_path(run_dir))
+        self.path = choices_path(run_dir)
+        self._store: ChoiceStore | None = None
         self._picker: PairPicker | None = None
         self._lock = threading.Lock()
         self.missing = ""
 
+    @property
+    def store(self) -> ChoiceStore:
+        """The database, opened (and created) when first needed: browsing alone writes nothing, so a
+        catalog in a read-only folder still browses."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    try:
+                        self._store = ChoiceStore(self.path)
+                    except (OSError, sqlite3.Error) as e:
+                        abort(Response(f"cannot keep choices in {self.path}: {e}", 503))
+        return self._store
+
+    def stars_of(self, key: str) -> dict[str, int]:
+        return self.store.stars_of(key) if self._store is not None or self.path.exists() else {}
+
     def picker(self) -> PairPicker | None:
+        store = self.store
         with self._lock:
             if self._picker is None and not self.missing:
                 rows = self.browser.rows("SELECT key, score FROM catalog WHERE status = 'ok' AND score IS NOT NULL", [])
@@ -263,7 +282,7 @@ class Taste:
                     return None
                 keep = [i for i, k in enumerate(keys) if k in score]
                 keys = [keys[i] for i in keep]
-                self._picker = PairPicker(keys, emb[keep], np.array([score[k] for k in keys]), self.store)
+                self._picker = PairPicker(keys, emb[keep], np.array([score[k] for k in keys]), store)
             return self._picker
 
 
@@ -313,7 +332,7 @@ def create_app(catalog_dir: str | Path) -> Flask:
         if row is None:
             abort(404)
         return render_template("row.html", row=row, duplicates=browser.duplicates(row), problems=catalog.problems,
-                               stars=taste.store.stars_of(key))  # fmt: skip
+                               stars=taste.stars_of(key))  # fmt: skip
 
     @app.get("/rate")
     def rate():

@@ -217,3 +217,21 @@ def site_run(site):
     """The run folder the site serves (its catalog's parent)."""
     base, _ = site
     return _SITE_RUN[base]
+
+
+def test_browsing_alone_writes_nothing(sync_run, tmp_path):
+    """Only rating creates runs/<name>/taste: a catalog in a read-only folder still browses."""
+    from zxl.catalog.browse import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(sync_run[1].run_dir / "catalog", run / "catalog")
+    (run / "shards").symlink_to(sync_run[1].run_dir / "shards")
+    client = create_app(run / "catalog").test_client()
+    key = client.get("/api/pair").get_json()  # reading a pair opens the database: it is the rate view
+    shutil.rmtree(run / "taste")
+    assert key["pair"] is None and "no stored embeddings" in key["message"]  # and this copy has none
+    assert client.get("/").status_code == 200 and client.get("/clusters").status_code == 200
+    first = pq.read_table(sorted((run / "catalog").glob("part-*.parquet"))[0], columns=["key", "status"])
+    ok = [k for k, s in zip(first["key"].to_pylist(), first["status"].to_pylist(), strict=True) if s == "ok"]
+    assert client.get(f"/row/{ok[0]}").status_code == 200
+    assert not (run / "taste").exists()
