@@ -368,8 +368,9 @@ def evaluate(refs: list[str], catalog: str, out: str | Path, cfg: EvalConfig = E
         r = evaluate_model(model, es, out / name, log)
         results.append({"name": name, "model": str(path), "step": step, **r})
         del model
-    report = {"catalog": str(catalog), "config": asdict(cfg), "prompts": [asdict(p) for p in es.prompts],
-              "held_out_rows": len(es.rows), "checkpoints": results}  # fmt: skip
+    report = {"catalog": str(catalog), "scorer": es.scorer.name, "config": asdict(cfg),
+              "prompts": [asdict(p) for p in es.prompts], "held_out_rows": len(es.rows),
+              "checkpoints": results}  # fmt: skip
     write_report(report, out)
     return report
 
@@ -384,7 +385,8 @@ def write_report(report: dict, out: Path) -> None:
     lines = [f"# zxl eval — {report['catalog']}", "",
              f"{len(report['prompts'])} prompts × (no tag, score_1 … score_9) × {report['config']['seeds']} seeds, "
              f"{report['config']['steps']} steps, CFG {report['config']['cfg']:g}; validation loss on "
-             f"{report['checkpoints'][0]['val_loss']['rows']} held-out rows.", "",
+             f"{report['checkpoints'][0]['val_loss']['rows']} held-out rows. Samples scored by "
+             f"{report.get('scorer', 'the catalog scorer')}, as the catalog's rows were.", "",
              "| checkpoint | step | score_1 → score_9 (raw) | ρ | Vendi with / without tags | tone flags | "
              "CLIP | val loss |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for c in report["checkpoints"]:
