@@ -129,3 +129,33 @@ def test_no_trainable_rows_is_a_clear_error(tmp_path):
         load_rows(write_catalog(tmp_path / "catalog", rows), 1024)
     with pytest.raises(ConfigError, match="not a zxl catalog"):
         load_rows(tmp_path, 1024)
+
+
+def test_fractional_weights_are_drawn_as_often_as_they_say(tmp_path):
+    """weigh.diversity > 0 gives fractional weights: ⌊f⌋ or ⌊f⌋ + 1 draws an epoch, f on average; integer
+    weights give the very plan integer repeats give."""
+    import numpy as np
+
+    df = frame({0: 12, 4: 12}, repeats=[1, 2, 3])
+    df["draws"] = df.repeats.astype(float)
+    assert epoch_plan(df, 2, seed=3, epoch=5) == epoch_plan(df.drop(columns="draws"), 2, seed=3, epoch=5)
+    df["draws"] = [0.25, 1.5, 2.75, 1.0] * 6
+    counts = np.zeros(len(df))
+    for epoch in range(400):
+        plan = epoch_plan(df, 1, seed=0, epoch=epoch, drop_last=False)
+        seen = Counter(i for b in plan for i in b.rows)
+        for i, n in seen.items():
+            assert np.floor(df.draws[i]) <= n <= np.ceil(df.draws[i])
+            counts[i] += n
+    np.testing.assert_allclose(counts / 400, df.draws, atol=0.1)
+    # the catalog's weight column is what load_rows draws with (data.draw: weight); repeats on request
+    rows = [{"key": "a", "url": "u", "status": "ok", "width": 800, "height": 1200, "repeats": 1, "weight": 0.4},
+            {"key": "b", "url": "u", "status": "ok", "width": 800, "height": 1200, "repeats": 3}]  # fmt: skip
+    cat = write_catalog(tmp_path / "catalog", rows)
+    assert load_rows(cat, 1024).draws.tolist() == pytest.approx([0.4, 3.0])  # a null weight: the repeats
+    assert load_rows(cat, 1024, "repeats").draws.tolist() == [1.0, 3.0]
+    with pytest.raises(ConfigError, match="data.draw must be weight or repeats"):
+        load_rows(cat, 1024, "score")
+    old = pq.read_table(cat / "part-00000.parquet").drop_columns(["weight", "cluster"])
+    pq.write_table(old, cat / "part-00000.parquet")  # a catalog from before the columns: repeats
+    assert load_rows(cat, 1024).draws.tolist() == [1.0, 3.0]
