@@ -372,7 +372,7 @@ def create_app(catalog_dir: str | Path) -> Flask:
         if side not in ("left", "right", None):
             abort(Response("winner is left, right or null (skip)", 400))
         winner = {"left": left, "right": right, None: None}[side]
-        choice_id = taste.store.add_choice(rater, left, right, winner)
+        choice_id = taste.store.add_choice(rater, left, right, winner, bool(body.get("probe", False)))
         return jsonify({"saved": choice_id, "counts": taste.store.counts()})
 
     @app.post("/api/undo")

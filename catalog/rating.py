@@ -9,8 +9,10 @@ latest choice ``undone``; a skip is a choice with no winner (that pair is not sh
 ``PairPicker`` chooses the next pair actively (zxl/preference.py): the Bradley–Terry head refitted on
 the choices so far, the anchor image drawn from each score level in turn (so the choices spread over
 the whole score range), its partner the candidate within two score levels whose outcome the head is
-least sure of. Never the same pair twice, never two images that are near copies (cosine ≥ 0.95 of
-their embeddings), never a row that is not trained on (duplicates are not ``ok``).
+least sure of — except every tenth pair, a random candidate (a ``probe``): accuracy on hard pairs
+says little about the head, accuracy on the probes is what ``zxl taste fit`` reports beside it.
+Never the same pair twice, never two images that are near copies (cosine ≥ 0.95 of their
+embeddings), never a row that is not trained on (duplicates are not ``ok``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS choices (
     right_key TEXT NOT NULL,
     winner TEXT,                     -- left_key or right_key; NULL = skipped
     undone INTEGER NOT NULL DEFAULT 0,
+    probe INTEGER NOT NULL DEFAULT 0,  -- 1: a random pair (not chosen by the head), for an unbiased accuracy
     CHECK (winner IS NULL OR winner = left_key OR winner = right_key)
 );
 CREATE TABLE IF NOT EXISTS stars (
@@ -45,6 +48,7 @@ CREATE TABLE IF NOT EXISTS stars (
 """
 NEAR_COPY = 0.95
 CANDIDATES = 256
+PROBE_EVERY = 10  # every tenth pair is random: its answers measure the head without the active choice's bias
 MIN_TO_FIT = 6  # choices before the head is refitted at all (until then: every pair equally unsure)
 C = 10.0
 STAR_WEIGHT = 0.5  # an implied pair from stars counts half a choice
@@ -75,6 +79,9 @@ class ChoiceStore:
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=FULL")
         self._con.executescript(SCHEMA)
+        columns = {row[1] for row in self._con.execute("PRAGMA table_info(choices)")}
+        if "probe" not in columns:  # a database from before probe pairs
+            self._con.execute("ALTER TABLE choices ADD COLUMN probe INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -95,14 +102,14 @@ class ChoiceStore:
         with self._lock:
             return self._con.execute(sql, params).fetchall()
 
-    def add_choice(self, rater: str, left: str, right: str, winner: str | None) -> int:
+    def add_choice(self, rater: str, left: str, right: str, winner: str | None, probe: bool = False) -> int:
         if winner is not None and winner not in (left, right):
             raise ValueError("the winner must be the left or the right image")
         if left == right:
             raise ValueError("a pair needs two different images")
         return self._write(
-            "INSERT INTO choices (time, rater, left_key, right_key, winner) VALUES (?, ?, ?, ?, ?)",
-            (_now(), clean_rater(rater), left, right, winner),
+            "INSERT INTO choices (time, rater, left_key, right_key, winner, probe) VALUES (?, ?, ?, ?, ?, ?)",
+            (_now(), clean_rater(rater), left, right, winner, int(bool(probe))),
         )
 
     def undo(self, rater: str) -> dict | None:
@@ -112,7 +119,7 @@ class ChoiceStore:
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 row = self._con.execute(
-                    "SELECT id, left_key, right_key, winner FROM choices WHERE rater = ? AND undone = 0 "
+                    "SELECT id, left_key, right_key, winner, probe FROM choices WHERE rater = ? AND undone = 0 "
                     "ORDER BY id DESC LIMIT 1",
                     (rater,),
                 ).fetchone()
@@ -122,7 +129,9 @@ class ChoiceStore:
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
-        return None if row is None else {"id": row[0], "left": row[1], "right": row[2], "winner": row[3]}
+        if row is None:
+            return None
+        return {"id": row[0], "left": row[1], "right": row[2], "winner": row[3], "probe": bool(row[4])}
 
     def set_stars(self, rater: str, key: str, stars: int | None) -> None:
         """1..9 stars for an image by this rater; None takes them back."""
@@ -138,13 +147,13 @@ class ChoiceStore:
             (key, rater, int(stars), _now()),
         )
 
-    def choices(self) -> list[tuple[str, str, str, str]]:
-        """(winner, loser, rater, time) of every standing choice, oldest first (skips left out)."""
+    def choices(self) -> list[tuple[str, str, str, str, bool]]:
+        """(winner, loser, rater, time, probe) of every standing choice, oldest first (skips left out)."""
         rows = self._read(
-            "SELECT left_key, right_key, winner, rater, time FROM choices WHERE undone = 0 AND winner IS NOT NULL "
-            "ORDER BY id"
+            "SELECT left_key, right_key, winner, rater, time, probe FROM choices WHERE undone = 0 "
+            "AND winner IS NOT NULL ORDER BY id"
         )
-        return [(w, r if w == left else left, rater, t) for left, r, w, rater, t in rows]
+        return [(w, r if w == left else left, rater, t, bool(p)) for left, r, w, rater, t, p in rows]
 
     def shown_pairs(self) -> set[frozenset]:
         """Every pair asked about and not undone, skips included."""
@@ -250,9 +259,10 @@ class PairPicker:
                 if not len(cand):
                     continue
                 p = preference.win_probability(self.w, self.cov, np.broadcast_to(xa, xb.shape), xb)
-                b = int(cand[np.argmin(np.abs(p - 0.5))])
-                pb = float(p[np.argmin(np.abs(p - 0.5))])
+                probe = len(shown) % PROBE_EVERY == PROBE_EVERY - 1
+                at = int(self.rng.integers(len(cand))) if probe else int(np.argmin(np.abs(p - 0.5)))
+                b, pb = int(cand[at]), float(p[at])
                 if self.rng.random() < 0.5:
-                    return {"left": self.keys[a], "right": self.keys[b], "p": pb}
-                return {"left": self.keys[b], "right": self.keys[a], "p": 1 - pb}
+                    return {"left": self.keys[a], "right": self.keys[b], "p": pb, "probe": probe}
+                return {"left": self.keys[b], "right": self.keys[a], "p": 1 - pb, "probe": probe}
             return None

@@ -231,6 +231,9 @@ def cmd_taste_fit(args: argparse.Namespace) -> int:
     acc, sd = r["heldout_accuracy"], r["heldout_accuracy_std"]
     print(f"held-out pairwise accuracy ({r['folds']}-fold): {acc:.3f} ± {sd:.3f}"
           f"  (C {r['c']}; train {r['train_accuracy']:.3f})")  # fmt: skip
+    if r["heldout_accuracy_probes"] is not None:
+        print(f"  on the {r['probe_choices']} random probe pairs of the rate view: {r['heldout_accuracy_probes']:.3f} "
+              "(the other pairs are the ones the head was least sure of)")  # fmt: skip
     if r["scorer_agreement"] is not None:
         print(f"the run's scorer ({r['scorer']}) agrees with {r['scorer_agreement']:.3f} of the same choices")
     print("learning curve: " + ", ".join(f"{p['choices']}: {p['accuracy']:.3f}" for p in r["learning_curve"]))

@@ -1,7 +1,8 @@
 """``zxl taste``: a personal scorer learned from the user's own choices, and putting it to work.
 
 **fit** (``zxl taste fit RUN_DIR [--choices FILE.csv]``): the choices made in the browser's rate
-view (``runs/<name>/taste/choices.sqlite``, catalog/rating.py) or a CSV of ``winner,loser`` keys,
+view (every tenth of them a random pair, a probe, so accuracy is also measured on pairs the head did
+not pick) (``runs/<name>/taste/choices.sqlite``, catalog/rating.py) or a CSV of ``winner,loser`` keys,
 plus any 1–9 stars as extra evidence (a higher-starred image beats a lower-starred one, at half
 weight), fitted as a Bradley–Terry model over the run's cached embeddings (zxl/preference.py):
 P(a beats b) = σ(wᵀ(x_a − x_b)). Reported: k-fold held-out pairwise accuracy, the agreement of
@@ -100,7 +101,8 @@ CURVE_SIZES = (10, 20, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10_000, 20_000,
 
 
 def read_choices_csv(path: str | Path) -> list[tuple[str, str, str, str]]:
-    """(winner, loser, rater, time) from a CSV with columns ``winner,loser`` (and optionally ``rater``)."""
+    """(winner, loser, rater, time, probe) from a CSV with columns ``winner,loser`` (and optionally
+    ``rater``); choices made elsewhere are not probes."""
     import csv
 
     path = Path(path).expanduser()
@@ -118,7 +120,7 @@ def read_choices_csv(path: str | Path) -> list[tuple[str, str, str, str]]:
             w, lo = (row["winner"] or "").strip(), (row["loser"] or "").strip()
             if not w or not lo or w == lo:
                 raise ConfigError(f"--choices: {path} line {n}: winner and loser must be two different keys")
-            out.append((w, lo, (row.get("rater") or path.name).strip(), ""))
+            out.append((w, lo, (row.get("rater") or path.name).strip(), "", False))
     return out
 
 
@@ -216,7 +218,8 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
         raw, stars = store.choices(), store.stars()
         store.close()
         source = str(db)
-    known = [(w, lo, r) for w, lo, r, _ in raw if w in index and lo in index]
+    known = [(w, lo, r) for w, lo, r, *_ in raw if w in index and lo in index]
+    is_probe = np.array([p for w, lo, _, _, p in raw if w in index and lo in index], bool)
     if len(known) < len(raw):
         log(f"taste fit: {len(raw) - len(known)} of {len(raw)} choices name keys without a stored embedding: left out")
     if len(known) < MIN_CHOICES:
@@ -229,7 +232,9 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
     t0 = dt.datetime.now(dt.UTC)
     by_c = preference.choose_c(emb, pairs, extra, k, seed) if c is None else {c: float("nan")}
     best_c = max(by_c, key=lambda v: (by_c[v], -v)) if c is None else c
-    held = preference.kfold_accuracy(emb, pairs, extra, k, best_c, seed + 1)  # other folds than C was chosen on
+    correct, parts = preference.kfold_correct(emb, pairs, extra, k, best_c, seed + 1)  # not the folds C was chosen on
+    held = [float(correct[p].mean()) for p in parts]
+    probes = int(is_probe.sum())
     aesthetic = _scorer_aesthetic(run_dir)
     judged = [(aesthetic[w], aesthetic[lo]) for w, lo, _ in known if w in aesthetic and lo in aesthetic]
     agreement = float(np.mean([(a > b) + 0.5 * (a == b) for a, b in judged])) if judged else None
@@ -257,6 +262,8 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
         "accuracy_by_c": {str(v): round(a, 4) for v, a in by_c.items()},
         "heldout_accuracy": round(float(np.mean(held)), 4),
         "heldout_accuracy_std": round(float(np.std(held)), 4),
+        "probe_choices": probes,  # the rate view's random pairs: held-out accuracy on them is not biased to hard pairs
+        "heldout_accuracy_probes": round(float(correct[is_probe].mean()), 4) if probes >= MIN_CHOICES else None,
         "scorer": _scorer_name(run_dir),
         "scorer_agreement": None if agreement is None else round(agreement, 4),
         "learning_curve": curve,

@@ -208,7 +208,7 @@ def test_rate_view_by_keyboard_lands_in_the_database(site, tmp_path):
     store = ChoiceStore(db)
     got = store.choices()[before:]
     expect = [(shown[0] if key == "ArrowLeft" else shown[1]) for key, shown in chosen[:3]]
-    assert [w for w, *_ in got] == expect and all(r == "ann" for _, _, r, _ in got)  # the undone 4th is not there
+    assert [w for w, *_ in got] == expect and all(r == "ann" for _, _, r, *_ in got)  # the undone 4th is not there
     assert store.counts()["undone"] >= 1 and store.stars_of(left) == {"ann": 8}
     assert (tmp_path / "rate.png").stat().st_size > 10_000
 

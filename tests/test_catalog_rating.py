@@ -18,9 +18,10 @@ def test_choices_undo_skip_and_stars(tmp_path):
     store.add_choice("ann", "a", "b", "a")
     store.add_choice("ann", "c", "d", None)  # a skip
     store.add_choice("bob", "e", "f", "f")
-    assert store.choices() == [("a", "b", "ann", store.choices()[0][3]), ("f", "e", "bob", store.choices()[1][3])]
+    assert [c[:3] for c in store.choices()] == [("a", "b", "ann"), ("f", "e", "bob")]
+    assert all(c[4] is False for c in store.choices())  # no probes here
     assert store.shown_pairs() == {frozenset("ab"), frozenset("cd"), frozenset("ef")}
-    assert store.undo("ann") == {"id": 2, "left": "c", "right": "d", "winner": None}  # the latest, a skip
+    assert store.undo("ann") == {"id": 2, "left": "c", "right": "d", "winner": None, "probe": False}  # a skip
     assert store.undo("ann")["winner"] == "a"
     assert store.undo("ann") is None
     assert store.counts() == {"choices": 1, "skipped": 0, "undone": 2, "raters": 2, "stars": 0}
@@ -37,6 +38,21 @@ def test_choices_undo_skip_and_stars(tmp_path):
     store.close()
     again = ChoiceStore(tmp_path / "taste" / "choices.sqlite")  # a restart keeps everything
     assert len(again.choices()) == 1 and again.counts()["undone"] == 2
+
+
+def test_a_database_from_before_probes_gains_the_column(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE choices (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, rater TEXT NOT NULL, "
+        "left_key TEXT NOT NULL, right_key TEXT NOT NULL, winner TEXT, undone INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO choices (time, rater, left_key, right_key, winner) VALUES ('t', 'ann', 'a', 'b', 'b');"
+    )
+    con.commit()
+    con.close()
+    store = ChoiceStore(db)
+    store.add_choice("ann", "c", "d", "c", probe=True)
+    assert [(c[0], c[4]) for c in store.choices()] == [("b", False), ("c", True)]
 
 
 def test_stars_imply_pairs_within_one_rater():
@@ -90,17 +106,20 @@ def test_picker_spreads_over_scores_never_repeats_and_skips_near_copies(tmp_path
     keys = [f"r{i}" for i in range(n)]
     store = ChoiceStore(tmp_path / "c.sqlite")
     picker = PairPicker(keys, emb.astype(np.float16), score, store)
-    seen, levels = set(), []
+    seen, levels, probes = set(), [], []
     u = emb @ rng.normal(size=16)
     for _ in range(120):
         p = picker.next_pair()
+        probes.append(p["probe"])
         pair = frozenset((p["left"], p["right"]))
         assert pair not in seen and pair != frozenset(("r0", "r1"))
         seen.add(pair)
         a, b = keys.index(p["left"]), keys.index(p["right"])
         levels += [score[a], score[b]]
         assert abs(score[a] - score[b]) <= 2
-        store.add_choice("ann", p["left"], p["right"], p["left"] if u[a] > u[b] else p["right"])
+        store.add_choice("ann", p["left"], p["right"], p["left"] if u[a] > u[b] else p["right"], p["probe"])
     assert set(levels) == set(range(1, 10))  # every score level is asked about
+    assert [i for i, x in enumerate(probes) if x] == list(range(9, 120, 10))  # every tenth pair is a random probe
+    assert sum(c[4] for c in store.choices()) == 12
     picker.refit(force=True)
     assert picker._fitted_on == 120 and np.corrcoef(picker.w, np.linalg.lstsq(emb, u, rcond=None)[0])[0, 1] > 0.5

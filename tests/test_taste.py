@@ -121,6 +121,33 @@ def test_apply_rescores_without_refetching_or_re_embedding(run, tmp_path, capsys
     assert "effective clusters" in out and "at diversity 0 (by score)" in out
 
 
+def test_fit_from_the_rate_views_database_reports_the_probes_apart(run, tmp_path):
+    """Choices in runs/<name>/taste/choices.sqlite (as the rate view writes them), a third of them probes;
+    stars count as extra evidence."""
+    from zxl.catalog.rating import ChoiceStore, choices_path
+
+    src, ok = run
+    run_dir = tmp_path / "run"  # what fit reads, in a folder of its own (the module's run keeps its head)
+    shutil.copytree(src / "embeddings", run_dir / "embeddings")
+    shutil.copytree(src / "stages" / "score", run_dir / "stages" / "score")
+    (run_dir / "catalog").mkdir()
+    shutil.copy(src / "catalog" / "_manifest.json", run_dir / "catalog")
+    db = choices_path(run_dir)
+    store = ChoiceStore(db)
+    rows = list(csv.reader(open(simulate(ok, 240, tmp_path / "c.csv", seed=4))))[1:]
+    for n, (w, lo, _) in enumerate(rows):
+        left, right = (w, lo) if n % 2 else (lo, w)
+        store.add_choice("ann", left, right, w, probe=n % 3 == 0)
+    hottest = ok.sort_values("warmth").key.tolist()
+    store.set_stars("ann", hottest[-1], 9)
+    store.set_stars("ann", hottest[0], 1)
+    store.close()
+    report = fit_taste(run_dir, log=lambda *_: None)
+    assert report["choices"] == 240 and report["probe_choices"] == 80 and report["stars"] == 2
+    assert report["star_pairs"] == 1 and report["raters"] == ["ann"] and report["source"] == str(db)
+    assert report["heldout_accuracy_probes"] >= 0.8  # these probes are random pairs: the same as the rest
+
+
 def test_clear_errors(run, tmp_path):
     run_dir, ok = run
     few = simulate(ok, 5, tmp_path / "few.csv")

@@ -77,21 +77,30 @@ def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     return np.array_split(np.random.default_rng(seed).permutation(n), k)
 
 
-def kfold_accuracy(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k: int = 5, c: float = 10.0,
-                   seed: int = 0, size: int | None = None) -> list[float]:  # fmt: skip
-    """Held-out pairwise accuracy per fold: fit on k − 1 folds of ``pairs`` (``size`` of them at
-    random when given, for a learning curve) plus all of ``extra``, score on the held-out fold. Only
-    the choices are held out; extra evidence (stars) always trains."""
-    out = []
-    for held in folds(len(pairs), k, seed):
+def kfold_correct(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k: int = 5, c: float = 10.0,
+                  seed: int = 0, size: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """Per choice 1, ½ or 0: whether the model fitted on the other k − 1 folds of ``pairs`` (``size`` of
+    them at random when given, for a learning curve) plus all of ``extra`` ranks its winner higher;
+    and the folds. Only the choices are held out; extra evidence (stars) always trains."""
+    correct = np.zeros(len(pairs))
+    parts = folds(len(pairs), k, seed)
+    for held in parts:
         train = np.setdiff1d(np.arange(len(pairs)), held)
         if size is not None:
             train = np.random.default_rng(seed + 1).permutation(train)[:size]
         tr = pairs.take(train)
         if extra is not None and len(extra):
             tr = Pairs(np.r_[tr.winner, extra.winner], np.r_[tr.loser, extra.loser], np.r_[tr.weight, extra.weight])
-        out.append(accuracy(fit(emb, tr, c), emb, pairs.take(held)))
-    return out
+        gap = _differences(emb, pairs.take(held)) @ fit(emb, tr, c)
+        correct[held] = (gap > 0) + 0.5 * (gap == 0)
+    return correct, parts
+
+
+def kfold_accuracy(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k: int = 5, c: float = 10.0,
+                   seed: int = 0, size: int | None = None) -> list[float]:  # fmt: skip
+    """Held-out pairwise accuracy per fold (``kfold_correct``)."""
+    correct, parts = kfold_correct(emb, pairs, extra, k, c, seed, size)
+    return [float(correct[held].mean()) for held in parts]
 
 
 def choose_c(emb: np.ndarray, pairs: Pairs, extra: Pairs | None = None, k: int = 5, seed: int = 0) -> dict:

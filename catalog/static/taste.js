@@ -49,11 +49,12 @@
       if (what === "undo") {
         const r = await post("/api/undo", { rater: rater() });
         count(r.counts);
-        if (r.undone) { show({ left: r.undone.left, right: r.undone.right }); say("undone"); }
+        if (r.undone) { show({ left: r.undone.left, right: r.undone.right, probe: r.undone.probe }); say("undone"); }
         else say("nothing to undo");
       } else if (pair) {
         if (what !== null) (what === "left" ? left : right).classList.add("picked");
-        const r = await post("/api/choice", { rater: rater(), left: pair.left, right: pair.right, winner: what });
+        const r = await post("/api/choice", { rater: rater(), left: pair.left, right: pair.right, winner: what,
+                                              probe: !!pair.probe });
         count(r.counts);
         say(what === null ? "skipped" : "saved");
         await next();
