@@ -281,8 +281,9 @@ class Taste:
                                     "(every scorer stores them now) to rate pairs")  # fmt: skip
                     return None
                 keep = [i for i, k in enumerate(keys) if k in score]
-                keys = [keys[i] for i in keep]
-                self._picker = PairPicker(keys, emb[keep], np.array([score[k] for k in keys]), store)
+                if len(keep) < len(keys):  # duplicates and unscored rows out (a copy only then)
+                    keys, emb = [keys[i] for i in keep], emb[keep]
+                self._picker = PairPicker(keys, emb, np.array([score[k] for k in keys]), store)
             return self._picker
 
 

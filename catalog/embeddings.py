@@ -45,12 +45,17 @@ def read_embeddings(
 ) -> tuple[list[str], np.ndarray | None]:
     """All shards' embeddings as (keys, [N, D] in ``dtype``); (…, None) when the scorer made none.
     ``n_shards`` None reads every shard file present; ``dtype`` float16 keeps 950k × 768 at 1.5 GB."""
-    keys, parts = [], []
-    for p in _files(run_dir, n_shards):
+    files = _files(run_dir, n_shards)
+    if not files:
+        return [], None
+    sizes = [pq.read_metadata(p).num_rows for p in files]
+    dim = pq.read_schema(files[0]).field("embedding").type.list_size
+    out = np.empty((sum(sizes), dim), dtype)  # filled shard by shard: no second copy of the whole
+    keys, at = [], 0
+    for p, n in zip(files, sizes, strict=True):
         t = pq.read_table(p)
         keys.extend(t["key"].to_pylist())
         col = t["embedding"].combine_chunks()
-        parts.append(col.values.to_numpy(zero_copy_only=False).reshape(len(t), col.type.list_size).astype(dtype))
-    if not parts:
-        return [], None
-    return keys, np.concatenate(parts)
+        out[at : at + n] = col.values.to_numpy(zero_copy_only=False).reshape(n, dim)
+        at += n
+    return keys, out

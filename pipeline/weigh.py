@@ -155,7 +155,8 @@ def integer_repeats(weights: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def draw_report(weights: np.ndarray, labels: np.ndarray, score: np.ndarray, emb: np.ndarray, seed: int = 0) -> dict:
-    """Effective clusters, Vendi score of ``DRAW_SAMPLE`` draws, mean score, and draws per epoch."""
+    """Effective clusters, Vendi score of ``DRAW_SAMPLE`` draws, mean score, and draws per epoch.
+    ``emb`` is indexed only at the draws (an array, or a lazy view of one: nothing else is gathered)."""
     w = np.asarray(weights, np.float64)
     total = w.sum()
     if total <= 0:
@@ -167,6 +168,16 @@ def draw_report(weights: np.ndarray, labels: np.ndarray, score: np.ndarray, emb:
         "mean_score": round(float((w * score).sum() / total), 3),
         "draws_per_epoch": round(float(total), 1),
     }
+
+
+class _Rows:
+    """``emb[rows[i]]`` on demand: indexing it gathers only the rows asked for."""
+
+    def __init__(self, emb: np.ndarray, rows: np.ndarray):
+        self.emb, self.rows = emb, rows
+
+    def __getitem__(self, idx):
+        return self.emb[self.rows[idx]]
 
 
 def weigh(status: np.ndarray, score: np.ndarray, cfg: WeighConfig, emb: np.ndarray | None, has_emb: np.ndarray):
@@ -195,16 +206,19 @@ def weigh(status: np.ndarray, score: np.ndarray, cfg: WeighConfig, emb: np.ndarr
     f[t] = diverse_weights(base[t], labels[t], cfg.diversity)
     reps = integer_repeats(f, base) if cfg.diversity > 0 else base
     vec_t = t[has_emb[t]]
+    vectors = _Rows(emb, emb_row[vec_t])  # the draws' vectors, gathered per report (1,000 rows, not all)
 
     def report(weights):
-        at = emb[emb_row[vec_t]]
-        return draw_report(weights[vec_t], labels[vec_t], score[vec_t].astype(np.float64), at, cfg.seed)
+        return draw_report(weights[vec_t], labels[vec_t], score[vec_t].astype(np.float64), vectors, cfg.seed)
 
+    zero = report(base.astype(np.float64))
+    chosen = {"weights": zero, "repeats": zero} if cfg.diversity == 0 else \
+        {"weights": report(f), "repeats": report(reps.astype(np.float64))}  # fmt: skip
     out = {
         "setting": cfg.diversity,
         "clusters": how,
-        "chosen": {"weights": report(f), "repeats": report(reps.astype(np.float64))},
-        "zero": report(base.astype(np.float64)),
+        "chosen": chosen,
+        "zero": zero,
         "cluster_sizes": np.bincount(labels[t]).tolist(),
     }
     return reps, f.astype(np.float32), labels, out
