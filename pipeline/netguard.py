@@ -7,6 +7,10 @@ scheme altogether (``file:///etc/passwd``, ``file:///dev/zero``, ``ftp://``, ``d
 
 - **schemes**: only ``http`` and ``https``, for the first URL and for every redirect; the opener
   has no file, FTP, data or proxy handler at all, so nothing else can be reached by any path;
+- **credentials**: a URL with userinfo (``http://user:pass@host/``, ``http://user@host/``, also
+  percent-encoded) is refused, first URL or redirect, before any lookup or connection: credentials
+  in a scraped list are never sent to a host (urllib would send them in the ``Host`` header and
+  look up ``user:pass@host`` as a name). The host is what urllib connects to, after the ``@``;
 - **addresses**: every address the host name resolves to is checked *before* a connection is
   opened (a redirect to 169.254.169.254 or 10.0.0.1 never sends a packet there; the connection
   goes to the checked address, not to a second lookup), and the peer the socket ended up
@@ -25,7 +29,8 @@ img2dataset fetches with ``urllib.request.urlopen(request, timeout=...)`` from i
 policies in one worker, on any number of threads, each get their own, and a request that carries
 no policy is refused rather than fetched unguarded. ``connect_to`` (curl's ``--connect-to``)
 sends the connection for one host:port to another without changing the URL; the checks apply to
-the address really connected to.
+the address really connected to. Host names in ``fetch.allowed_hosts`` and ``connect_to`` match the
+URL's parsed host (any case, IPv6 with or without brackets, in any spelling), never its netloc.
 """
 
 from __future__ import annotations
@@ -78,18 +83,46 @@ def scheme_refusal(url: str, redirect: bool = False) -> urllib.error.URLError | 
     return urllib.error.URLError(f"refused: {what} (only http and https are fetched)")
 
 
+CREDENTIALS = "refused: credentials in the URL (user@…) are not sent; remove them from the list"
+REDIRECT_CREDENTIALS = "refused: a redirect to a URL with credentials (user@…); credentials in a URL are not sent"
+
+
+def credentials_refusal(url: str, redirect: bool = False) -> urllib.error.URLError | None:
+    """The error for a URL with userinfo (``user:pass@``, ``user@``, ``:pass@``, or an ``@`` that
+    urllib would decode from ``%40`` into the host it connects to), else None. Only the netloc
+    counts: an ``@`` in the path, query or fragment is not userinfo. The message never repeats
+    the credentials."""
+    netloc = urllib.parse.urlsplit(url.strip()).netloc
+    if "@" in urllib.parse.unquote(netloc):
+        return urllib.error.URLError(REDIRECT_CREDENTIALS if redirect else CREDENTIALS)
+    return None
+
+
+def host_key(host: str) -> str:
+    """A host name or address as the policy compares it: brackets off, lower case, an IP address
+    in its one short spelling (``[0:0::1]`` and ``::1`` are the same host)."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host.lower()
+
+
 class Policy:
     def __init__(self, allowed_hosts: list[str], allow_private: bool):
         self.allow_private = allow_private
         self.allowed = set()
         for host in allowed_hosts:
+            host = host_key(host)
             try:
-                self.allowed.update(info[4][0] for info in socket.getaddrinfo(host, None))
+                self.allowed.update(host_key(info[4][0]) for info in socket.getaddrinfo(host, None))
             except OSError:
                 self.allowed.add(host)
 
     def check(self, address: str) -> None:
-        if self.allow_private or address in self.allowed:
+        if self.allow_private or host_key(address) in self.allowed:
             return
         reason = why_refused(address)
         if reason:
@@ -193,7 +226,7 @@ def _connection(base: type, guard: Guard) -> type:
 
         def _checked_connection(self, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):  # noqa: SLF001
             """socket.create_connection, but only ever to addresses the policy allows."""
-            host, port = guard.connect_to.get((address[0], address[1]), address)
+            host, port = guard.connect_to.get((host_key(address[0]), address[1]), address)
             allowed, refusal = [], None
             for *_, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
                 try:
@@ -241,6 +274,7 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
             new.zxl_budget = req.zxl_budget  # one budget for the request and all its hops
+            new.zxl_redirected = True
         return new
 
 
@@ -274,19 +308,30 @@ class Guard:
     ):
         self.policy = Policy(list(allowed_hosts), allow_private)
         self.response_deadline, self.max_bytes = response_deadline, max_bytes
-        self.connect_to = dict(connect_to or {})
+        self.connect_to = {(host_key(h), p): (host_key(h2), p2) for (h, p), (h2, p2) in (connect_to or {}).items()}
         http_conn, https_conn = (
             _connection(http.client.HTTPConnection, self),
             _connection(http.client.HTTPSConnection, self),
         )
 
+        def checked(req):
+            """Every request, first or redirected, just before its connection: never one that
+            would carry credentials (urllib connects to ``req.host``, the netloc percent-decoded)."""
+            refusal = credentials_refusal(req.full_url, getattr(req, "zxl_redirected", False))
+            if refusal is None and "@" in req.host:
+                refusal = urllib.error.URLError(CREDENTIALS)
+            if refusal is not None:
+                raise refusal
+            return req
+
         class HTTPHandler(urllib.request.HTTPHandler):
             def http_open(self, req):
-                return self.do_open(functools.partial(http_conn, budget=req.zxl_budget), req)
+                return self.do_open(functools.partial(http_conn, budget=req.zxl_budget), checked(req))
 
         class HTTPSHandler(urllib.request.HTTPSHandler):
             def https_open(self, req):
-                return self.do_open(functools.partial(https_conn, budget=req.zxl_budget), req, context=self._context)
+                conn = functools.partial(https_conn, budget=req.zxl_budget)
+                return self.do_open(conn, checked(req), context=self._context)
 
         self.opener = urllib.request.OpenerDirector()
         for handler in (
@@ -305,8 +350,9 @@ class Guard:
 
     def open(self, url: str | urllib.request.Request, timeout: float = 10.0):
         """Like ``urllib.request.urlopen``, through this policy only."""
-        refusal = scheme_refusal(url.full_url if isinstance(url, urllib.request.Request) else url)
-        if refusal is not None:
+        full_url = url.full_url if isinstance(url, urllib.request.Request) else url
+        refusal = scheme_refusal(full_url) or credentials_refusal(full_url)
+        if refusal is not None:  # before any lookup or connection
             raise refusal
         req = url if isinstance(url, urllib.request.Request) else urllib.request.Request(url)
         req.zxl_budget = _Budget(self.response_deadline, self.max_bytes)

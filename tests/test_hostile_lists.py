@@ -1,9 +1,10 @@
 """A hostile URL list and a booru export as they come, curated end to end on a LocalCluster whose
 worker runs two shards at once (``run.threads_per_worker=2``): every scheme but http(s), redirects
-to them and to a refused address, slow rows that make the shards overlap, timestamp, date, decimal
-and binary columns, and repeated ids. Every URL must come out as one row with the right status and
-its own image, and nothing that must be refused may reach a server (127.0.0.2 records every
-request it gets, and must get none)."""
+to them and to a refused address, credentials in the URL (and an ``@`` in a path, which is not one),
+slow rows that make the shards overlap, timestamp, date, decimal and binary columns, and repeated
+ids. Every URL must come out as one row with the right status and its own image, and nothing that
+must be refused may reach a server (127.0.0.2 records every request it gets, and must get none;
+127.0.0.1 none with credentials)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.conftest import make_config
 from tests.fault_server import smooth
 from tests.test_netguard import recording_pair
 from zxl.catalog.schema import read_catalog, read_manifest
+from zxl.pipeline import netguard
 from zxl.pipeline.curate import curate
 from zxl.tars import read_images as read_tar_images
 
@@ -85,6 +87,8 @@ def hostile_urls(port: int) -> dict[str, str]:
         f"gopher://{a}/": "refused: scheme gopher",
         f"http://{b}/2.png": "refused: 127.0.0.2 is a loopback address",
         "": "refused: not an http or https URL",
+        f"http://alice:s3cret@{a}/cred/5.png": netguard.CREDENTIALS,  # an allowed host: refused all the same
+        f"http://alice@{b}/cred/6.png": netguard.CREDENTIALS,
     }
     redirected = {
         f"http://{a}/to/ftp://{b}/3.png": "refused: a redirect to scheme ftp",
@@ -92,6 +96,7 @@ def hostile_urls(port: int) -> dict[str, str]:
         f"http://{a}/to/file:///dev/zero": "refused: a redirect to scheme file",
         f"http://{a}/to/data:,x": "refused: a redirect to scheme data",
         f"http://{a}/to/http://{b}/4.png": "refused: 127.0.0.2 is a loopback address",
+        f"http://{a}/to/http://alice:s3cret@{a}/cred/7.png": netguard.REDIRECT_CREDENTIALS,
     }
     return {**direct, **redirected}
 
@@ -101,7 +106,7 @@ def booru_list(path, port: int):
     hostile = list(hostile_urls(port))
     urls, ids = [], []
     for i in range(N_GOOD):
-        kind = "slow" if i % 4 == 0 else "img"
+        kind = "slow" if i % 4 == 0 else "a@b" if i == 2 else "img"  # an @ in the path is no userinfo
         urls.append(f"http://127.0.0.1:{port}/{kind}/{i}.png")
         if i < len(hostile):
             urls.append(hostile[i])
@@ -151,9 +156,13 @@ def test_every_url_is_one_row_with_the_right_status_and_nothing_refused_is_fetch
     for url, start in expected.items():
         row = cat[cat["url"] == url].iloc[0]
         assert row["status"] == "failed_download" and row["error"].startswith(start), (url, row["error"])
+        if "alice" in url:
+            assert row["error"] == start and "s3cret" not in row["error"], row["error"]
     good = cat[~cat["url"].isin(expected)]
     assert len(good) == N_GOOD and (good["status"] == "ok").all(), good[["url", "status", "error"]]
     assert two.paths == []  # 127.0.0.2 never got a request, from any thread or shard
+    assert not [p for p in one.paths if p.startswith("/cred/")]  # nor 127.0.0.1 one with credentials
+    assert cat[cat["url"].str.contains("/a@b/", regex=False)]["status"].tolist() == ["ok"]
     assert result.executor == "LocalCluster with 1 workers"
 
 

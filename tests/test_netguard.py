@@ -1,9 +1,12 @@
-"""The fetch guard: only http(s), only allowed addresses (redirects too), bounded responses, per request."""
+"""The fetch guard: only http(s), only allowed addresses (redirects too), no credentials, bounded responses,
+per request."""
 
 import contextlib
+import re
 import socket
 import threading
 import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -34,6 +37,7 @@ class Recorder(ThreadingHTTPServer):
 
     def __init__(self, host, port, handler):
         self.paths = []
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), handler)
 
 
@@ -87,6 +91,38 @@ def servers():
         yield pair
 
 
+@pytest.fixture
+def server6():
+    """``_Handler`` on [::1] (skipped where this machine has no IPv6 loopback)."""
+    try:
+        srv = Recorder("::1", 0, _Handler)
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def forbid_lookups(monkeypatch) -> list:
+    """Fails the test on any name lookup or connection from now on; returns what was attempted."""
+    tried = []
+
+    def lookup(host, *a, **k):
+        tried.append(("getaddrinfo", host))
+        pytest.fail(f"looked up {host!r}")
+
+    def connect(address, *a, **k):
+        tried.append(("create_connection", address))
+        pytest.fail(f"connected to {address!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    return tried
+
+
 def _get(guard, url):
     with guard.open(url, timeout=5) as r:
         return r.read()
@@ -130,6 +166,101 @@ def test_only_http_and_https_are_fetched_first_url_and_redirect(servers, url, mo
             _get(guard, f"http://127.0.0.1:{one.server_port}/to/{url}")
         assert len(connected) == 1  # the first hop only
     assert one.paths in ([], [f"/to/{url}"]) and two.paths == []
+
+
+CREDENTIALS = re.escape(netguard.CREDENTIALS)
+REDIRECT_CREDENTIALS = re.escape(netguard.REDIRECT_CREDENTIALS)
+WITH_CREDENTIALS = [
+    "http://alice:s3cret@127.0.0.1:{port}/ok", "http://alice@127.0.0.1:{port}/ok", "http://:s3cret@127.0.0.1:{port}/ok",
+    "http://alice:@127.0.0.1:{port}/ok", "http://@127.0.0.1:{port}/ok", "https://alice:s3cret@127.0.0.1:{port}/ok",
+    "http://alice:s3cret@127.0.0.1/ok", "http://alice:s3cret@localhost:{port}/ok", "HTTP://alice:s3cret@LOCALHOST/ok",
+    "http://alice:s3cret@[::1]:{port}/ok", "http://a@b:s3cret@127.0.0.1:{port}/ok",
+    "http://alice%3As3cret%40127.0.0.1:{port}/ok", "http://alice:s3cret%40127.0.0.1:{port}/ok",
+    "http://alice:s3cret@no-such-host.invalid/ok",  # refused before it could be looked up
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", WITH_CREDENTIALS)
+def test_credentials_in_the_url_are_refused_before_any_lookup_or_connection(servers, url, monkeypatch):
+    one, two = servers
+    url = url.format(port=one.server_port)
+    guards = [  # every host of the URLs allowed, and everything
+        netguard.Guard(["127.0.0.1", "localhost", "::1"], allow_private=False),
+        netguard.Guard([], allow_private=True),
+    ]
+    tried = forbid_lookups(monkeypatch)  # after the Guards: they look up their allowed hosts
+    for guard in guards:
+        with pytest.raises(urllib.error.URLError, match=rf"^<urlopen error {CREDENTIALS}>$") as e:
+            _get(guard, url)
+        assert "alice" not in str(e.value) and "s3cret" not in str(e.value)  # never repeated
+        with pytest.raises(urllib.error.URLError, match=CREDENTIALS):  # a Request, as img2dataset passes it
+            _get(guard, urllib.request.Request(url))
+    assert tried == [] and one.paths == [] and two.paths == []
+
+
+def test_credentials_are_refused_even_for_an_allowed_host(servers, monkeypatch):
+    one, _ = servers
+    guard = netguard.Guard(["127.0.0.1", "localhost"], allow_private=False)
+    assert _get(guard, f"http://127.0.0.1:{one.server_port}/ok") == b"image bytes"  # allowed without them
+    tried = forbid_lookups(monkeypatch)
+    for url in (f"http://alice:s3cret@127.0.0.1:{one.server_port}/ok", f"http://alice@localhost:{one.server_port}/ok"):
+        with pytest.raises(urllib.error.URLError, match=CREDENTIALS):
+            _get(guard, url)
+    assert tried == [] and one.paths == ["/ok"]
+
+
+@pytest.mark.parametrize("url", [*WITH_CREDENTIALS, "//alice:s3cret@127.0.0.1:{port}/ok"])
+def test_a_redirect_to_a_url_with_credentials_is_refused(servers, url, monkeypatch):
+    one, two = servers
+    port = one.server_port
+    url = url.format(port=port)
+    tried = []
+    lookup, create = socket.getaddrinfo, socket.create_connection
+
+    def only_the_first_hop(host, *a, **k):  # never a real lookup of any other name, even if this regresses
+        tried.append(host)
+        return lookup(host, *a, **k) if host == "127.0.0.1" else pytest.fail(f"looked up {host!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", only_the_first_hop)
+    monkeypatch.setattr(socket, "create_connection", lambda a, *r, **k: tried.append(a) or create(a, *r, **k))
+    guard = netguard.Guard(["127.0.0.1"], allow_private=False)
+    tried.clear()
+    with pytest.raises(urllib.error.URLError, match=REDIRECT_CREDENTIALS) as e:
+        _get(guard, f"http://127.0.0.1:{port}/to/{url}")
+    assert "s3cret" not in str(e.value)
+    assert tried == ["127.0.0.1", ("127.0.0.1", port), "127.0.0.1"]  # the first hop only (create_connection looks up)
+    assert one.paths == [f"/to/{url}"] and two.paths == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/a@b.png", "/ok?from=a@b", "/ok?u=http://alice:s3cret@127.0.0.2/", "/x/@/y.png", "/ok#a@b", "/%40/ok"]
+)
+def test_an_at_sign_in_the_path_query_or_fragment_is_not_userinfo(servers, path):
+    one, two = servers
+    port = one.server_port
+    guard = netguard.Guard(["127.0.0.1"], allow_private=False)
+    assert _get(guard, f"http://127.0.0.1:{port}{path}") == b"image bytes"
+    assert _get(guard, f"http://127.0.0.1:{port}/to/http://127.0.0.1:{port}{path}") == b"image bytes"  # redirected
+    sent = path.split("#")[0]
+    assert one.paths == [sent, f"/to/http://127.0.0.1:{port}{sent}", sent] and two.paths == []
+
+
+def test_ipv6_literals_with_a_port(server6, servers):
+    port, two = server6.server_port, servers[1]
+    with pytest.raises(urllib.error.URLError, match=r"refused: ::1 is a loopback address"):
+        _get(netguard.Guard([], allow_private=False), f"http://[::1]:{port}/ok")
+    for allowed in ("::1", "[::1]", "0:0:0:0:0:0:0:1"):  # fetch.allowed_hosts in any spelling
+        assert _get(netguard.Guard([allowed], False), f"http://[::1]:{port}/ok") == b"image bytes"
+    guard = netguard.Guard(["::1"], allow_private=False)
+    assert _get(guard, f"http://[0:0::1]:{port}/a@b.png") == b"image bytes"
+    with pytest.raises(urllib.error.URLError, match=CREDENTIALS):
+        _get(guard, f"http://alice:s3cret@[::1]:{port}/ok")
+    with pytest.raises(urllib.error.URLError, match=r"refused: 127.0.0.2 is a loopback address"):
+        _get(guard, f"http://[::1]:{port}/to/http://127.0.0.2:{two.server_port}/ok")  # v6 to refused v4
+    moved = netguard.Guard(["::1"], False, connect_to={("[0::1]", 1): ("[::1]", port)})
+    assert _get(moved, "http://[::1]:1/ok") == b"image bytes"  # the URL names port 1
+    assert server6.paths == [*["/ok"] * 3, "/a@b.png", f"/to/http://127.0.0.2:{two.server_port}/ok", "/ok"]
+    assert two.paths == []
 
 
 def test_a_response_over_the_byte_cap_fails_at_the_cap(servers):
@@ -181,6 +312,10 @@ def test_img2dataset_fetches_only_through_the_guard_its_timeout_carries(servers)
     assert err is None and stream.read() == b"image bytes"
     _, stream, err = d.download_image((0, "file:///etc/passwd"), netguard.Guard([], True).timeout(5), None, None)
     assert stream is None and "refused: scheme file" in err
+    with_credentials = url.replace("http://", "http://alice:s3cret@")
+    _, stream, err = d.download_image((0, with_credentials), netguard.Guard(["127.0.0.1"], True).timeout(5), None, None)
+    assert stream is None and err == f"<urlopen error {netguard.CREDENTIALS}>"
+    assert servers[0].paths == ["/ok"]  # the allowed fetch only
 
 
 def test_connect_to_sends_the_connection_elsewhere_and_is_checked_there(servers):
@@ -191,7 +326,11 @@ def test_connect_to_sends_the_connection_elsewhere_and_is_checked_there(servers)
     sneaky = netguard.Guard(["127.0.0.1"], False, connect_to={("127.0.0.1", 1): ("127.0.0.2", port)})
     with pytest.raises(urllib.error.URLError, match="refused: 127.0.0.2 is a loopback address"):
         _get(sneaky, "http://127.0.0.1:1/ok")
-    assert two.paths == []
+    named = netguard.Guard(["127.0.0.1"], False, connect_to={("LocalHost", 1): ("127.0.0.1", port)})
+    assert _get(named, "http://localhost:1/ok") == b"image bytes"  # the URL's host, in any case
+    with pytest.raises(urllib.error.URLError, match=CREDENTIALS):  # its host:port is mapped, its credentials not sent
+        _get(named, "http://alice:s3cret@localhost:1/ok")
+    assert one.paths == ["/ok", "/ok"] and two.paths == []
 
 
 def test_a_curate_run_refuses_private_urls_by_default(urls_file, tmp_path):
