@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import catalog, evaluation, fetch, sampling, scoring, tagging, taste, training
+from bench import browse, catalog, evaluation, fetch, sampling, scoring, tagging, taste, training
 
 ENTRIES = {
     "fetch": fetch.run,
@@ -32,6 +32,7 @@ ENTRIES = {
     "clustering": taste.clustering,
     "taste-fit": taste.taste_fit,
     "rating": taste.rating_latency,
+    "hostile-body": browse.hostile_body,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -12,12 +12,33 @@ goes to ``runs/<name>/taste/choices.sqlite`` (catalog/rating.py) through JSON PO
 another origin cannot make (a JSON content type is required, which a cross-site form cannot send,
 and a foreign ``Origin`` is refused). The **clusters** view shows the k-means clusters of the
 diversity-aware repeats (pipeline/weigh.py): sizes, mean scores, a grid of each.
+
+Hostile requests (docs/reliability.md):
+
+- **Host allow-list.** Every request must name, in its ``Host`` header, an address the server
+  listens on: 127.0.0.1, localhost or [::1] (or the ``--host`` given, and any ``--allow-host``)
+  with the server's port; anything else is answered 421 and changes nothing. A page that rebinds its
+  own name to 127.0.0.1 (DNS rebinding) sends its own name as the Host, so it can neither read the
+  catalog nor write a choice, although its Origin would match that Host.
+- **Bounded bodies.** A body over ``MAX_BODY`` (64 KiB) is answered 413 from its Content-Length,
+  before a byte of it is read; every socket read has a ``READ_TIMEOUT`` (a body that stops coming
+  gets 408 and frees its thread; an idle connection is closed).
+- **Validated fields.** A body that is not a JSON object (or nests deeper than JSON needs) and every
+  field of the wrong type get 400 with the reason. The server alone decides whether a pair was a
+  probe: a choice is accepted only for a pair this server offered, and its probe flag is the one
+  the server recorded when it offered the pair. Posting the same choice again is idempotent: while
+  the rater's choice on that pair stands, the same answer returns the stored choice's id and adds no
+  row, another answer is 409 (undo it first). Stars are integers 1–9 (``true`` is not a star), on
+  rows the page offers them for (``ok`` rows).
+- **Choices apart from browsing.** A choice database that cannot be read (damaged, not SQLite,
+  another program's tables) leaves every browsing page working; row pages say stars are
+  unavailable and why, the rate view and the API answer 503 with the reason.
 """
 
 from __future__ import annotations
 
 import io
-import sqlite3
+import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,11 +46,13 @@ from pathlib import Path
 import numpy as np
 from flask import Flask, Response, abort, jsonify, render_template, request, url_for
 from PIL import Image
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.serving import WSGIRequestHandler
 
 from zxl.catalog.embeddings import read_embeddings
 from zxl.catalog.images import ImageStore
 from zxl.catalog.query import Catalog, open_catalog
-from zxl.catalog.rating import ChoiceStore, PairPicker, choices_path, clean_rater
+from zxl.catalog.rating import ChoicesError, ChoiceStore, PairPicker, choices_path, clean_rater
 from zxl.images import decode
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
@@ -44,6 +67,11 @@ STATUSES = ("ok", "duplicate", "failed_download", "failed_decode", "filtered", "
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 THUMB = 256
 MAX_PAGE = 10**9  # any page number above the last shows the last
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY = 64 * 1024  # the largest POST the page sends is well under 1 KB
+READ_TIMEOUT = 10.0  # seconds per socket read: a body (or headers) that stop coming free their thread
+MAX_DEPTH = 4  # a choice or stars body is one flat object
+OFFERED = 10_000  # pairs offered and not yet answered that the server remembers
 
 
 def _int(value: str | None, lo: int | None = None, hi: int | None = None) -> int | None:
@@ -252,22 +280,52 @@ class Taste:
         self._picker: PairPicker | None = None
         self._lock = threading.Lock()
         self.missing = ""
+        # pair → probe flag, for every pair offered and not yet answered (the server's record, not the page's)
+        self._offered: OrderedDict[frozenset, bool] = OrderedDict()
 
-    @property
-    def store(self) -> ChoiceStore:
+    def open_store(self) -> ChoiceStore:
         """The database, opened (and created) when first needed: browsing alone writes nothing, so a
-        catalog in a read-only folder still browses."""
+        catalog in a read-only folder still browses. Raises ChoicesError when it cannot be used."""
         if self._store is None:
             with self._lock:
                 if self._store is None:
                     try:
                         self._store = ChoiceStore(self.path)
-                    except (OSError, sqlite3.Error) as e:
-                        abort(Response(f"cannot keep choices in {self.path}: {e}", 503))
+                    except OSError as e:
+                        raise ChoicesError(f"cannot keep choices in {self.path}: {e}") from None
         return self._store
 
-    def stars_of(self, key: str) -> dict[str, int]:
-        return self.store.stars_of(key) if self._store is not None or self.path.exists() else {}
+    @property
+    def store(self) -> ChoiceStore:
+        """``open_store`` for a request: a database that cannot be used is a 503 saying why."""
+        try:
+            return self.open_store()
+        except ChoicesError as e:
+            abort(Response(str(e), 503, mimetype="text/plain"))
+
+    def stars_of(self, key: str) -> tuple[dict[str, int], str]:
+        """Everyone's stars for ``key`` and, when the database cannot be read, why (browsing goes on)."""
+        if self._store is None and not self.path.exists():
+            return {}, ""
+        try:
+            return self.open_store().stars_of(key), ""
+        except ChoicesError as e:
+            return {}, str(e)
+
+    def offer(self, pair: dict) -> None:
+        with self._lock:
+            self._offered[frozenset((pair["left"], pair["right"]))] = bool(pair["probe"])
+            while len(self._offered) > OFFERED:
+                self._offered.popitem(last=False)
+
+    def offered(self, left: str, right: str) -> bool | None:
+        """The probe flag of a pair this server offered and nobody answered yet, else None."""
+        with self._lock:
+            return self._offered.get(frozenset((left, right)))
+
+    def answered(self, left: str, right: str) -> None:
+        with self._lock:
+            self._offered.pop(frozenset((left, right)), None)
 
     def picker(self) -> PairPicker | None:
         store = self.store
@@ -287,25 +345,120 @@ class Taste:
             return self._picker
 
 
+def _bad(reason: str, code: int = 400):
+    abort(Response(reason, code, mimetype="text/plain"))
+
+
+def _refuse_unread(reason: str, code: int):
+    """Answer without reading the body, and keep the server from reading it after the answer too:
+    Werkzeug drains what is left (up to 10 GB, 10 MB at a time) so the client sees the answer; our
+    handler (``_Handler``) gives it an empty stream to drain instead. The socket is then closed."""
+    handler = request.environ.get("zxl.handler")
+    if handler is not None:
+        handler.rfile = io.BytesIO()
+    _bad(reason, code)
+
+
+def _depth(text: str) -> int:
+    """How deep JSON text nests (brackets outside strings), without parsing it."""
+    depth = top = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            top = max(top, depth)
+        elif ch in "]}":
+            depth -= 1
+    return top
+
+
 def _json_post() -> dict:
-    """The body of a POST from our own page: JSON (a cross-site form cannot send it), same origin."""
+    """The body of a POST from our own page: JSON (a cross-site form cannot send it), same origin,
+    at most ``MAX_BODY`` bytes (413 from the Content-Length, before the body is read), one object."""
     origin = request.headers.get("Origin")
     if origin and origin.rstrip("/") != request.host_url.rstrip("/"):
-        abort(403)
+        _bad(f"a write from another origin ({origin[:100]}) is refused", 403)
     if not request.is_json:
-        abort(415)
-    body = request.get_json(silent=True)
+        _bad("a JSON body (Content-Type: application/json) is needed", 415)
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:  # a chunked body that went past the bound
+        _refuse_unread(f"the body is over {MAX_BODY} bytes", 413)
+    except (ClientDisconnected, OSError):  # the socket's read timeout (or the client went): the body stopped coming
+        _refuse_unread(f"the body did not arrive whole (each read waits at most {READ_TIMEOUT:g} s)", 408)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        _bad("the body is not UTF-8")
+    if _depth(text) > MAX_DEPTH:
+        _bad(f"the body nests deeper than {MAX_DEPTH} levels; it is one flat JSON object")
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        _bad(f"the body is not JSON: {e}")
     if not isinstance(body, dict):
-        abort(400)
+        _bad(f"the body is a JSON {type(body).__name__}, not an object")
     return body
 
 
-def create_app(catalog_dir: str | Path) -> Flask:
+def _str_field(body: dict, name: str, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        _bad(f"{name} must be a string (a catalog key), not {type(value).__name__}")
+    return value
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """A Host header's name (lower case, IPv6 without brackets) and port (None when absent).
+    Raises ValueError when it is not a host[:port]."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(host)
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(":")
+        if ":" in port:
+            raise ValueError(host)
+    if not name or (port and not port.isdigit()):
+        raise ValueError(host)
+    return name, int(port) if port else None
+
+
+def allowed_names(host: str = "127.0.0.1", allow: list[str] | tuple = ()) -> set[str]:
+    """The names a request's Host may give: the loopback names, the bound address (unless it is a
+    wildcard: then the user names their own with ``allow``) and ``allow``."""
+    names = set(LOOPBACK)
+    bound = host.strip("[]").lower()
+    if bound not in ("0.0.0.0", "::", ""):
+        names.add(bound)
+    names.update(a.strip("[]").lower() for a in allow)
+    return names
+
+
+def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int | None = None) -> Flask:
+    """The app. ``hosts``: the names a request's Host may give (``allowed_names``; default the
+    loopback names); ``port``: the port it must give (``serve`` sets it once bound)."""
     catalog = open_catalog(catalog_dir)
     browser = Browser(catalog)
     app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"),
                 static_folder=str(Path(__file__).parent / "static"))  # fmt: skip
     app.config["BROWSER"] = browser
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["ALLOWED_HOSTS"] = set(hosts or LOOPBACK)
+    app.config["PORT"] = port
     taste = Taste(browser, Path(catalog_dir).resolve().parent)
     app.config["TASTE"] = taste
 
@@ -313,6 +466,20 @@ def create_app(catalog_dir: str | Path) -> Flask:
         g = {**f, **change}
         args = {k: v for k, v in g.items() if v not in (None, "", [])}
         return url_for("index", **args)
+
+    @app.before_request
+    def host_allowed():
+        """421 for a Host this server is not (DNS rebinding), before anything is read or written."""
+        try:
+            name, port = split_host(request.host)
+        except ValueError:
+            _refuse_unread("the Host header is not host[:port]", 400)
+        expected = app.config["PORT"]
+        if name not in app.config["ALLOWED_HOSTS"] or (expected is not None and (port or 80) != expected):
+            _refuse_unread(f"this server answers only for {', '.join(sorted(app.config['ALLOWED_HOSTS']))} on its "
+                           "own port; start it with --allow-host NAME to reach it by another name", 421)  # fmt: skip
+        if (request.content_length or 0) > MAX_BODY:  # from the header: not a byte of the body is read
+            _refuse_unread(f"the body is over {MAX_BODY} bytes", 413)
 
     @app.get("/")
     def index():
@@ -332,13 +499,18 @@ def create_app(catalog_dir: str | Path) -> Flask:
         row = browser.row(key)
         if row is None:
             abort(404)
+        stars, stars_problem = taste.stars_of(key)
         return render_template("row.html", row=row, duplicates=browser.duplicates(row), problems=catalog.problems,
-                               stars=taste.stars_of(key))  # fmt: skip
+                               stars=stars, stars_problem=stars_problem)  # fmt: skip
 
     @app.get("/rate")
     def rate():
-        return render_template("rate.html", counts=taste.store.counts(), problems=catalog.problems,
-                               db=str(taste.store.path))  # fmt: skip
+        try:
+            counts, problem = taste.open_store().counts(), ""
+        except ChoicesError as e:
+            counts, problem = {"choices": 0}, str(e)
+        return render_template("rate.html", counts=counts, problems=catalog.problems, db=str(taste.path),
+                               db_problem=problem), (503 if problem else 200)  # fmt: skip
 
     @app.get("/clusters")
     def clusters():
@@ -354,41 +526,67 @@ def create_app(catalog_dir: str | Path) -> Flask:
 
     @app.get("/api/pair")
     def api_pair():
-        return _pair_reply(taste.picker() and taste.picker().next_pair())
+        pair = taste.picker() and taste.picker().next_pair()
+        if pair:
+            taste.offer(pair)
+        return _pair_reply(pair)
 
     def _rater(body: dict) -> str:
+        if not isinstance(body.get("rater", ""), str):
+            _bad("rater must be a string (your name)")
         try:
             return clean_rater(body.get("rater", ""))
         except ValueError as e:
-            abort(Response(str(e), 400))
+            _bad(str(e))
+
+    @app.errorhandler(ChoicesError)
+    def choices_broken(e):
+        return Response(str(e), 503, mimetype="text/plain")
 
     @app.post("/api/choice")
     def api_choice():
+        """A choice on a pair this server offered; the probe flag is the server's (module docstring)."""
         body = _json_post()
         rater = _rater(body)
+        left, right = _str_field(body, "left"), _str_field(body, "right")
+        side = body.get("winner")
+        if not (side is None or isinstance(side, str)) or side not in ("left", "right", None):
+            _bad('winner is "left", "right" or null (skip)')
         picker = taste.picker()
-        left, right, side = body.get("left"), body.get("right"), body.get("winner")
         if picker is None or left not in picker.index or right not in picker.index or left == right:
-            abort(Response("left and right must be two trainable rows of this catalog", 400))
-        if side not in ("left", "right", None):
-            abort(Response("winner is left, right or null (skip)", 400))
+            _bad("left and right must be two trainable rows of this catalog")
         winner = {"left": left, "right": right, None: None}[side]
-        choice_id = taste.store.add_choice(rater, left, right, winner, bool(body.get("probe", False)))
-        return jsonify({"saved": choice_id, "counts": taste.store.counts()})
+        store = taste.store
+        standing = store.standing_choice(rater, left, right)
+        if standing is not None:  # a repeated post: the same answer is the stored choice, another is a conflict
+            if standing["winner"] != winner:
+                _bad("this pair already has your choice; undo it (U) to change it", 409)
+            return jsonify({"saved": standing["id"], "repeated": True, "counts": store.counts()})
+        probe = taste.offered(left, right)
+        if probe is None:
+            _bad("this pair was not offered by this server (it may have restarted): ask for a new pair", 409)
+        choice_id = store.add_choice(rater, left, right, winner, probe)
+        taste.answered(left, right)
+        return jsonify({"saved": choice_id, "counts": store.counts()})
 
     @app.post("/api/undo")
     def api_undo():
         undone = taste.store.undo(_rater(_json_post()))
+        if undone:  # the page shows the pair again: it is on offer again, as the probe it was
+            taste.offer(undone)
         return jsonify({"undone": undone, "counts": taste.store.counts()})
 
     @app.post("/api/stars")
     def api_stars():
         body = _json_post()
-        rater, key, stars = _rater(body), body.get("key"), body.get("stars")
-        if not isinstance(key, str) or browser.row(key) is None:
-            abort(Response("no such row", 400))
-        if stars is not None and (not isinstance(stars, int) or not 1 <= stars <= 9):
-            abort(Response("stars are 1..9, or null to take them back", 400))
+        rater, key, stars = _rater(body), _str_field(body, "key"), body.get("stars")
+        row = browser.row(key)
+        if row is None:
+            _bad("no such row")
+        if row["status"] != "ok":
+            _bad(f"stars are given to trainable rows; this row is {row['status']}")
+        if stars is not None and (type(stars) is not int or not 1 <= stars <= 9):
+            _bad("stars are an integer 1..9, or null to take them back")
         taste.store.set_stars(rater, key, stars)
         return jsonify({"key": key, "stars": taste.store.stars_of(key)})
 
@@ -416,8 +614,24 @@ def create_app(catalog_dir: str | Path) -> Flask:
     return app
 
 
-def serve(catalog_dir: str | Path, host: str = "127.0.0.1", port: int = 8765):
-    """A threaded server for ``create_app``; returns it (``serve_forever`` / ``shutdown``)."""
+class _Handler(WSGIRequestHandler):
+    """Werkzeug's handler with a timeout on every socket read (socketserver applies ``timeout``), and
+    itself in the environ, so that a refused body is never drained (``_refuse_unread``)."""
+
+    timeout = READ_TIMEOUT
+
+    def make_environ(self):
+        environ = super().make_environ()
+        environ["zxl.handler"] = self
+        return environ
+
+
+def serve(catalog_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, allow: list[str] | tuple = ()):
+    """A threaded server for ``create_app``; returns it (``serve_forever`` / ``shutdown``). Requests
+    must name ``host`` (or a loopback name, or one of ``allow``) and the bound port in their Host."""
     from werkzeug.serving import make_server
 
-    return make_server(host, port, create_app(catalog_dir), threaded=True)
+    app = create_app(catalog_dir, allowed_names(host, allow))
+    server = make_server(host, port, app, threaded=True, request_handler=_Handler)
+    app.config["PORT"] = server.server_port
+    return server

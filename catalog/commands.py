@@ -40,6 +40,9 @@ def add_commands(sub) -> None:
     br.add_argument("catalog", metavar="CATALOG")
     br.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     br.add_argument("--port", type=int, default=8765)
+    br.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="a further name requests may give in their Host header (this machine's name or LAN "
+                    "address when serving beyond it); requests naming any other host are refused (421)")  # fmt: skip
     ex = cat.add_parser(
         "export",
         help="export to a kohya folder, kohya metadata JSON, webdataset tars or a datasets-ready Parquet",
@@ -192,9 +195,17 @@ def _catalog_export(cat, args, json) -> int:
 def _catalog_browse(cat, args, json) -> int:
     from zxl.catalog.browse import serve
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who can reach it can read the catalog", file=sys.stderr)
-    server = serve(cat.path, args.host, args.port)
+        if args.host in ("0.0.0.0", "::") and not args.allow_host:
+            print("warning: requests must name this machine in their Host header: add --allow-host NAME for each "
+                  "name or address you will open it by", file=sys.stderr)  # fmt: skip
+    try:
+        server = serve(cat.path, args.host, args.port, args.allow_host)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     print(f"browsing {cat.path} on http://{args.host}:{server.server_port}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -13,6 +13,10 @@ least sure of — except every tenth pair, a random candidate (a ``probe``): acc
 says little about the head, accuracy on the probes is what ``zxl taste fit`` reports beside it.
 Never the same pair twice, never two images that are near copies (cosine ≥ 0.95 of their
 embeddings), never a row that is not trained on (duplicates are not ``ok``).
+
+A database that is not SQLite, is damaged or truncated, or holds another program's ``choices``
+table is a ``ChoicesError`` naming the file and what is wrong (``zxl taste fit`` says it in one
+line; the browser keeps browsing). ``standing_choice`` is what makes a repeated post idempotent.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from zxl import preference
+from zxl.config import ConfigError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS choices (
@@ -54,6 +59,16 @@ C = 10.0
 STAR_WEIGHT = 0.5  # an implied pair from stars counts half a choice
 
 
+COLUMNS = {
+    "choices": {"id", "time", "rater", "left_key", "right_key", "winner", "undone", "probe"},
+    "stars": {"key", "rater", "stars", "time"},
+}
+
+
+class ChoicesError(ConfigError):
+    """The choice database cannot be used: the message names the file and why."""
+
+
 def choices_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "taste" / "choices.sqlite"
 
@@ -75,32 +90,72 @@ class ChoiceStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=FULL")
-        self._con.executescript(SCHEMA)
-        columns = {row[1] for row in self._con.execute("PRAGMA table_info(choices)")}
-        if "probe" not in columns:  # a database from before probe pairs
-            self._con.execute("ALTER TABLE choices ADD COLUMN probe INTEGER NOT NULL DEFAULT 0")
+        self._con = None
+        try:
+            self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.executescript(SCHEMA)
+            columns = {row[1] for row in self._con.execute("PRAGMA table_info(choices)")}
+            if "probe" not in columns:  # a database from before probe pairs
+                self._con.execute("ALTER TABLE choices ADD COLUMN probe INTEGER NOT NULL DEFAULT 0")
+            for table, need in COLUMNS.items():
+                have = {row[1] for row in self._con.execute(f"PRAGMA table_info({table})")}
+                if not need <= have:
+                    raise ChoicesError(
+                        f"{self.path}: its table {table} is not zxl's (it lacks {sorted(need - have)}); "
+                        "move the file aside to start a new record"
+                    )
+            (check,) = self._con.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+        except sqlite3.Error as e:
+            self.close()
+            raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+        except ChoicesError:
+            self.close()
+            raise
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _what(e: sqlite3.Error) -> str:
+        if isinstance(e, sqlite3.OperationalError):  # locked, read-only, no space, ...
+            return f"cannot be used ({e})"
+        return f"not a readable choice database ({e}); move it aside to start a new record"
+
     def close(self) -> None:
-        self._con.close()
+        if self._con is not None:
+            self._con.close()
 
     def _write(self, sql: str, params: tuple) -> int:
         with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._con.execute(sql, params)
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+                self._con.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = self._con.execute(sql, params)
+                    self._con.execute("COMMIT")
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise ChoicesError(f"{self.path}: {self._what(e)}") from None
             return cur.lastrowid
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._con.execute(sql, params).fetchall()
+            try:
+                return self._con.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+
+    def standing_choice(self, rater: str, left: str, right: str) -> dict | None:
+        """The rater's choice on this pair (either side order) that is not undone, or None."""
+        rows = self._read(
+            "SELECT id, winner FROM choices WHERE rater = ? AND undone = 0 AND "
+            "((left_key = ? AND right_key = ?) OR (left_key = ? AND right_key = ?)) ORDER BY id DESC LIMIT 1",
+            (clean_rater(rater), left, right, right, left),
+        )
+        return {"id": rows[0][0], "winner": rows[0][1]} if rows else None
 
     def add_choice(self, rater: str, left: str, right: str, winner: str | None, probe: bool = False) -> int:
         if winner is not None and winner not in (left, right):
@@ -116,19 +171,22 @@ class ChoiceStore:
         """Mark the rater's latest choice (or skip) undone; returns it, or None when there is none."""
         rater = clean_rater(rater)
         with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
             try:
-                row = self._con.execute(
-                    "SELECT id, left_key, right_key, winner, probe FROM choices WHERE rater = ? AND undone = 0 "
-                    "ORDER BY id DESC LIMIT 1",
-                    (rater,),
-                ).fetchone()
-                if row:
-                    self._con.execute("UPDATE choices SET undone = 1 WHERE id = ?", (row[0],))
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
+                self._con.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._con.execute(
+                        "SELECT id, left_key, right_key, winner, probe FROM choices WHERE rater = ? AND undone = 0 "
+                        "ORDER BY id DESC LIMIT 1",
+                        (rater,),
+                    ).fetchone()
+                    if row:
+                        self._con.execute("UPDATE choices SET undone = 1 WHERE id = ?", (row[0],))
+                    self._con.execute("COMMIT")
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise ChoicesError(f"{self.path}: {self._what(e)}") from None
         if row is None:
             return None
         return {"id": row[0], "left": row[1], "right": row[2], "winner": row[3], "probe": bool(row[4])}

@@ -58,7 +58,7 @@ def rate(n: int, seed: int = 0, temperature: float = 0.02) -> None:
         if pair is None:
             break
         p_left = 1 / (1 + np.exp(-(u(pair["left"]) - u(pair["right"])) / temperature))
-        body = {"rater": "simulated", "left": pair["left"], "right": pair["right"], "probe": pair["probe"],
+        body = {"rater": "simulated", "left": pair["left"], "right": pair["right"],
                 "winner": "left" if rng.random() < p_left else "right"}  # as the page sends it  # fmt: skip
         req = urllib.request.Request(f"{base}/api/choice", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})  # fmt: skip

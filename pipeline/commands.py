@@ -224,10 +224,11 @@ def cmd_taste_fit(args: argparse.Namespace) -> int:
 
     if not 2 <= args.folds <= 100:
         raise ConfigError(f"--folds must be between 2 and 100, got {args.folds}")
-    if args.c is not None and not args.c > 0:
-        raise ConfigError(f"--c must be above 0, got {args.c}")
+    if args.c is not None and not 1e-6 <= args.c <= 1e6:  # (NaN fails too)
+        raise ConfigError(f"--c must be between 1e-06 and 1e+06 (the inverse L2 strength), got {args.c}")
     r = fit_taste(args.run_dir, args.choices, args.folds, c=args.c)
-    print(f"{r['choices']} choices by {', '.join(r['raters'])} ({r['stars']} stars) on {r['embedding']} embeddings")
+    print(f"{r['choices']} choices on {r['distinct_pairs']} distinct pairs by {', '.join(r['raters'])} "
+          f"({r['stars']} stars) on {r['embedding']} embeddings")  # fmt: skip
     acc, sd = r["heldout_accuracy"], r["heldout_accuracy_std"]
     print(f"held-out pairwise accuracy ({r['folds']}-fold): {acc:.3f} ± {sd:.3f}"
           f"  (C {r['c']}; train {r['train_accuracy']:.3f})")  # fmt: skip

@@ -30,8 +30,8 @@ from zxl.pipeline.calibrate import edges_from_catalog
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Task
 from zxl.pipeline.stages import ShardJob, StageInputs, run_job
-from zxl.pipeline.taste import head_hash
 from zxl.scorers.registry import scorer_class
+from zxl.scorers.taste import head_hash
 
 
 @dataclass(frozen=True)

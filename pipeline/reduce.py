@@ -26,9 +26,10 @@ import pyarrow as pa
 from zxl.catalog.embeddings import PIXELS, embedding_kind, read_embeddings
 from zxl.config import ConfigError
 from zxl.files import write_table_atomic
-from zxl.pipeline import calibrate, dedup, taste, weigh
+from zxl.pipeline import calibrate, dedup, weigh
 from zxl.pipeline.config import CalibrateConfig, CurateConfig, DedupConfig, TasteConfig, WeighConfig
 from zxl.pipeline.stages import StageInputs, stage_path
+from zxl.scorers import taste
 
 REDUCE_SCHEMA = pa.schema(
     [
@@ -168,4 +169,4 @@ def validate(cfg: CurateConfig) -> None:
     dedup.validate(cfg.dedup)
     weigh.validate(cfg.weigh)
     if cfg.taste.head:
-        taste.head_info(cfg.taste.head)
+        taste.check_head(cfg.taste.head)

@@ -16,6 +16,17 @@ by number of choices) as ``taste/fit.json`` and ``taste/learning-curve.png``. Th
 from the stored stage outputs and embeddings; fetch, inspect, score and tag are not redone (their
 stage hashes do not change, and apply refuses to run if they would). The manifest's ``taste``
 records the head's sha256, its choices and raters.
+
+**Checks** (docs/reliability.md). A head is checked before it is applied and wherever it is used
+(``check_head``): every weight finite, fitted on this run's kind of embedding and dimension, and
+scores over the run's rows that are finite and not all the same; otherwise apply refuses with the
+reason before anything is written. ``fit`` refuses a degenerate fit (a head that scores every row
+alike: what a vanishing C gives) and warns when held-out accuracy is at chance. The metadata ``fit``
+writes carries the sha256 of the weights it describes (``weights_sha256``): a file whose weights were
+changed afterwards keeps its sha256 in the manifest but not the choices and accuracy of a fit that
+did not make it. ``zxl eval`` compares the head file's sha256 with the manifest's
+(``verify_applied``). Cross-validation folds never split copies of one pair (grouped by the
+unordered pair), and the report counts the distinct pairs.
 """
 
 from __future__ import annotations
@@ -28,99 +39,95 @@ from pathlib import Path
 import numpy as np
 
 from zxl.config import ConfigError
+from zxl.scorers.taste import META_PREFIX, check_scores, head_scores, weights_sha256
 
 HEAD_FILE = "head.safetensors"
-META_PREFIX = "zxl."
 
 
 def taste_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "taste"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def check_on_run(path: str | Path, run_dir: str | Path) -> np.ndarray:
+    """``check_head`` and ``check_scores`` over every embedding the run stores; the scores."""
+    from zxl.catalog.embeddings import embedding_kind, read_embeddings
 
-
-def head_info(path: str | Path) -> dict:
-    """What the manifest records of a head: its file, sha256 and the metadata ``fit`` wrote."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"taste.head: no head at {path.resolve()}; make one with `zxl taste fit RUN_DIR`")
-    meta = {}
-    if path.suffix == ".safetensors":  # a .pth head (LAION's) loads too, without metadata
-        try:
-            with safe_open(str(path), "np") as f:
-                meta = f.metadata() or {}
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
-            raise ConfigError(f"taste.head: {path} is not a safetensors file: {e}") from None
-    info = {"head": str(path), "sha256": file_sha256(path)}
-    for k, v in meta.items():
-        if k.startswith(META_PREFIX):
-            name = k[len(META_PREFIX) :]
-            try:
-                info[name] = json.loads(v)
-            except ValueError:
-                info[name] = v
-    return info
-
-
-def head_scores(path: str | Path, embeddings: np.ndarray, kind: str | None) -> np.ndarray:
-    """The head's raw score of every row of ``embeddings`` (any float dtype, [N, D]) as float64."""
-    from zxl.scorers.heads import input_dim, load_head, run_head
-
-    info = head_info(path)
-    made_on = info.get("embedding")
-    if made_on and kind and made_on != kind:
-        raise ConfigError(
-            f"taste.head: {path} was fitted on '{made_on}' embeddings but this run stores '{kind}' ones; "
-            "fit a head on this run (`zxl taste fit RUN_DIR`)"
-        )
-    head = load_head(Path(path).expanduser(), "taste.head")
-    if input_dim(head) != embeddings.shape[1]:
-        raise ConfigError(
-            f"taste.head: the head takes {input_dim(head)}-d embeddings but this run's are {embeddings.shape[1]}-d"
-        )
-    return run_head(head, embeddings)
-
-
-def head_hash(path: str) -> str | None:
-    """What the global step's hash covers of ``taste.head``: the file's content, not its name."""
-    return head_info(path)["sha256"] if path else None
+    _, emb = read_embeddings(run_dir, dtype=np.float16)
+    if emb is None:
+        raise ConfigError(f"taste.head needs the run's stored embeddings ({Path(run_dir) / 'embeddings'}), and "
+                          "there are none: rerun `zxl curate`")  # fmt: skip
+    return head_scores(path, emb, embedding_kind(run_dir))
 
 
 # ---- fit ----
 
 MIN_CHOICES = 10
+CHANCE = 0.55  # held-out accuracy at or below this: the fit is reported with a warning
 CURVE_SIZES = (10, 20, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000)
 
 
-def read_choices_csv(path: str | Path) -> list[tuple[str, str, str, str]]:
+MAX_CSV_BYTES = 1 << 30
+MAX_FIELD = 4096  # a catalog key or a rater's name; a longer field is not one
+
+
+def decode_csv(path: Path, log=print) -> str:
+    """The text of a CSV as spreadsheets save it: UTF-8 with or without a BOM (Excel's "CSV UTF-8"),
+    UTF-16 with a BOM (Excel's "Unicode text"), else latin-1 (said in the output)."""
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise ConfigError(f"--choices: {path} is over {MAX_CSV_BYTES >> 20} MB; that is not a list of choices")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--choices: {path} starts with a UTF-16 BOM but is not UTF-16 ({e.reason} at byte "
+                              f"{e.start}); save it as CSV UTF-8") from None  # fmt: skip
+    if b"\x00" in data[:4096]:
+        raise ConfigError(f"--choices: {path} holds NUL bytes: UTF-16 or UTF-32 without a BOM, or not text; "
+                          "save it as CSV UTF-8")  # fmt: skip
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        log(f"taste fit: {path} is not UTF-8 (byte {e.start}); read as latin-1 (Windows' Western encoding)")
+        return data.decode("latin-1")
+
+
+def read_choices_csv(path: str | Path, log=print) -> list[tuple[str, str, str, str, bool]]:
     """(winner, loser, rater, time, probe) from a CSV with columns ``winner,loser`` (and optionally
-    ``rater``); choices made elsewhere are not probes."""
+    ``rater``), separated by commas, semicolons or tabs, in any encoding ``decode_csv`` reads;
+    choices made elsewhere are not probes."""
     import csv
+    import io
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"--choices: no file at {path.resolve()}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"winner", "loser"} - set(reader.fieldnames or [])
+    text = decode_csv(path, log)
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count) if any(c in header for c in ",;\t") else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        fields = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
+        reader.fieldnames = fields
+        missing = {"winner", "loser"} - set(fields)
         if missing:
             raise ConfigError(
-                f"--choices: {path} needs the columns winner,loser (catalog keys); it lacks {sorted(missing)}"
+                f"--choices: {path} needs the columns winner,loser (catalog keys); its first line has "
+                f"{[f[:40] for f in fields][:8]}, lacking {sorted(missing)}"
             )
         out = []
-        for n, row in enumerate(reader, start=2):
+        for row in reader:
+            n = reader.line_num
             w, lo = (row["winner"] or "").strip(), (row["loser"] or "").strip()
+            rater = (row.get("rater") or path.name).strip()
+            if max(len(w), len(lo), len(rater)) > MAX_FIELD:
+                raise ConfigError(f"--choices: {path} line {n}: a field is over {MAX_FIELD} characters; "
+                                  "it is not a catalog key")  # fmt: skip
             if not w or not lo or w == lo:
                 raise ConfigError(f"--choices: {path} line {n}: winner and loser must be two different keys")
-            out.append((w, lo, (row.get("rater") or path.name).strip(), "", False))
+            out.append((w, lo, rater, "", False))
+    except csv.Error as e:
+        raise ConfigError(f"--choices: {path} line {reader.line_num}: not a readable CSV ({e})") from None
     return out
 
 
@@ -138,7 +145,8 @@ def _scorer_aesthetic(run_dir: Path) -> dict[str, float]:
 def learning_curve(emb: np.ndarray, pairs, extra, c: float, k: int, seed: int) -> list[dict]:
     from zxl import preference
 
-    n_train = len(pairs) - -(-len(pairs) // k)  # the smallest training fold
+    parts = preference.folds(len(pairs), k, seed, pairs.groups())
+    n_train = len(pairs) - max(len(part) for part in parts)  # the smallest training fold
     sizes = [s for s in CURVE_SIZES if s < n_train] + [n_train]
     out = []
     for size in sizes:
@@ -182,6 +190,7 @@ def write_head(w: np.ndarray, path: Path, meta: dict) -> None:
     from safetensors.numpy import save_file
 
     tensors = {"layers.0.weight": np.asarray(w, np.float32)[None, :], "layers.0.bias": np.zeros(1, np.float32)}
+    meta = {**meta, "weights_sha256": weights_sha256(tensors)}  # what the rest of the metadata describes
     text = {META_PREFIX + k: json.dumps(v) for k, v in meta.items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=text)
@@ -207,7 +216,7 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
     db = choices_path(run_dir)
     stars = []
     if choices_csv:
-        raw = read_choices_csv(choices_csv)
+        raw = read_choices_csv(choices_csv, log)
         source = str(choices_csv)
     else:
         if not db.exists():
@@ -227,8 +236,14 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
             f"taste fit needs at least {MIN_CHOICES} choices between rows of this run; it has {len(known)}"
         )
     pairs = preference.Pairs.of([index[w] for w, _, _ in known], [index[lo] for _, lo, _ in known])
+    distinct = int(pairs.groups().max()) + 1
+    if distinct < MIN_CHOICES:
+        raise ConfigError(
+            f"taste fit needs choices on at least {MIN_CHOICES} different pairs; these {len(known)} choices are on "
+            f"{distinct} (copies of one choice teach nothing new, and would be tested on what trained)"
+        )
     extra = star_pairs(stars, index, seed)
-    k = max(2, min(folds, len(pairs)))
+    k = max(2, min(folds, distinct))
     t0 = dt.datetime.now(dt.UTC)
     by_c = preference.choose_c(emb, pairs, extra, k, seed) if c is None else {c: float("nan")}
     best_c = max(by_c, key=lambda v: (by_c[v], -v)) if c is None else c
@@ -242,6 +257,10 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
     both = preference.Pairs(np.r_[pairs.winner, extra.winner], np.r_[pairs.loser, extra.loser],
                             np.r_[pairs.weight, extra.weight])  # fmt: skip
     w = preference.fit(emb, both, best_c)
+    try:  # the scores the head will give this run's rows, in the float32 it is stored in
+        check_scores("the fitted head", np.asarray(emb, np.float32) @ np.asarray(w, np.float32))
+    except ConfigError as e:
+        raise ConfigError(f"taste fit: the fit is degenerate (C {best_c:g}) and was not written: {e}") from None
     raters = sorted({r for _, _, r in known})
     digest = hashlib.sha256("\n".join(f"{w_}\t{lo}" for w_, lo, _ in known).encode()).hexdigest()
     out_dir = taste_dir(run_dir)
@@ -252,6 +271,7 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
         "embedding": kind,
         "dim": int(emb.shape[1]),
         "choices": len(known),
+        "distinct_pairs": distinct,
         "choices_left_out": len(raw) - len(known),
         "choices_sha256": digest,
         "stars": len(stars),
@@ -271,7 +291,12 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
         "fitted_at": t0.isoformat(timespec="seconds"),
         "head": str(out_dir / HEAD_FILE),
     }
-    meta_keys = ("embedding", "choices", "choices_sha256", "stars", "raters", "heldout_accuracy", "fitted_at", "source")
+    if report["heldout_accuracy"] <= CHANCE:
+        report["warning"] = (f"held-out accuracy {report['heldout_accuracy']:.3f} is at chance: the head has not "
+                             "learned these choices; more (or more consistent) choices, or another --c")  # fmt: skip
+        log(f"taste fit: warning: {report['warning']}")
+    meta_keys = ("embedding", "choices", "distinct_pairs", "choices_sha256", "stars", "raters", "heldout_accuracy",
+                 "fitted_at", "source")  # fmt: skip
     write_head(w, out_dir / HEAD_FILE, {m: report[m] for m in meta_keys})
     write_json_atomic(report, out_dir / "fit.json")
     plot_curve(report, out_dir / "learning-curve.png")
@@ -299,6 +324,7 @@ def apply_taste(run_dir: str | Path, head: str | Path | None = None, overrides: 
     head = Path(head or taste_dir(run_dir) / HEAD_FILE).expanduser().absolute()
     if not head.is_file():
         raise ConfigError(f"no taste head at {head}: fit one first (`zxl taste fit {run_dir}`)")
+    check_on_run(head, run_dir)  # before anything is written: a head that cannot rank the rows changes nothing
     where = [f"run.runs_dir={run_dir.absolute().parent}", f"run.name={run_dir.name}", f"taste.head={head}"]
     cfg = load_config(CurateConfig, [run_dir / "config.yaml"], overrides=[*where, *overrides])
     return rerun_from_reduce(cfg, log)

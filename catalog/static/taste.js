@@ -11,7 +11,7 @@
   async function post(url, body) {
     const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" },
                                  body: JSON.stringify(body) });
-    if (!r.ok) throw new Error(await r.text());
+    if (!r.ok) { const e = new Error(await r.text()); e.status = r.status; throw e; }
     return r.json();
   }
   function say(text) { const s = document.getElementById("status"); if (s) s.textContent = text; }
@@ -49,17 +49,20 @@
       if (what === "undo") {
         const r = await post("/api/undo", { rater: rater() });
         count(r.counts);
-        if (r.undone) { show({ left: r.undone.left, right: r.undone.right, probe: r.undone.probe }); say("undone"); }
+        if (r.undone) { show({ left: r.undone.left, right: r.undone.right }); say("undone"); }
         else say("nothing to undo");
       } else if (pair) {
         if (what !== null) (what === "left" ? left : right).classList.add("picked");
-        const r = await post("/api/choice", { rater: rater(), left: pair.left, right: pair.right, winner: what,
-                                              probe: !!pair.probe });
+        // the server alone knows whether this pair was a random probe: the page does not say
+        const r = await post("/api/choice", { rater: rater(), left: pair.left, right: pair.right, winner: what });
         count(r.counts);
         say(what === null ? "skipped" : "saved");
         await next();
       }
-    } catch (e) { say("not saved: " + e.message); }
+    } catch (e) {
+      say("not saved: " + e.message);
+      if (e.status === 409 && what !== "undo") await next();  // a pair this server did not offer: a new one
+    }
     finally { busy = false; document.body.dataset.busy = "0"; }
   }
   if (left && right) {
