@@ -148,7 +148,7 @@ def taste_fit(quick: bool = False) -> dict:
 
 
 def rating_latency(quick: bool = False) -> dict:
-    from zxl.catalog.rating import ChoiceStore, PairPicker
+    from zxl.catalog.choices import ChoiceStore, PairPicker
 
     n = (QUICK if quick else FULL)[0]
     x = embeddings(n)

@@ -8,7 +8,7 @@ and kept in memory.
 
 The catalog itself is never written. What the user enters — choices between two images in the
 **rate** view (keyboard: ← / → the better one, ↓ or S skip, U undo) and 1–9 stars on a row's page —
-goes to ``runs/<name>/taste/choices.sqlite`` (catalog/rating.py) through JSON POSTs that a page of
+goes to ``runs/<name>/taste/choices.sqlite`` (catalog/choices.py) through JSON POSTs that a page of
 another origin cannot make (a JSON content type is required, which a cross-site form cannot send,
 and a foreign ``Origin`` is refused). The **clusters** view shows the k-means clusters of the
 diversity-aware repeats (pipeline/weigh.py): sizes, mean scores, a grid of each.
@@ -49,10 +49,10 @@ from PIL import Image
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler
 
+from zxl.catalog.choices import ChoicesError, ChoiceStore, PairPicker, choices_path, clean_rater
 from zxl.catalog.embeddings import read_embeddings
 from zxl.catalog.images import ImageStore
 from zxl.catalog.query import Catalog, open_catalog
-from zxl.catalog.rating import ChoicesError, ChoiceStore, PairPicker, choices_path, clean_rater
 from zxl.images import decode
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
@@ -522,7 +522,13 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
         counts = taste.store.counts()
         if pair is None:
             return jsonify({"pair": None, "counts": counts, "message": taste.missing or "every pair has been shown"})
-        return jsonify({"pair": pair, "counts": counts})
+        return jsonify({"pair": {**pair, **sizes(pair["left"], pair["right"])}, "counts": counts})
+
+    def sizes(left: str, right: str) -> dict:
+        """Each picture's real size, shown beside it (the page scales both to the same panel)."""
+        rows = browser.rows("SELECT key, width, height FROM catalog WHERE key IN (?, ?)", [left, right])
+        found = {r["key"]: [r["width"], r["height"]] for r in rows}
+        return {"left_size": found.get(left), "right_size": found.get(right)}
 
     @app.get("/api/pair")
     def api_pair():
@@ -574,6 +580,7 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
         undone = taste.store.undo(_rater(_json_post()))
         if undone:  # the page shows the pair again: it is on offer again, as the probe it was
             taste.offer(undone)
+            undone.update(sizes(undone["left"], undone["right"]))
         return jsonify({"undone": undone, "counts": taste.store.counts()})
 
     @app.post("/api/stars")

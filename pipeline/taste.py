@@ -2,7 +2,7 @@
 
 **fit** (``zxl taste fit RUN_DIR [--choices FILE.csv]``): the choices made in the browser's rate
 view (every tenth of them a random pair, a probe, so accuracy is also measured on pairs the head did
-not pick) (``runs/<name>/taste/choices.sqlite``, catalog/rating.py) or a CSV of ``winner,loser`` keys,
+not pick) (``runs/<name>/taste/choices.sqlite``, catalog/choices.py) or a CSV of ``winner,loser`` keys,
 plus any 1–9 stars as extra evidence (a higher-starred image beats a lower-starred one, at half
 weight), fitted as a Bradley–Terry model over the run's cached embeddings (zxl/preference.py):
 P(a beats b) = σ(wᵀ(x_a − x_b)). Reported: k-fold held-out pairwise accuracy, the agreement of
@@ -203,8 +203,8 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
     import datetime as dt
 
     from zxl import preference
+    from zxl.catalog.choices import ChoiceStore, choices_path, star_pairs
     from zxl.catalog.embeddings import embedding_kind, read_embeddings
-    from zxl.catalog.rating import ChoiceStore, choices_path, star_pairs
     from zxl.files import write_json_atomic
 
     run_dir = Path(run_dir)

@@ -1,5 +1,6 @@
 """The catalog browser over HTTP, and in a real browser: Playwright driving Debian's chromium."""
 
+import re
 import shutil
 import threading
 import urllib.error
@@ -170,7 +171,7 @@ def test_writes_come_only_from_our_own_page(site):
 def test_rate_view_by_keyboard_lands_in_the_database(site, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from zxl.catalog.rating import ChoiceStore
+    from zxl.catalog.choices import ChoiceStore
 
     base, _ = site
     db = site_run(site) / "taste" / "choices.sqlite"
@@ -180,6 +181,10 @@ def test_rate_view_by_keyboard_lands_in_the_database(site, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(base + "/rate")
         page.wait_for_selector("body[data-pair]")  # (the page's CSP forbids eval: selectors, not JS predicates)
+        # both pictures at the same display size, whatever their real sizes, each real size beside it
+        boxes = [page.locator(f"#{side} img").bounding_box() for side in ("left", "right")]
+        assert boxes[0]["width"] == boxes[1]["width"] > 300 and boxes[0]["height"] == boxes[1]["height"] > 300
+        assert all(re.fullmatch(r"\d+×\d+ px", page.inner_text(f"#{side} .size")) for side in ("left", "right"))
         page.keyboard.press("ArrowLeft")  # no name yet: nothing is saved, the page says why
         page.wait_for_selector("#status:has-text('enter your name')")
         page.fill("#rater", "ann")

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from zxl.catalog import browse
-from zxl.catalog.rating import ChoicesError, ChoiceStore
+from zxl.catalog.choices import ChoicesError, ChoiceStore
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_apply_rescores_without_refetching_or_re_embedding(run, tmp_path, capsys
 def test_fit_from_the_rate_views_database_reports_the_probes_apart(run, tmp_path):
     """Choices in runs/<name>/taste/choices.sqlite (as the rate view writes them), a third of them probes;
     stars count as extra evidence."""
-    from zxl.catalog.rating import ChoiceStore, choices_path
+    from zxl.catalog.choices import ChoiceStore, choices_path
 
     src, ok = run
     run_dir = tmp_path / "run"  # what fit reads, in a folder of its own (the module's run keeps its head)

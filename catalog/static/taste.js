@@ -25,10 +25,11 @@
   let pair = null, busy = false;
   function show(p) {
     pair = p;
-    for (const [side, key] of [[left, p.left], [right, p.right]]) {
+    for (const [side, key, size] of [[left, p.left, p.left_size], [right, p.right, p.right_size]]) {
       side.classList.remove("picked");
       side.dataset.key = key;
       side.querySelector("img").src = "/image/" + encodeURIComponent(key);
+      side.querySelector(".size").textContent = size ? size[0] + "×" + size[1] + " px" : "";
     }
     document.body.dataset.pair = p.left + "\n" + p.right;
   }
@@ -49,7 +50,7 @@
       if (what === "undo") {
         const r = await post("/api/undo", { rater: rater() });
         count(r.counts);
-        if (r.undone) { show({ left: r.undone.left, right: r.undone.right }); say("undone"); }
+        if (r.undone) { show(r.undone); say("undone"); }
         else say("nothing to undo");
       } else if (pair) {
         if (what !== null) (what === "left" ? left : right).classList.add("picked");

@@ -1,4 +1,4 @@
-"""catalog/rating.py: the choice database (crash-safe, nothing deleted) and the active pair picker."""
+"""catalog/choices.py: the choice database (crash-safe, nothing deleted) and the active pair picker."""
 
 import os
 import signal
@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from zxl.catalog.rating import ChoiceStore, PairPicker, star_pairs
+from zxl.catalog.choices import ChoiceStore, PairPicker, star_pairs
 
 
 def test_choices_undo_skip_and_stars(tmp_path):
@@ -65,7 +65,7 @@ def test_stars_imply_pairs_within_one_rater():
 WRITER = textwrap.dedent(
     """
     import sys
-    from zxl.catalog.rating import ChoiceStore
+    from zxl.catalog.choices import ChoiceStore
     store = ChoiceStore(sys.argv[1])
     i = 0
     while True:
