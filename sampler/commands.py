@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zxl.config import ConfigError
+from zxl.config import ConfigError, check_value
 
 
 def add_commands(sub) -> None:
@@ -69,6 +69,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from zxl.sampler.schedule import format_table, get_sigmas, schedule_name
 
     args.schedule = schedule_name(args.schedule)
+    check_value("--steps", args.steps, "[1, 1000]", integer=True, note=" (the schedule has 1000 timesteps)")
+    check_value("--cfg-rescale", args.cfg_rescale, "[0, 1]", note=" (phi: 0 is off, 1 rescales fully)")
+    check_value("--dynamic-value", args.dynamic_value, "[0, inf)")
     if args.print_sigmas:
         sigmas, timesteps = get_sigmas(args.steps, args.schedule, ztsnr=not args.no_ztsnr, terminal=args.terminal)
         what = "plain SDXL" if args.no_ztsnr else f"ZTSNR, terminal convention {args.terminal}"
@@ -88,7 +91,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     sampling = Sampling(args.terminal, args.schedule, args.cfg_rescale, args.dynamic, args.dynamic_mode,
                         args.dynamic_value)  # fmt: skip
     loading = Loading(args.device, args.precision, args.compile, args.model_config)
-    grids = render(args.model, prompts, Path(args.out), parse_axis(args.x), parse_axis(args.y), sampling, loading)
+    x, y = parse_axis(args.x, "--x", len(prompts)), parse_axis(args.y, "--y", len(prompts))
+    grids = render(args.model, prompts, Path(args.out), x, y, sampling, loading)
     for g in grids:
         print(f"grid: {g}")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from zxl.config import ConfigError
+from zxl.config import ConfigError, check_value
 from zxl.sampler.grid import make_grid, save_png
 from zxl.sampler.guidance import DynamicThresholding
 from zxl.sampler.pipeline import DEFAULT_SAMPLING, SDXL, Sampling, generate
@@ -17,8 +17,18 @@ from zxl.sampler.schedule import A1111_LABELS
 AXES = ("prompt", "seed", "cfg", "steps", "sampler", "mimic", "checkpoint")
 
 
-def parse_axis(text: str | None) -> tuple[str, list[str]] | None:
-    """``cfg=3,4,5`` → ("cfg", ["3", "4", "5"]); ``prompt`` alone means every prompt of the file."""
+# the numeric axes: (type, allowed range, note), as the prompt file's --d, --l, --s and the mimic scale
+AXIS_VALUES = {
+    "seed": (int, None, ""),
+    "cfg": (float, "[0, inf)", " (0 is unconditional, 1 conditional without guidance)"),
+    "steps": (int, "[1, 1000]", " (the schedule has 1000 timesteps)"),
+    "mimic": (float, "[0, inf)", ""),
+}
+
+
+def parse_axis(text: str | None, flag: str = "--x", prompts: int | None = None) -> tuple[str, list[str]] | None:
+    """``cfg=3,4,5`` → ("cfg", ["3", "4", "5"]); ``prompt`` alone means every prompt of the file.
+    Numeric values are checked here, before any model loads (``prompts``: how many the file holds)."""
     if not text:
         return None
     name, _, values = text.partition("=")
@@ -28,6 +38,18 @@ def parse_axis(text: str | None) -> tuple[str, list[str]] | None:
     vals = [v.strip() for v in values.split(",") if v.strip()] if values else []
     if name != "prompt" and not vals:
         raise ConfigError(f"axis '{name}' needs values, e.g. --x {name}=1,2,3")
+    kind, allowed, note = AXIS_VALUES.get(name, (None, None, ""))
+    if name == "prompt":  # indices into the prompt file
+        kind = int
+        if prompts is not None:
+            allowed, note = f"[0, {prompts - 1}]", f" (an index into the {prompts} prompts of the file)"
+    for v in vals if kind is not None else ():
+        try:
+            number = kind(v)
+        except ValueError:
+            raise ConfigError(f"{flag} {text}: '{v}' is not {'an integer' if kind is int else 'a number'}") from None
+        if allowed is not None:
+            check_value(f"{flag} {name}", number, allowed, integer=kind is int, note=note)
     return name, vals
 
 

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from zxl.config import ConfigError
+from zxl.config import ConfigError, check_value
 
 NEGATIVE_PRESETS = {
     "minimal": "score_1",
@@ -39,6 +39,8 @@ SAMPLER_NAMES = {  # kohya / A1111 names → ours
 }  # fmt: skip
 INFOTEXT_SAMPLER = {"euler": "Euler", "euler_ancestral": "Euler a", "dpmpp_2m": "DPM++ 2M", "ddim": "DDIM"}
 OPTIONS = {"n", "w", "h", "d", "l", "s", "ss"}
+# --l: the CFG scale, v_u + l·(v_c − v_u), finite; --s: steps, at most the schedule's 1000 timesteps
+LIMITS = {"l": ("[0, inf)", False, " (the CFG scale)"), "s": ("[1, 1000]", True, " (sampling steps)")}
 
 
 @dataclass
@@ -93,6 +95,8 @@ def parse_line(line: str, default: Prompt, where: str = "") -> Prompt | None:
                     raise ConfigError(f"{where}--{opt} {value}: sizes must be positive multiples of 8")
                 p = p.with_(**{"width" if opt == "w" else "height": number})
             else:
+                if opt in LIMITS:
+                    check_value(f"{where}--{opt}", number, *LIMITS[opt])
                 p = p.with_(**{{"d": "seed", "l": "cfg", "s": "steps"}[opt]: number})
     return p
 

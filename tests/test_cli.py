@@ -160,6 +160,31 @@ def test_print_sigmas(capsys):
     assert "trailing, simple, normal, sgm_uniform, karras, exponential, beta, ddim_uniform" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "err"), [
+    (["--print-sigmas", "--steps", "0"], "--steps must be an integer from 1 to 1000 (the schedule has 1000 timesteps), "
+                                         "got 0"),
+    (["--print-sigmas", "--steps", "5000"], "--steps must be an integer from 1 to 1000"),
+    (["--cfg-rescale", "1.5"], "--cfg-rescale must be a number in [0,1] (phi: 0 is off, 1 rescales fully), got 1.5"),
+    (["--cfg-rescale", "nan"], "--cfg-rescale must be a number in [0,1]"),
+    (["--dynamic-value", "-1"], "--dynamic-value must be a number >= 0, got -1.0"),
+    (["--x", "cfg=3,abc"], "--x cfg=3,abc: 'abc' is not a number"),
+    (["--x", "cfg=-5"], "--x cfg must be a number >= 0 (0 is unconditional, 1 conditional without guidance), "
+                        "got -5.0"),
+    (["--y", "steps=0"], "--y steps must be an integer from 1 to 1000"),
+    (["--y", "seed=1.5"], "--y seed=1.5: '1.5' is not an integer"),
+    (["--x", "prompt=0,2"], "--x prompt must be an integer from 0 to 1 (an index into the 2 prompts of the file), "
+                            "got 2"),
+])  # fmt: skip
+def test_sample_refuses_bad_numbers_before_loading_a_model(capsys, tmp_path, args, err):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    code = main(["sample", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts), "--out",
+                 str(tmp_path / "out"), *args])  # fmt: skip
+    out = capsys.readouterr().err
+    assert code == 2 and out.count("\n") == 1 and out.startswith(f"zxl sample: error: {err}"), out
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
 def test_sample_with_a_damaged_model_file_is_a_one_line_error(capsys, tmp_path, tiny_sdxl, damage):
     from safetensors.torch import save_file

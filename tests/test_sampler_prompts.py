@@ -37,7 +37,11 @@ def test_prompt_file_with_comments_and_every_option(tmp_path):
     [("a cat --x 3", r"prompts.txt:1: unknown option --x; the options are --d, --h"),
      ("a cat --w 830", r"prompts.txt:1: --w 830: sizes must be positive multiples of 8"),
      ("a cat --ss plms", r"prompts.txt:1: unknown sampler 'plms'; choose from ddim, dpmpp_2m"),
-     ("a cat --d many", r"--d wants a number")],
+     ("a cat --d many", r"--d wants a number"),
+     ("a cat --l nan", r"prompts.txt:1: --l must be a number >= 0 \(the CFG scale\), got nan"),
+     ("a cat --l -5", r"prompts.txt:1: --l must be a number >= 0 \(the CFG scale\), got -5.0"),
+     ("a cat --s 0", r"prompts.txt:1: --s must be an integer from 1 to 1000 \(sampling steps\), got 0"),
+     ("a cat --s 1001", r"prompts.txt:1: --s must be an integer from 1 to 1000")],
 )  # fmt: skip
 def test_bad_lines_name_the_line_and_the_choices(tmp_path, line, message):
     f = tmp_path / "prompts.txt"

@@ -48,7 +48,9 @@ def test_merge_is_the_weighted_mean_in_fp32_cast_back(tmp_path):
     assert kind == "checkpoint" and torch.equal(merged["unet.w"], torch.full((2, 2), 2.5))
     merged, _, _ = checkpoint.merge([a, b], [3, 1])
     assert torch.equal(merged["unet.w"], torch.full((2, 2), 1.75)) and merged["text_encoder.b"].dtype == torch.float16
-    for weights, why in (([1], "1 weights for 2 checkpoints"), ([1, -1], "non-negative weights")):
+    for weights, why in (([1], "1 weights for 2 checkpoints"), ([1, -1], "non-negative weights"),
+                         ([1, float("nan")], "all finite; got 1, nan"),
+                         ([float("inf"), 1], "all finite; got inf, 1")):  # fmt: skip
         with pytest.raises(ConfigError, match=why):
             checkpoint.merge([a, b], weights)
     with pytest.raises(ConfigError, match="give at least one checkpoint"):
@@ -66,3 +68,26 @@ def test_merge_refuses_checkpoints_of_different_models(tmp_path):
     merged, kind, _ = checkpoint.merge([other, other])
     assert kind == "single-file" and merged["v_pred"].numel() == 0  # markers carried over, not averaged
     assert json.loads((a / "meta.json").read_text())["step"] == 1
+
+
+def test_read_meta_names_the_file_and_what_it_lacks(tmp_path):
+    """What zxl merge and zxl eval read of a checkpoint's meta.json, checked: one ConfigError naming the file."""
+    path = _save(tmp_path, 1, 1.0)  # step and base, no config
+    meta = path / "meta.json"
+    with pytest.raises(ConfigError, match=f"^{meta} has no 'config' \\(the resolved config that zxl train writes"):
+        checkpoint.read_meta(path)
+    with pytest.raises(ConfigError, match=f"^--model: {meta} has no 'config'"):
+        checkpoint.read_meta(path, "--model")
+    for text, why in (('{"config": {}}', "has no config.model.v_pred or config.model.ztsnr"),
+                      ('{"config": {"model": {"v_pred": true, "ztsnr": "yes"}}}', "has no config.model.ztsnr"),
+                      ('{"config": {"model": {"v_pred": true, "ztsnr": true, "config": 3}}}',
+                       "config.model.config must"),
+                      ("[1, 2]", "has no 'config'"), ("{", "does not load \\(JSONDecodeError: ")):  # fmt: skip
+        meta.write_text(text)
+        with pytest.raises(ConfigError, match=f"^{meta}:? {why}"):
+            checkpoint.read_meta(path)
+    meta.write_text('{"config": {"model": {"v_pred": true, "ztsnr": false, "config": ""}}, "step": 1}')
+    assert checkpoint.read_meta(path)["config"]["model"]["ztsnr"] is False
+    meta.unlink()
+    with pytest.raises(ConfigError, match=f"^{meta} is missing"):
+        checkpoint.read_meta(path)

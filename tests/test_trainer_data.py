@@ -159,3 +159,47 @@ def test_fractional_weights_are_drawn_as_often_as_they_say(tmp_path):
     old = pq.read_table(cat / "part-00000.parquet").drop_columns(["weight", "cluster"])
     pq.write_table(old, cat / "part-00000.parquet")  # a catalog from before the columns: repeats
     assert load_rows(cat, 1024).draws.tolist() == [1.0, 3.0]
+
+
+def _two_part_catalog(folder):
+    """A catalog of two parts, each with a trainable row."""
+    rows = [{"key": k, "url": "u", "status": "ok", "width": 800, "height": 1200, "repeats": 1, "shard": "00000.tar"}
+            for k in ("a", "b")]  # fmt: skip
+    write_catalog(folder, rows[:1])
+    pq.write_table(pq.read_table(folder / "part-00000.parquet").set_column(
+        0, "key", pa.array(["b"])), folder / "part-00001.parquet")  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "pages"])
+def test_a_damaged_part_is_refused_by_name(tmp_path, damage):
+    """A part that does not read is an error naming it (never left out, as the browser does), whether its
+    footer is gone or its data pages are (the footer reads, the pages do not)."""
+    cat = _two_part_catalog(tmp_path / "catalog")
+    assert load_rows(cat, 1024).key.tolist() == ["a", "b"]
+    part = cat / "part-00001.parquet"
+    raw = part.read_bytes()
+    if damage == "pages":
+        big = [{"key": f"k{i}", "url": "u", "status": "ok", "width": 800, "height": 1200, "repeats": 1,
+                "caption": f"caption {i} " * 20} for i in range(2000)]  # fmt: skip
+        write_catalog(tmp_path / "big", big)
+        raw = (tmp_path / "big" / "part-00000.parquet").read_bytes()
+        raw = raw[:4] + b"\0" * (len(raw) // 2) + raw[4 + len(raw) // 2 :]
+        pq.read_metadata(pa.BufferReader(raw))  # the footer is intact: only reading the rows fails
+    part.write_bytes({"garbage": b"\xff" * 300, "truncated": raw[: len(raw) // 2], "empty": b"", "pages": raw}[damage])
+    with pytest.raises(ConfigError) as e:
+        load_rows(cat, 1024)
+    message = str(e.value)
+    assert message.startswith(f"data.catalog: part {part} cannot be read (") and "\n" not in message, message
+    assert message.endswith("the catalog is damaged: run zxl curate again to rewrite it")
+    with pytest.raises(ConfigError, match=f"^--catalog: part {part} cannot be read"):
+        load_rows(cat, 1024, option="--catalog")
+
+
+def test_a_missing_or_unreadable_catalog_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"^data.catalog: {tmp_path / 'none'} does not exist"):
+        load_rows(tmp_path / "none", 1024)
+    cat = _two_part_catalog(tmp_path / "catalog")
+    (cat / "_manifest.json").write_text('{"schema_version": 1,')
+    with pytest.raises(ConfigError, match=rf"^data.catalog: {cat / '_manifest.json'} does not load \(JSONDecodeError"):
+        load_rows(cat, 1024)

@@ -110,11 +110,88 @@ def test_clip_adherence_with_a_clip_scorer(catalog, tiny_clip):
     assert -100 <= got["mean"] <= 100 and np.isfinite(got["with_score_tags"])
 
 
-@pytest.mark.parametrize(("field", "value", "match"), [("seeds", 1, "--seeds"), ("holdout", 0.0, "--holdout"),
-                                                        ("resolution", 100, "--resolution")])  # fmt: skip
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("seeds", 1, "--seeds must be an integer from 2 to 100, got 1"),
+    ("holdout", 0.0, r"--holdout must be a number in \(0,1\), got 0.0"),
+    ("holdout", float("nan"), r"--holdout must be a number in \(0,1\), got nan"),
+    ("resolution", 100, "--resolution must be a multiple of 64 from 64 to 8192 .*, got 100"),
+    ("resolution", 0, "--resolution must be a multiple of 64 from 64 to 8192 .*, got 0"),
+    ("resolution", -64, "--resolution must be a multiple of 64 from 64 to 8192 .*, got -64"),
+    ("resolution", 8256, "--resolution must be a multiple of 64 from 64 to 8192 .*, got 8256"),
+    ("cfg", float("nan"), r"--cfg must be a number >= 0 \(0 is unconditional, 1 conditional .*\), got nan"),
+    ("cfg", -5.0, "--cfg must be a number >= 0 .*, got -5.0"),
+    ("cfg", float("inf"), "--cfg must be a number >= 0 .*, got inf"),
+    ("steps", 0, "--steps must be an integer from 1 to 1000, got 0"),
+    ("steps", 1001, "--steps must be an integer from 1 to 1000, got 1001"),
+    ("prompts", 0, "--prompts must be an integer from 1 to 1000, got 0"),
+    ("val_rows", 0, "--val-rows must be an integer from 1 to 100000, got 0"),
+    ("seed", -1, "--seed must be an integer from 0 to 4294967295, got -1"),
+])  # fmt: skip
 def test_bad_options_name_the_flag(field, value, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=f"^{match}$"):
         EvalConfig(**{field: value})
+
+
+def test_cfg_0_and_1_are_allowed():
+    """0 samples the unconditional prediction, 1 the conditional one with no guidance: both mean something."""
+    assert EvalConfig(cfg=0.0).cfg == 0.0 and EvalConfig(cfg=1.0).cfg == 1.0
+
+
+@pytest.mark.parametrize(("flag", "value", "start"), [
+    ("--resolution", "0", "--resolution must be a multiple of 64 from 64 to 8192 (the run's data.resolution), got 0"),
+    ("--resolution", "-64", "--resolution must be a multiple of 64 from 64 to 8192"),
+    ("--cfg", "nan", "--cfg must be a number >= 0 (0 is unconditional, 1 conditional without guidance), got nan"),
+    ("--cfg", "-5", "--cfg must be a number >= 0 (0 is unconditional, 1 conditional without guidance), got -5.0"),
+    ("--steps", "0", "--steps must be an integer from 1 to 1000, got 0"),
+    ("--holdout", "1", "--holdout must be a number in (0,1), got 1.0"),
+])  # fmt: skip
+def test_zxl_eval_refuses_bad_numbers_in_one_line(capsys, tmp_path, flag, value, start):
+    code = main(["eval", "--model", str(tmp_path), "--catalog", str(tmp_path), "--out", str(tmp_path / "out"), flag,
+                 value])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"zxl eval: error: {start}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_zxl_eval_names_a_damaged_catalog_part(capsys, tmp_path):
+    from tests.test_trainer_data import _two_part_catalog
+
+    cat = _two_part_catalog(tmp_path / "catalog")
+    (cat / "part-00001.parquet").write_bytes(b"PAR1" + b"\xff" * 200)
+    code = main(["eval", "--model", str(tmp_path), "--catalog", str(cat), "--out", str(tmp_path / "out"),
+                 "--resolution", "64"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"zxl eval: error: --catalog: part {cat / 'part-00001.parquet'} cannot be read (ArrowInvalid")
+    assert main(["eval", "--model", str(tmp_path), "--catalog", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                 "--resolution", "64"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err == f"zxl eval: error: --catalog: {tmp_path / 'none'} does not exist (a catalog folder that zxl curate " \
+        "wrote)\n"  # fmt: skip
+
+
+def test_zxl_eval_names_a_checkpoint_meta_without_config(capsys, tmp_path):
+    """A checkpoint folder whose meta.json lacks the run's config: one line naming the file, before the
+    catalog is read (the catalog here does not even exist)."""
+    from tests.test_trainer_checkpoint import _save
+
+    ckpt = _save(tmp_path / "checkpoints", 1, 1.0)  # meta.json: step and base, no config
+    argv = ["eval", "--model", str(ckpt), "--catalog", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"zxl eval: error: --model: {ckpt / 'meta.json'} has no 'config' (the resolved config that zxl "
+                   "train writes into every checkpoint); not a checkpoint of zxl train\n")  # fmt: skip
+    (ckpt / "meta.json").write_text('{"config": {"model": {"v_pred": true}}, "step": 1}')
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"zxl eval: error: --model: {ckpt / 'meta.json'} has no "
+                                              "config.model.ztsnr (true or false")  # fmt: skip
+    (ckpt / "meta.json").write_text('{"config": ')
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"zxl eval: error: --model: {ckpt / 'meta.json'} does not load "
+                                              "(JSONDecodeError: ")  # fmt: skip
+    (ckpt / "meta.json").write_text('{"config": {"model": {"v_pred": true, "ztsnr": true}}, "step": 1, "base": ""}')
+    assert main(argv) == 2  # a good meta.json: now the base model it names is what is missing
+    assert capsys.readouterr().err.startswith("zxl eval: error: --base: the base model '' that ")
 
 
 def test_no_held_out_rows_is_a_clear_error(catalog):

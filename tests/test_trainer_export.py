@@ -50,3 +50,34 @@ def test_merging_single_files_keeps_layout_markers_and_yaml(model, tiny_sdxl, tm
         torch.testing.assert_close(sm[k], sa[k], rtol=0, atol=1e-6)
     folder = merge_and_write([a], tmp_path / "as-diffusers", config=str(tiny_sdxl))
     assert SDXL.load(folder, device="cpu").v_pred
+
+
+def test_zxl_merge_names_a_meta_json_without_config(tmp_path, capsys):
+    """Before any weights are read: the first checkpoint's meta.json, then the base model it names."""
+    from tests.test_trainer_checkpoint import _save
+    from zxl.cli import main
+
+    ckpt = _save(tmp_path / "checkpoints", 1, 1.0)  # meta.json: step and base, no config
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", str(ckpt), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"zxl merge: error: {ckpt / 'meta.json'} has no 'config' (the resolved config that zxl train writes into "
+        "every checkpoint); not a checkpoint of zxl train\n"
+    )
+    (ckpt / "meta.json").write_text('{"config": {"model": {"v_pred": true, "ztsnr": true}}, "base": "gone"}')
+    assert main(["merge", str(ckpt), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"zxl merge: error: --base: the base model 'gone' that {ckpt} was ")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "err"), [
+    (["--weights", "1,x"], "--weights 1,x: 'x' is not a number (comma-separated weights, one per checkpoint)"),
+    (["--weights", "nan,1"], "--weights must be a number >= 0, got nan"),
+    (["--weights", "1,-2"], "--weights must be a number >= 0, got -2.0"),
+    (["--best", "0"], "--best must be an integer >= 1 (checkpoints to merge), got 0"),
+])  # fmt: skip
+def test_zxl_merge_refuses_bad_numbers_in_one_line(tmp_path, capsys, args, err):
+    from zxl.cli import main
+
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"), *args]) == 2
+    assert capsys.readouterr().err == f"zxl merge: error: {err}\n"

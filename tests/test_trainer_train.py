@@ -142,6 +142,60 @@ def test_missing_base_model_is_named(catalog, tmp_path):
         train(config(catalog, tmp_path / "nope", tmp_path / "a"), log=quiet)
 
 
+def test_every_input_file_is_checked_before_step_1(tmp_path):
+    """The catalog, the base model, model.config, the validation prompts (read at the first grid, after
+    the first checkpoint) and the checkpoint to resume: a missing or bad one is named before any work,
+    so the output folder is never made. The catalog here has no parts at all: nothing gets that far."""
+    cat = tmp_path / "catalog"
+    cat.mkdir()
+    (cat / "_manifest.json").write_text('{"schema_version": 1}')
+    base, out, prompts = tmp_path / "base", tmp_path / "out", tmp_path / "prompts.txt"
+    base.mkdir()
+    prompts.write_text("a cat --w 64 --h 64\n")
+
+    def refused(match, *overrides, resume=False):
+        cfg = config(cat, base, out, "loop.sample_every=1", f"loop.prompts={prompts}", *overrides)
+        with pytest.raises(ConfigError, match=match):
+            train(cfg, resume=resume, log=quiet)
+        assert not out.exists()
+
+    refused(f"^loop.prompts: {tmp_path / 'none.txt'} does not exist \\(the kohya prompt file of the validation grids",
+            f"loop.prompts={tmp_path / 'none.txt'}")  # fmt: skip
+    prompts.write_text("a cat --w 64 --h 64\na dog --l -1\n")
+    refused(f"^loop.prompts: {prompts}:2: --l must be a number >= 0 \\(the CFG scale\\), got -1.0$")
+    prompts.write_text("a cat --w 64 --h 64\n")
+    refused(f"^data.catalog: {tmp_path / 'none'} does not exist", f"data.catalog={tmp_path / 'none'}")
+    refused(f"^data.catalog: {tmp_path} is not a zxl catalog \\(no _manifest.json\\)", f"data.catalog={tmp_path}")
+    refused(f"^model.base: {tmp_path / 'none'} does not exist", f"model.base={tmp_path / 'none'}")
+    refused("^model.base: give the base model", "model.base=")
+    refused(f"^model.config: {tmp_path / 'none'} is not a folder", f"model.config={tmp_path / 'none'}")
+    refused(f"^--resume {tmp_path / 'none'}: no such checkpoint folder", resume=str(tmp_path / "none"))
+    # with sample_every 0 the prompts are never read, so they need not exist
+    with pytest.raises(ConfigError, match="^data.catalog: .* has no trainable rows"):
+        train(config(cat, base, out, f"loop.prompts={tmp_path / 'none.txt'}"), log=quiet)
+
+
+def test_zxl_train_names_a_missing_prompt_file_or_a_damaged_catalog_part(tmp_path, capsys):
+    from tests.test_trainer_data import _two_part_catalog
+    from zxl.cli import main
+
+    cat = _two_part_catalog(tmp_path / "catalog")
+    argv = ["train", "--base", str(tmp_path), "--catalog", str(cat), "--set", f"loop.output={tmp_path / 'out'}",
+            "--set", "loop.sample_every=5", "--set", f"loop.prompts={tmp_path / 'none.txt'}"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"zxl train: error: loop.prompts: {tmp_path / 'none.txt'} does not exist (the kohya prompt file of the "
+        "validation grids, every loop.sample_every steps; 0 draws none)\n"
+    )
+    part = cat / "part-00001.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    assert main([*argv, "--set", "loop.sample_every=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"zxl train: error: data.catalog: part {part} cannot be read (ArrowInvalid: ")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not safetensors"])
 def test_a_damaged_base_or_checkpoint_is_a_one_line_error(catalog, tiny_sdxl, tmp_path, capsys, damage):
     from safetensors.torch import save_file

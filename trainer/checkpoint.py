@@ -15,6 +15,7 @@ previous checkpoint is intact. Older checkpoints are removed only after the new 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -91,6 +92,34 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     return weights, state, meta
 
 
+def read_meta(folder: Path, option: str = "") -> dict:
+    """The ``meta.json`` of a checkpoint folder, with what ``zxl merge`` and ``zxl eval`` read of it
+    (``config.model``: ``v_pred``, ``ztsnr``, ``config``) checked. Anything missing or unreadable is
+    one ConfigError naming the file (after ``option``, the flag that gave the folder, when given)."""
+    path = Path(folder) / "meta.json"
+    where = f"{option}: {path}" if option else str(path)
+    if not path.is_file():
+        raise ConfigError(f"{where} is missing (a zxl checkpoint folder holds model.safetensors, state.pt and "
+                          "meta.json)")  # fmt: skip
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise ConfigError(f"{where} does not load ({why})") from None
+    written = "the resolved config that zxl train writes into every checkpoint"
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where} has no 'config' ({written}); not a checkpoint of zxl train")
+    model = config.get("model")
+    missing = [k for k in ("v_pred", "ztsnr") if not isinstance(model, dict) or not isinstance(model.get(k), bool)]
+    if missing:
+        raise ConfigError(f"{where} has no {' or '.join(f'config.model.{k}' for k in missing)} (true or false, in "
+                          f"{written})")  # fmt: skip
+    if not isinstance(model.get("config") or "", str):
+        raise ConfigError(f"{where}: config.model.config must be a string (a diffusers folder, or empty)")
+    return meta
+
+
 def split(weights: dict[str, torch.Tensor], ema: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """{'unet': {...}, 'text_encoder': {...}, …}; ``ema`` takes the U-Net from the EMA copy when there is one."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -125,8 +154,9 @@ def merge(paths: list[Path], weights: list[float] | None = None) -> tuple[dict[s
     w = [1.0] * len(paths) if not weights else list(weights)
     if len(w) != len(paths):
         raise ConfigError(f"--weights: {len(w)} weights for {len(paths)} checkpoints")
-    if sum(w) <= 0 or min(w) < 0:
-        raise ConfigError("--weights: non-negative weights with a positive sum")
+    if not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+        raise ConfigError(f"--weights: non-negative weights with a positive sum, all finite; got "
+                          f"{', '.join(f'{x:g}' for x in w)}")  # fmt: skip
     total = sum(w)
     acc: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}

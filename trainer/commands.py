@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from zxl.commands import add_config_args
-from zxl.config import ConfigError, load_config
+from zxl.config import ConfigError, check_value, load_config
 
 
 def add_commands(sub) -> None:
@@ -106,9 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from zxl.trainer.export import merge_and_write
 
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = _weights(args.weights) if args.weights else None
     paths = [Path(p) for p in args.checkpoints]
     if args.best is not None:
+        check_value("--best", args.best, "[1, inf)", integer=True, note=" (checkpoints to merge)")
         from zxl.trainer.export import best_checkpoints
 
         if len(paths) != 1:
@@ -120,6 +121,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = merge_and_write(paths, Path(args.out), weights, args.base, args.ema)
     print(out)
     return 0
+
+
+def _weights(text: str) -> list[float]:
+    """``--weights 3,1``: one finite weight >= 0 per checkpoint."""
+    out = []
+    for w in text.split(","):
+        try:
+            value = float(w)
+        except ValueError:
+            raise ConfigError(f"--weights {text}: '{w.strip()}' is not a number (comma-separated weights, one per "
+                              "checkpoint)") from None  # fmt: skip
+        check_value("--weights", value, "[0, inf)")
+        out.append(value)
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ uninterrupted one draws, and N processes draw what one process with N times the 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from zxl.buckets import recipe_buckets
@@ -40,21 +43,61 @@ def nearest(width: np.ndarray, height: np.ndarray, buckets: list[tuple[int, int]
     return np.abs(np.log(width / height)[:, None] - logs[None, :]).argmin(axis=1)
 
 
-def load_rows(catalog: str | Path, resolution: int, draw: str = "weight") -> pd.DataFrame:
+def check_catalog(catalog: str | Path, option: str = "data.catalog") -> Path:
+    """``catalog`` as a Path once it is a folder with a readable ``_manifest.json``; else a
+    ConfigError naming ``option`` (the config key or flag that gave it) and what is wrong."""
+    path = Path(catalog)
+    manifest = path / "_manifest.json"
+    if not path.is_dir():
+        raise ConfigError(f"{option}: {path} does not exist (a catalog folder that zxl curate wrote)")
+    if not manifest.is_file():
+        raise ConfigError(f"{option}: {path} is not a zxl catalog (no _manifest.json); run zxl curate first")
+    try:
+        json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{option}: {manifest} does not load ({_one_line(e)}); run zxl curate again to rewrite the catalog"
+        ) from None
+    return path
+
+
+def _one_line(e: BaseException, path: Path | None = None) -> str:
+    text = str(e).replace(f"Could not open Parquet input source '{path}': ", "") if path else str(e)
+    return " ".join(f"{type(e).__name__}: {text}".split())[:300]
+
+
+def read_parts(catalog: Path, columns: list[str], option: str = "data.catalog") -> pa.Table:
+    """``columns`` of every Parquet part in the catalog folder (what ``pq.read_table`` of the folder
+    reads), one part at a time so that a damaged one is named: a part that does not read is an error,
+    never left out (zxl.catalog.query's ``open_catalog`` reports and skips one for browsing; a
+    training run must not quietly train on less than its catalog)."""
+    files = ds.dataset(catalog, format="parquet", schema=SCHEMA_V1).files  # discovery opens no file
+    tables = []
+    for f in sorted(files):
+        try:  # a catalog from before `weight`: nulls there
+            tables.append(pq.read_table(f, columns=columns, schema=SCHEMA_V1))
+        except (pa.ArrowException, OSError) as e:
+            raise ConfigError(
+                f"{option}: part {f} cannot be read ({_one_line(e, Path(f))}); the catalog is damaged: "
+                "run zxl curate again to rewrite it"
+            ) from None
+    if not tables:
+        return SCHEMA_V1.empty_table().select(columns)
+    return pa.concat_tables(tables)
+
+
+def load_rows(catalog: str | Path, resolution: int, draw: str = "weight", option: str = "data.catalog") -> pd.DataFrame:
     """Trainable rows with their bucket and ``draws`` per epoch (the catalog's ``weight`` — fractional
     with weigh.diversity > 0 — or, with ``draw`` "repeats" or a catalog without weights, ``repeats``);
-    a clear error when there are none."""
-    path = Path(catalog)
+    a clear error, naming ``option``, when there are none or a part does not read."""
     if draw not in ("weight", "repeats"):
         raise ConfigError(f"data.draw must be weight or repeats, got '{draw}'")
-    if not (path / "_manifest.json").is_file():
-        raise ConfigError(f"data.catalog: {path} is not a zxl catalog (no _manifest.json); run zxl curate first")
-    table = pq.read_table(path, columns=COLUMNS, schema=SCHEMA_V1)  # a catalog from before `weight`: nulls
-    df = table.to_pandas()
+    path = check_catalog(catalog, option)
+    df = read_parts(path, COLUMNS, option).to_pandas()
     ok = df[(df.status == "ok") & (df.repeats > 0) & df.width.notna()].reset_index(drop=True)
     if ok.empty:
         counts = ", ".join(f"{k} {v}" for k, v in df.status.value_counts().items()) or "no rows"
-        raise ConfigError(f"data.catalog: {path} has no trainable rows (status ok and repeats > 0); it has {counts}")
+        raise ConfigError(f"{option}: {path} has no trainable rows (status ok and repeats > 0); it has {counts}")
     weight = ok.weight.astype(float)
     whole = ok.repeats.astype(float)
     ok["draws"] = whole if draw == "repeats" else weight.where(weight.notna(), whole)

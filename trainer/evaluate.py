@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from zxl.catalog.captions import build_caption
-from zxl.config import ConfigError
+from zxl.config import ConfigError, num
 from zxl.trainer import metrics
 from zxl.trainer.data import buckets_for, caption_fields, held_out, load_rows, rng_for
 
@@ -41,28 +41,35 @@ STYLE_WEIGHTS = {"tags": (1, 0, 0), "natural": (0, 1, 0), "mixed": (0, 0, 1)}
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What ``zxl eval`` renders and measures (the same for every checkpoint of one report)."""
+    """What ``zxl eval`` renders and measures (the same for every checkpoint of one report). The
+    ranges are those of the training config's matching keys (loop.eval_*, loop.sample_steps,
+    data.resolution, data.holdout, data.seed); a value outside one names its ``zxl eval`` flag."""
 
-    prompts: int = 3  # held-out rows whose captions become prompts
-    seeds: int = 3  # samples per prompt and tag: the variety measure's set
-    steps: int = 20
-    cfg: float = 4.0
+    prompts: int = num(3, "[1, 1000]")  # held-out rows whose captions become prompts
+    seeds: int = num(3, "[2, 100]")  # samples per prompt and tag: the variety measure's set
+    steps: int = num(20, "[1, 1000]")  # sampling steps (the schedule has 1000 timesteps)
+    cfg: float = num(4.0, "[0, inf)")  # v_u + cfg·(v_c − v_u): 0 unconditional, 1 conditional only; finite
     sampler: str = "euler"
-    resolution: int = 1024  # the bucket area samples are drawn at (the training resolution)
-    holdout: float = 0.1  # the held-out fraction (the run's data.holdout)
-    val_rows: int = 16  # held-out rows in the validation loss
-    bands: int = 10  # timestep bands of the validation loss, one fixed timestep each
-    seed: int = 0
+    resolution: int = num(1024, "[64, 8192]")  # the bucket area samples are drawn at (the training resolution)
+    holdout: float = num(0.1, "(0, 1)")  # the held-out fraction (the run's data.holdout)
+    val_rows: int = num(16, "[1, 100000]")  # held-out rows in the validation loss
+    bands: int = num(10, "[1, 1000]")  # timestep bands of the validation loss, one fixed timestep each
+    seed: int = num(0, "[0, 4294967295]")
     images: bool = True  # write every sample as a PNG with its parameters
 
     def __post_init__(self):
-        for name, lo in (("prompts", 1), ("seeds", 2), ("steps", 1), ("val_rows", 1), ("bands", 1)):
-            if getattr(self, name) < lo:
-                raise ConfigError(f"--{name.replace('_', '-')}: at least {lo}, got {getattr(self, name)}")
-        if not 0 < self.holdout < 1:
-            raise ConfigError(f"--holdout: a fraction in (0, 1), got {self.holdout}")
-        if self.resolution % 64:
-            raise ConfigError(f"--resolution: a multiple of 64, got {self.resolution}")
+        # the recipe's buckets step by resolution/16 (trainer/data.py buckets_for): a multiple of 64
+        if not 64 <= self.resolution <= 8192 or self.resolution % 64:
+            raise ConfigError(f"--resolution must be a multiple of 64 from 64 to 8192 (the run's data.resolution), "
+                              f"got {self.resolution!r}")  # fmt: skip
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "range" in f.metadata and value not in f.metadata["range"]:
+                what = f.metadata["range"].describe(f.type in (int, "int")) + FLAG_NOTES.get(f.name, "")
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be {what}, got {value!r}")
+
+
+FLAG_NOTES = {"cfg": " (0 is unconditional, 1 conditional without guidance)"}
 
 
 @dataclass
@@ -93,13 +100,13 @@ class EvalSet:
     val_images: list | None = None  # the validation-loss rows' images, decoded at first use
 
     @classmethod
-    def build(cls, catalog: str | Path, cfg: EvalConfig) -> EvalSet:
+    def build(cls, catalog: str | Path, cfg: EvalConfig, option: str = "--catalog") -> EvalSet:
         from zxl.catalog.schema import read_manifest
         from zxl.scorers.config import ScoreConfig
         from zxl.scorers.registry import build_scorer
 
         catalog = Path(catalog)
-        rows = load_rows(catalog, cfg.resolution)
+        rows = load_rows(catalog, cfg.resolution, option=option)  # the manifest and every part read, or one error
         mask = held_out(rows.key, cfg.holdout)
         test, train = rows[mask].reset_index(drop=True), rows[~mask].reset_index(drop=True)
         if test.empty:
@@ -112,9 +119,10 @@ class EvalSet:
         taste = manifest.get("taste")
         if taste:  # the rows were scored by the user's taste head: the samples are too
             from zxl.scorers.heads import WithHead
+            from zxl.scorers.taste import check_head, verify_applied
 
-            if not Path(taste["head"]).is_file():
-                raise ConfigError(f"{catalog}: its scores come from the taste head {taste['head']}, which is gone")
+            verify_applied(manifest, catalog / "_manifest.json")  # the head file is still the one applied
+            check_head(taste["head"])
             scorer = WithHead(scorer, taste["head"])
         clip = (
             None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
@@ -332,24 +340,35 @@ def load_model(ref: Path, device: str = "auto", precision: str = "fp32", config:
     """(model, step or None) from a single file, a diffusers folder or a zxl checkpoint folder."""
     from zxl.sampler.pipeline import SDXL
 
-    if (ref / "meta.json").is_file() and (ref / "model.safetensors").is_file():
+    meta = checkpoint_meta(ref, base)
+    m = re.search(r"step-0*(\d+)", ref.name)
+    step = int(m.group(1)) if m else None
+    if meta is not None:
         from safetensors.torch import load_file
 
         from zxl.trainer import checkpoint
         from zxl.trainer.export import _complete
 
-        meta = json.loads((ref / "meta.json").read_text())
-        base = base or meta.get("base") or ""
-        if not base or not Path(base).exists():
-            raise ConfigError(f"--base: the base model {base!r} that {ref} was trained from is not here; give --base")
         cfg_dir = config if config is not None else meta["config"]["model"].get("config") or None
-        model = _complete(checkpoint.split(load_file(ref / "model.safetensors"), ema=ema), base, cfg_dir)
+        model = _complete(checkpoint.split(load_file(ref / "model.safetensors"), ema=ema), meta["base"], cfg_dir)
         model.v_pred, model.ztsnr = meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"]
         model.name = f"{ref.parent.parent.name}-{ref.name}"
-        return model, int(meta["step"])
-    model = SDXL.load(ref, device, precision, config=config)
-    m = re.search(r"step-0*(\d+)", ref.name)
-    return model, int(m.group(1)) if m else None
+        return model, meta["step"] if isinstance(meta.get("step"), int) else step
+    return SDXL.load(ref, device, precision, config=config), step
+
+
+def checkpoint_meta(ref: Path, base: str | None = None) -> dict | None:
+    """A zxl checkpoint folder's meta.json, checked, with ``base`` the base model it completes from
+    (``--base``, else the one the run recorded), which must exist; None for any other model."""
+    from zxl.trainer import checkpoint
+
+    if not (ref.is_dir() and (ref / "model.safetensors").is_file() and (ref / "meta.json").is_file()):
+        return None
+    meta = checkpoint.read_meta(ref, "--model")
+    base = base or meta.get("base") or ""
+    if not base or not Path(base).exists():
+        raise ConfigError(f"--base: the base model {base!r} that {ref} was trained from is not here; give --base")
+    return {**meta, "base": base}
 
 
 def evaluate(refs: list[str], catalog: str, out: str | Path, cfg: EvalConfig = EvalConfig(), device: str = "auto",
@@ -357,6 +376,8 @@ def evaluate(refs: list[str], catalog: str, out: str | Path, cfg: EvalConfig = E
     """``zxl eval``: every checkpoint of ``refs`` on one EvalSet; writes the report under ``out``."""
     out = Path(out)
     paths = model_refs(refs)
+    for path in paths:  # every checkpoint's meta.json and base model, before the catalog's work
+        checkpoint_meta(path, base)
     es = EvalSet.build(catalog, cfg)
     log(f"eval: {len(paths)} model(s), {len(es.prompts)} prompts × 10 tags × {cfg.seeds} seeds, "
         f"{min(cfg.val_rows, len(es.rows))} held-out rows for the validation loss")  # fmt: skip

@@ -11,7 +11,6 @@ rest (the VAE, frozen encoders, tokenizers) comes from the base model the run st
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from pathlib import Path
@@ -74,7 +73,16 @@ def write_model(model, out: Path, v_pred: bool = True, ztsnr: bool = True, unet_
 
 def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = None, base: str | None = None,
                     ema: bool = False, config: str | None = None) -> Path:  # fmt: skip
-    """``zxl merge``: average checkpoints (or single files) and write the result."""
+    """``zxl merge``: average checkpoints (or single files) and write the result. Checkpoint folders:
+    the first one's meta.json and the base model are checked before any weights are read."""
+    meta = None
+    first = Path(paths[0]) if paths else None
+    if first is not None and first.is_dir() and (first / "model.safetensors").is_file():
+        meta = checkpoint.read_meta(first)
+        base = base or meta.get("base") or ""
+        if not base or not Path(base).exists():
+            raise ConfigError(f"--base: the base model {base!r} that {first} was trained from is not here; give "
+                              "--base")  # fmt: skip
     merged, kind, metadata = checkpoint.merge(paths, weights)
     out = Path(out)
     if kind == "single-file":
@@ -87,11 +95,7 @@ def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = 
             return _save_loaded(tmp, out, config, v_pred, ztsnr)
         finally:
             tmp.unlink(missing_ok=True)
-    meta = json.loads((Path(paths[0]) / "meta.json").read_text())
-    base = base or meta.get("base") or ""
-    config = config if config is not None else meta["config"]["model"].get("config", "")
-    if not base or not Path(base).exists():
-        raise ConfigError(f"--base: the base model {base!r} the checkpoint was trained from is not here; give --base")
+    config = config if config is not None else meta["config"]["model"].get("config") or ""
     parts = checkpoint.split(merged, ema=ema)
     model = _complete(parts, base, config)
     return write_model(model, out, meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"])

@@ -325,6 +325,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
     """Train as ``cfg`` says; ``model`` is an already built ``sampler.pipeline.SDXL`` with fp32 weights
     (the GPU benchmark's random full-size model) instead of loading ``model.base``."""
     validate(cfg)
+    check_inputs(cfg, resume, model)
     d = Dist.from_env()
     say = log if d.main else (lambda *a, **k: None)
     out = output_dir(cfg)
@@ -477,6 +478,35 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
     return result
 
 
+def check_inputs(cfg: TrainConfig, resume: str | bool = False, model=None) -> None:
+    """Every file the run reads, before any work: the catalog, the base model (unless ``model`` is
+    given), model.config, the validation prompts (read at the first grid, long after step 1: parsed
+    here, so a bad line shows now) and the checkpoint to resume from. Each error names its key."""
+    from zxl.sampler.prompts import NEGATIVE_PRESETS, Prompt, read_prompt_file
+    from zxl.trainer.data import check_catalog
+
+    check_catalog(cfg.data.catalog, "data.catalog")
+    if model is None and not cfg.model.base:
+        raise ConfigError("model.base: give the base model (--base: a single-file SDXL .safetensors or a diffusers "
+                          "folder)")  # fmt: skip
+    if model is None and not Path(cfg.model.base).exists():
+        raise ConfigError(f"model.base: {cfg.model.base} does not exist (a single-file SDXL .safetensors or a "
+                          "diffusers folder; nothing is downloaded)")  # fmt: skip
+    if cfg.model.config and not Path(cfg.model.config).is_dir():
+        raise ConfigError(f"model.config: {cfg.model.config} is not a folder (a diffusers SDXL folder whose configs "
+                          "describe a single-file model.base)")  # fmt: skip
+    if cfg.loop.sample_every:
+        if not Path(cfg.loop.prompts).is_file():
+            raise ConfigError(f"loop.prompts: {cfg.loop.prompts} does not exist (the kohya prompt file of the "
+                              "validation grids, every loop.sample_every steps; 0 draws none)")  # fmt: skip
+        try:
+            read_prompt_file(cfg.loop.prompts, Prompt(prompt="", negative=NEGATIVE_PRESETS["minimal"]))
+        except ConfigError as e:
+            raise ConfigError(f"loop.prompts: {e}") from None
+    if resume is not True and resume and not Path(resume).is_dir():
+        raise ConfigError(f"--resume {resume}: no such checkpoint folder")
+
+
 def _device(name: str, d: Dist) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -514,7 +544,7 @@ def _eval(cfg: TrainConfig, model, ema, evalset: dict, folder: Path) -> dict:
         ec = EvalConfig(prompts=cfg.loop.eval_prompts, seeds=cfg.loop.eval_seeds, steps=cfg.loop.sample_steps,
                         resolution=cfg.data.resolution, holdout=cfg.data.holdout, val_rows=cfg.loop.eval_rows,
                         seed=cfg.data.seed)  # fmt: skip
-        evalset["set"] = EvalSet.build(cfg.data.catalog, ec)
+        evalset["set"] = EvalSet.build(cfg.data.catalog, ec, "data.catalog")
     rng = torch.get_rng_state()
     try:
         with eval_mode(model, ema):

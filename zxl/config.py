@@ -74,6 +74,13 @@ def num(default: float, allowed: str) -> Any:
     return dataclasses.field(default=default, metadata={"range": Range(allowed)})
 
 
+def check_value(name: str, value: float, allowed: str, integer: bool = False, note: str = "") -> None:
+    """One value outside a config (a command-line flag, a prompt-file option) against its range, with
+    the config values' wording: the ConfigError names ``name`` and the allowed range (``note`` after it)."""
+    if value not in Range(allowed):
+        raise ConfigError(f"{name} must be {Range(allowed).describe(integer)}{note}, got {value!r}")
+
+
 def check_ranges(cfg: Any, prefix: str = "") -> None:
     """Every numeric field against its range, sections included; the first failure names its key."""
     hints = typing.get_type_hints(type(cfg))
