@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -70,6 +71,7 @@ MAX_PAGE = 10**9  # any page number above the last shows the last
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = 64 * 1024  # the largest POST the page sends is well under 1 KB
 READ_TIMEOUT = 10.0  # seconds per socket read: a body (or headers) that stop coming free their thread
+BODY_DEADLINE = 20.0  # seconds for a whole body (a trickle of a byte every few seconds stops here)
 MAX_DEPTH = 4  # a choice or stars body is one flat object
 OFFERED = 10_000  # pairs offered and not yet answered that the server remembers
 
@@ -282,6 +284,7 @@ class Taste:
         self.missing = ""
         # pair → probe flag, for every pair offered and not yet answered (the server's record, not the page's)
         self._offered: OrderedDict[frozenset, bool] = OrderedDict()
+        self.choosing = threading.Lock()
 
     def open_store(self) -> ChoiceStore:
         """The database, opened (and created) when first needed: browsing alone writes nothing, so a
@@ -389,12 +392,9 @@ def _json_post() -> dict:
         _bad(f"a write from another origin ({origin[:100]}) is refused", 403)
     if not request.is_json:
         _bad("a JSON body (Content-Type: application/json) is needed", 415)
-    try:
-        raw = request.get_data(cache=False)
-    except RequestEntityTooLarge:  # a chunked body that went past the bound
-        _refuse_unread(f"the body is over {MAX_BODY} bytes", 413)
-    except (ClientDisconnected, OSError):  # the socket's read timeout (or the client went): the body stopped coming
-        _refuse_unread(f"the body did not arrive whole (each read waits at most {READ_TIMEOUT:g} s)", 408)
+    if request.content_length is None:  # chunked: the page always says how long its body is
+        _refuse_unread("a body needs a Content-Length", 411)
+    raw = _read_body(request.content_length)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -407,7 +407,35 @@ def _json_post() -> dict:
         _bad(f"the body is not JSON: {e}")
     if not isinstance(body, dict):
         _bad(f"the body is a JSON {type(body).__name__}, not an object")
+    try:  # a lone surrogate (\\ud800) is valid JSON but no text a database can store
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        _bad("the body holds text that is not valid Unicode (a lone surrogate)")
     return body
+
+
+def _read_body(length: int) -> bytes:
+    """``length`` bytes of the body, within ``BODY_DEADLINE`` in all (each socket read also has
+    ``READ_TIMEOUT``): a body that trickles in holds a thread for seconds, not days."""
+    deadline = time.monotonic() + BODY_DEADLINE
+    handler = request.environ.get("zxl.handler")
+    # read1: what one socket read brings (a buffered read(n) would wait for all n bytes, a byte at a time)
+    read = handler.rfile.read1 if handler is not None else request.stream.read
+    parts, got = [], 0
+    try:
+        while got < length:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            chunk = read(min(8192, length - got))
+            if not chunk:
+                raise ClientDisconnected
+            parts.append(chunk)
+            got += len(chunk)
+    except RequestEntityTooLarge:
+        _refuse_unread(f"the body is over {MAX_BODY} bytes", 413)
+    except (ClientDisconnected, OSError):  # a read timed out, the deadline passed or the client went
+        _refuse_unread(f"the body did not arrive whole within {BODY_DEADLINE:g} s", 408)
+    return b"".join(parts)
 
 
 def _str_field(body: dict, name: str, required: bool = True) -> str | None:
@@ -444,7 +472,14 @@ def allowed_names(host: str = "127.0.0.1", allow: list[str] | tuple = ()) -> set
     bound = host.strip("[]").lower()
     if bound not in ("0.0.0.0", "::", ""):
         names.add(bound)
-    names.update(a.strip("[]").lower() for a in allow)
+    for a in allow:
+        try:
+            name, port = split_host(f"[{a}]" if a.count(":") > 1 and not a.startswith("[") else a)  # bare IPv6
+        except ValueError:
+            raise ValueError(f"--allow-host {a!r} is not a host name or address") from None
+        if port is not None:
+            raise ValueError(f"--allow-host {a!r}: give the name alone; requests must use the server's own port")
+        names.add(name)
     return names
 
 
@@ -563,17 +598,20 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
             _bad("left and right must be two trainable rows of this catalog")
         winner = {"left": left, "right": right, None: None}[side]
         store = taste.store
-        standing = store.standing_choice(rater, left, right)
-        if standing is not None:  # a repeated post: the same answer is the stored choice, another is a conflict
-            if standing["winner"] != winner:
-                _bad("this pair already has your choice; undo it (U) to change it", 409)
-            return jsonify({"saved": standing["id"], "repeated": True, "counts": store.counts()})
-        probe = taste.offered(left, right)
-        if probe is None:
-            _bad("this pair was not offered by this server (it may have restarted): ask for a new pair", 409)
-        choice_id = store.add_choice(rater, left, right, winner, probe)
-        taste.answered(left, right)
-        return jsonify({"saved": choice_id, "counts": store.counts()})
+        with taste.choosing:  # one choice at a time: two identical posts at once store one row
+            standing = store.standing_choice(rater, left, right)
+            if standing is None:
+                probe = taste.offered(left, right)
+                if probe is None:
+                    _bad("this pair was not offered by this server (it may have restarted): ask for a new pair", 409)
+                standing = store.add_choice_once(rater, left, right, winner, probe)
+                taste.answered(left, right)
+                if not standing["repeated"]:
+                    return jsonify({"saved": standing["id"], "counts": store.counts()})
+        # a repeated post: the same answer is the stored choice, another is a conflict
+        if standing["winner"] != winner:
+            _bad("this pair already has your choice; undo it (U) to change it", 409)
+        return jsonify({"saved": standing["id"], "repeated": True, "counts": store.counts()})
 
     @app.post("/api/undo")
     def api_undo():
@@ -614,6 +652,9 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
 
     @app.after_request
     def headers(resp):
+        handler = request.environ.get("zxl.handler")
+        if handler is not None:  # what the app did not read is not read after the answer either
+            handler.rfile = io.BytesIO()
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'"
         return resp

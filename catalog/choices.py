@@ -91,6 +91,8 @@ class ChoiceStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = None
+        if self.path.exists():
+            self._check_readonly()  # another program's file, or a damaged one, is refused before it is changed
         try:
             self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._con.execute("PRAGMA journal_mode=WAL")
@@ -116,6 +118,29 @@ class ChoiceStore:
             self.close()
             raise
         self._lock = threading.Lock()
+
+    def _check_readonly(self) -> None:
+        """Read the existing file without writing to it: SQLite, whole, and its tables zxl's (a
+        ``choices`` table from before probe pairs gains that column once this check passes)."""
+        try:
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error as e:
+            raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+        try:
+            (check,) = con.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            for table, need in COLUMNS.items():
+                have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+                if have and not need - {"probe"} <= have:
+                    raise ChoicesError(
+                        f"{self.path}: its table {table} is not zxl's (it lacks {sorted(need - have)}); "
+                        "move the file aside to start a new record"
+                    )
+        except sqlite3.Error as e:
+            raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+        finally:
+            con.close()
 
     @staticmethod
     def _what(e: sqlite3.Error) -> str:
@@ -147,6 +172,39 @@ class ChoiceStore:
                 return self._con.execute(sql, params).fetchall()
             except sqlite3.Error as e:
                 raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+
+    def add_choice_once(self, rater: str, left: str, right: str, winner: str | None, probe: bool) -> dict:
+        """``add_choice`` unless the rater's choice on this pair stands: checked and written in one
+        transaction. Returns {"id", "winner", "repeated"} (the standing choice when repeated)."""
+        if winner is not None and winner not in (left, right):
+            raise ValueError("the winner must be the left or the right image")
+        rater = clean_rater(rater)
+        with self._lock:
+            try:
+                self._con.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._con.execute(
+                        "SELECT id, winner FROM choices WHERE rater = ? AND undone = 0 AND ((left_key = ? AND "
+                        "right_key = ?) OR (left_key = ? AND right_key = ?)) ORDER BY id DESC LIMIT 1",
+                        (rater, left, right, right, left),
+                    ).fetchone()
+                    if row is None:
+                        cur = self._con.execute(
+                            "INSERT INTO choices (time, rater, left_key, right_key, winner, probe) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (_now(), rater, left, right, winner, int(bool(probe))),
+                        )
+                        row = (cur.lastrowid, winner)
+                        repeated = False
+                    else:
+                        repeated = True
+                    self._con.execute("COMMIT")
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+        return {"id": row[0], "winner": row[1], "repeated": repeated}
 
     def standing_choice(self, rater: str, left: str, right: str) -> dict | None:
         """The rater's choice on this pair (either side order) that is not undone, or None."""

@@ -204,6 +204,8 @@ def _catalog_browse(cat, args, json) -> int:
                   "name or address you will open it by", file=sys.stderr)  # fmt: skip
     try:
         server = serve(cat.path, args.host, args.port, args.allow_host)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     print(f"browsing {cat.path} on http://{args.host}:{server.server_port}  (Ctrl-C stops)", flush=True)

@@ -99,8 +99,9 @@ def reduce_all(
         if emb is None:
             raise ConfigError("taste.head needs the run's stored embeddings, and the scorer stored none")
         aesthetic = np.full(len(keys), np.nan)
-        aesthetic[has_emb] = taste.head_scores(taste_cfg.head, emb, kind)
-        manifest["taste"] = taste.head_info(taste_cfg.head)
+        head = taste.read_head(taste_cfg.head)  # read once: the scores and the manifest describe the same bytes
+        aesthetic[has_emb] = taste.head_scores(head, emb, kind)
+        manifest["taste"] = taste.head_info(head)
     dedup_emb = None
     if emb is not None and kind != PIXELS:
         local = np.cumsum(ok) - 1  # row → index among the ok rows

@@ -49,13 +49,25 @@ def taste_dir(run_dir: str | Path) -> Path:
 
 
 def check_on_run(path: str | Path, run_dir: str | Path) -> np.ndarray:
-    """``check_head`` and ``check_scores`` over every embedding the run stores; the scores."""
+    """``check_head`` and ``check_scores`` over the embeddings of the rows the global step scores (the
+    catalog's ``ok`` and ``duplicate`` rows: those that were ok before dedup); the scores."""
+    import pyarrow.parquet as pq
+
     from zxl.catalog.embeddings import embedding_kind, read_embeddings
 
-    _, emb = read_embeddings(run_dir, dtype=np.float16)
-    if emb is None:
-        raise ConfigError(f"taste.head needs the run's stored embeddings ({Path(run_dir) / 'embeddings'}), and "
-                          "there are none: rerun `zxl curate`")  # fmt: skip
+    run_dir = Path(run_dir)
+    scored = set()
+    for part in sorted((run_dir / "catalog").glob("part-*.parquet")):
+        t = pq.read_table(part, columns=["key", "status"])
+        scored.update(k for k, st in zip(t["key"].to_pylist(), t["status"].to_pylist(), strict=True)
+                      if st in ("ok", "duplicate"))  # fmt: skip
+    keys, emb = read_embeddings(run_dir, dtype=np.float16)
+    if emb is not None:
+        keep = np.array([k in scored for k in keys], bool)
+        emb = emb[keep] if not keep.all() else emb
+    if emb is None or not len(emb):
+        raise ConfigError(f"taste.head needs the run's stored embeddings ({run_dir / 'embeddings'}), and "
+                          "there are none for its rows: rerun `zxl curate`")  # fmt: skip
     return head_scores(path, emb, embedding_kind(run_dir))
 
 
@@ -104,7 +116,14 @@ def read_choices_csv(path: str | Path, log=print) -> list[tuple[str, str, str, s
         raise ConfigError(f"--choices: no file at {path.resolve()}")
     text = decode_csv(path, log)
     header = text.split("\n", 1)[0]
-    delimiter = max(",;\t", key=header.count) if any(c in header for c in ",;\t") else ","
+    delimiter = next(
+        (
+            d
+            for d in ",;\t"
+            if {"winner", "loser"} <= {f.strip().lower() for f in next(csv.reader([header], delimiter=d), [])}
+        ),
+        ",",
+    )  # the one that finds both columns
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         fields = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
@@ -257,8 +276,10 @@ def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds:
     both = preference.Pairs(np.r_[pairs.winner, extra.winner], np.r_[pairs.loser, extra.loser],
                             np.r_[pairs.weight, extra.weight])  # fmt: skip
     w = preference.fit(emb, both, best_c)
-    try:  # the scores the head will give this run's rows, in the float32 it is stored in
-        check_scores("the fitted head", np.asarray(emb, np.float32) @ np.asarray(w, np.float32))
+    w32 = np.asarray(w, np.float32)
+    try:  # the scores the head will give this run's rows, in the float32 it is stored in (in chunks: 950k rows)
+        check_scores("the fitted head", np.concatenate(
+            [np.asarray(emb[a : a + 65536], np.float32) @ w32 for a in range(0, len(emb), 65536)]))  # fmt: skip
     except ConfigError as e:
         raise ConfigError(f"taste fit: the fit is degenerate (C {best_c:g}) and was not written: {e}") from None
     raters = sorted({r for _, _, r in known})

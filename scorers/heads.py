@@ -108,11 +108,13 @@ class WithHead(Scorer):
     """A scorer that stores embeddings, scored instead by another head over them: what a catalog made
     with ``zxl taste apply`` scores with (``zxl eval`` measures the samples the way the rows were)."""
 
-    def __init__(self, inner: Scorer, head_path, key: str = "taste.head"):
+    def __init__(self, inner: Scorer, head, key: str = "taste.head", name: str | None = None):
+        """``head``: a head file, or the head already built (``nn.Sequential``) as ``name``."""
         if not inner.embeds:
             raise ConfigError(f"{key}: the scorer {inner.name} stores no embeddings for a head to read")
-        self.inner, self.head, self.cfg = inner, load_head(head_path, key), inner.cfg
-        self.name = f"{inner.name} + {head_path}"
+        built = head if isinstance(head, nn.Module) else load_head(head, key)
+        self.inner, self.head, self.cfg = inner, built, inner.cfg
+        self.name = f"{inner.name} + {name or head}"
 
     @property
     def embeds(self) -> bool:

@@ -3,6 +3,7 @@ validated fields, server-side probe flags, idempotent choices, and a damaged cho
 
 import http.client
 import json
+import select
 import shutil
 import socket
 import sqlite3
@@ -82,6 +83,10 @@ def test_allowed_names_and_the_host_header():
             browse.split_host(bad)
     assert browse.allowed_names("0.0.0.0") == {"127.0.0.1", "localhost", "::1"}  # a wildcard is no name
     assert browse.allowed_names("192.168.1.5", ["Box.lan"]) >= {"192.168.1.5", "box.lan", "localhost"}
+    assert "fe80::1" in browse.allowed_names("::1", ["fe80::1"])
+    for with_port in ("box.lan:8765", "[::1]:80"):  # it would never match: said at once, not a silent 421
+        with pytest.raises(ValueError, match="give the name alone"):
+            browse.allowed_names("127.0.0.1", [with_port])
 
 
 def test_a_100_mb_body_is_refused_from_its_length_without_being_read(served):
@@ -109,6 +114,33 @@ def test_a_100_mb_body_is_refused_from_its_length_without_being_read(served):
     assert sock.recv(4096).startswith(b"HTTP/1.1 413")
     sock.close()
     assert rows_in(run) == before
+
+
+def test_a_body_that_trickles_in_is_cut_at_the_deadline(served, monkeypatch):
+    port, _ = served
+    monkeypatch.setattr(browse, "BODY_DEADLINE", 1.0)
+    monkeypatch.setattr(browse._Handler, "timeout", 0.8)  # each read alone would wait for ever at a byte per 0.5 s
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(f"POST /api/choice HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: 100\r\n\r\n".encode())  # fmt: skip
+    t0 = time.monotonic()
+    reply = b""
+    while not reply and time.monotonic() - t0 < 10:  # a byte every 0.3 s until the server answers
+        if select.select([sock], [], [], 0.3)[0]:
+            reply = sock.recv(4096)
+        else:
+            sock.sendall(b" ")
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 4
+
+
+def test_a_chunked_body_is_refused(served):
+    port, _ = served
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(f"POST /api/choice HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n".encode())  # fmt: skip
+    assert sock.recv(4096).startswith(b"HTTP/1.1 411")
+    sock.close()
 
 
 def test_a_body_that_stops_coming_times_out(served, monkeypatch):
@@ -141,11 +173,14 @@ def test_malformed_bodies_and_fields_get_400_with_the_reason(served):
         json.dumps({**ok, "winner": ["left"]}).encode(): b"winner is",
         json.dumps({**ok, "rater": ["eve"]}).encode(): b"rater must be a string",
         json.dumps({**ok, "left": p["right"]}).encode(): b"two trainable rows",
+        b'{"rater": "\\ud800", "left": "a", "right": "b", "winner": "left"}': b"lone surrogate",
     }
     for body, reason in cases.items():
         status, text = request(port, "POST", "/api/choice", body)
         assert status == 400 and reason in text, (body[:40], text)
     assert request(port, "POST", "/api/stars", b'{"rater": "eve", "key": 5, "stars": 3}')[0] == 400
+    assert request(port, "POST", "/api/stars", b'{"rater": "eve", "key": "\\udfff", "stars": 3}')[0] == 400
+    assert request(port, "POST", "/api/undo", b'{"rater": "\\ud800"}')[0] == 400
     assert request(port, "POST", "/api/choice", b"[" * 100_000)[0] == 413  # past the bound before any parsing
     assert rows_in(run) == before
 
@@ -169,6 +204,24 @@ def test_the_server_alone_sets_the_probe_flag_and_a_repeat_is_idempotent(served)
         assert status == 200 and json.loads(again)["saved"] == saved and rows_in(run) == n
         assert request(port, "POST", "/api/choice", {**body, "winner": "right"})[0] == 409
     assert seen[True] >= 1 and seen[False] >= 1
+    # twenty identical posts at once: one row
+    p = pair(port)
+    body = {"rater": "mallory", "left": p["left"], "right": p["right"], "winner": "right"}
+    n = rows_in(run)
+    start = threading.Barrier(20)
+    answers = []
+
+    def post():
+        start.wait()
+        answers.append(request(port, "POST", "/api/choice", body))
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a[0] for a in answers] == [200] * 20 and len({json.loads(a[1])["saved"] for a in answers}) == 1
+    assert rows_in(run) == n + 1
     # undo, then the changed answer is taken (the pair is offered again, as the probe it was)
     status, undone = request(port, "POST", "/api/undo", {"rater": "mallory"})
     last = json.loads(undone)["undone"]
@@ -221,8 +274,10 @@ def test_a_damaged_choice_database_leaves_browsing_working(sync_run, tmp_path, d
             db.unlink()
             sqlite3.connect(db).executescript("CREATE TABLE choices (id INTEGER, what TEXT); INSERT INTO choices "
                                               "VALUES (1, 'x');")  # fmt: skip
+    before = db.read_bytes()
     with pytest.raises(ChoicesError, match=str(db).replace("/", ".")):
         ChoiceStore(db).counts()
+    assert db.read_bytes() == before  # refused unchanged (no tables made, no column added)
     client = browse.create_app(run / "catalog").test_client()
     rows = pq.read_table(sorted((run / "catalog").glob("part-*.parquet"))[0], columns=["key", "status"]).to_pylist()
     ok = next(r["key"] for r in rows if r["status"] == "ok")

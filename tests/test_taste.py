@@ -253,7 +253,7 @@ def test_the_manifest_describes_the_head_that_was_applied(run, tmp_path):
             verify_applied(m, run_dir / "catalog" / "_manifest.json")
     finally:
         head.write_bytes(original)
-    assert verify_applied(m, "x")["sha256"] == file_sha256(head)
+    assert verify_applied(m, "x").sha256 == file_sha256(head)
 
 
 def test_copies_of_one_pair_are_never_in_two_folds():
@@ -336,3 +336,35 @@ def test_unreadable_choices_are_one_line(run, tmp_path, capsys):
     assert main(["taste", "fit", str(copy)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "choices.sqlite" in err and "move it aside" in err, err
+
+
+def test_heads_in_bfloat16_and_heads_from_before_digests(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from zxl.scorers.taste import check_head, head_info
+
+    w = torch.randn(1, 8)
+    bf16 = tmp_path / "bf16.safetensors"
+    save_file({"layers.0.weight": w.to(torch.bfloat16), "layers.0.bias": torch.zeros(1, dtype=torch.bfloat16)},
+              str(bf16))  # fmt: skip
+    assert head_info(bf16)["sha256"] and check_head(bf16, 8) is not None
+    old = tmp_path / "old.safetensors"  # what zxl taste fit wrote before it recorded the weights' digest
+    save_file({"layers.0.weight": w, "layers.0.bias": torch.zeros(1)}, str(old),
+              metadata={"zxl.choices": "300", "zxl.embedding": '"pixels-v1"'})  # fmt: skip
+    info = head_info(old)
+    assert info["choices"] == 300 and info["fit"].startswith("unverified")
+    pth = tmp_path / "laion.pth"
+    torch.save({"layers.0.weight": w, "layers.0.bias": torch.full((1,), float("nan"))}, pth)
+    with pytest.raises(ConfigError, match="not finite"):
+        check_head(pth, 8)
+
+
+def test_the_delimiter_is_the_one_that_finds_both_columns(run, tmp_path):
+    from zxl.pipeline.taste import read_choices_csv
+
+    _, ok = run
+    path = tmp_path / "notes.csv"
+    path.write_text('winner;loser;"note, with, commas"\n' + "".join(f"{ok.key[i]};{ok.key[i + 1]};x, y\n"
+                                                                    for i in range(3)))  # fmt: skip
+    assert [w for w, *_ in read_choices_csv(path, log=lambda *_: None)] == list(ok.key[:3])

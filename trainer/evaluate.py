@@ -121,9 +121,8 @@ class EvalSet:
             from zxl.scorers.heads import WithHead
             from zxl.scorers.taste import check_head, verify_applied
 
-            verify_applied(manifest, catalog / "_manifest.json")  # the head file is still the one applied
-            check_head(taste["head"])
-            scorer = WithHead(scorer, taste["head"])
+            head = verify_applied(manifest, catalog / "_manifest.json")  # still the file that was applied
+            scorer = WithHead(scorer, check_head(head), name=str(head.path))
         clip = (
             None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
         )
