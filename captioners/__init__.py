@@ -1,3 +1,2 @@
-"""Captioners: natural-language captions for the best-scored images (one family, a registry).
-
-Empty until the captioning issue lands; the catalog's ``caption`` column is null until then."""
+"""Captioners: natural-language captions for the best-scored images (one family, one signature, a
+name→class registry: the offline ``template`` captioner and a transformers one; architecture.md)."""

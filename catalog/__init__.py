@@ -1,1 +1,2 @@
-"""The Parquet catalog: schema v1, assembly from stage outputs, and the manifest."""
+"""The Parquet catalog: schema v1, reading it (stats, SQL, images), the browser, the choices users
+enter, and exports (architecture.md; pipeline/assemble.py writes it)."""

@@ -1,4 +1,4 @@
-"""Training captions from catalog rows (RECIPE.md "Captions for training").
+"""Training captions from catalog rows (docs/recipe.md "Captions for training").
 
 - the score tag always first: ``score_N``;
 - the rating tag (``rating:general`` … by default, the format is configurable) and the year tag

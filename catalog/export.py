@@ -1,4 +1,5 @@
-"""Exports to what trainers already read. One family: ``export(rows, images, out, opts) -> summary``.
+"""Exports to what trainers already read. One family: ``exporter(name, seed=…, folder_name=…)`` builds one,
+``.export(rows, images, out) -> summary`` writes it.
 
 - ``kohya``: a kohya sd-scripts DreamBooth-style folder, ``<out>/<repeats>_<name>/<key>.<ext>``
   with ``<key>.txt`` beside each image, and ``kohya_args.txt``, the exact sd-scripts arguments it is

@@ -1,4 +1,4 @@
-"""Catalog schema v1 (DESIGN.md "The catalog"): one row per source item, failures included, and
+"""Catalog schema v1 (docs/design.md "The catalog"): one row per source item, failures included, and
 reading a catalog's files (its parts and ``_manifest.json``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""weigh: how often each row is drawn per epoch — by score (RECIPE.md "Repeats"), and by variety.
+"""weigh: how often each row is drawn per epoch — by score (docs/recipe.md "Repeats"), and by variety.
 
 **By score** (``weigh.diversity`` 0, the recipe): table 9 → 3, 8 → 2, anything else → 1; rows that
 will not be trained on (failed, filtered, duplicate) → 0. These are the ``repeats`` w_i.

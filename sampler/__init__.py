@@ -1,2 +1,3 @@
-"""ZTSNR v-prediction sampling (RECIPE.md "Sampling"): the schedule, sigmas and samplers so far;
-model loading and validation grids are still to come (architecture.md)."""
+"""ZTSNR v-prediction sampling (docs/recipe.md "Sampling"): the schedule and sigmas, k-diffusion's
+samplers, guidance, model loading (diffusers folders and single files) and validation grids
+(architecture.md)."""

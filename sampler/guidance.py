@@ -1,5 +1,5 @@
 """Dynamic thresholding for high CFG scales (mcmonkeyprojects/sd-dynamic-thresholding,
-dynthres_core.py), as RECIPE.md "Sampling" writes it, on the denoised predictions D_u and D_c:
+dynthres_core.py), as docs/recipe.md "Sampling" writes it, on the denoised predictions D_u and D_c:
 
     rel = D_c − D_u;  mim = D_u + m·rel;  cfg = D_u + s·rel
     flatten to (B, C, H·W); subtract each channel's mean

@@ -1,6 +1,6 @@
 """SDXL conditioning and sampling: the pieces of sampler/ put together around a loaded model.
 
-Conditioning (RECIPE.md "Sampling"): both text encoders' penultimate hidden states concatenated
+Conditioning (docs/recipe.md "Sampling"): both text encoders' penultimate hidden states concatenated
 (768 + 1280 = 2048 on the real model), the second encoder's pooled projection, and six size ids
 (original h, w; crop top, left; target h, w). Cond and uncond go through the U-Net in one
 batched forward. Noise is drawn on the CPU from the seed, so a seed gives the same picture on
@@ -115,7 +115,7 @@ class SDXL:
 
     def encode_with_grad(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL conditioning: both encoders' penultimate hidden states concatenated, and the second
-        encoder's pooled projection (RECIPE.md "SDXL conditioning"); the trainer calls this directly."""
+        encoder's pooled projection (docs/recipe.md "SDXL conditioning"); the trainer calls this directly."""
         hidden, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,

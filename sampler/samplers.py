@@ -3,7 +3,7 @@
 ``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None)``,
 where ``model(x, sigma, **extra_args)`` returns the denoised prediction D (Karras et al. 2022) and
 ``generator`` seeds the fresh noise of stochastic samplers (the others ignore it). A new sampler is
-one new function. ``VDenoiser`` adapts a v-prediction network at the edge (RECIPE.md "Sampling"):
+one new function. ``VDenoiser`` adapts a v-prediction network at the edge (docs/recipe.md "Sampling"):
 input x/√(σ²+1), D = x/(σ²+1) − v̂·σ/√(σ²+1).
 
 σ = ∞ (Zero Terminal SNR's true ᾱ_T = 0, the ``zero`` terminal convention) has one convention: there,

@@ -1,6 +1,6 @@
 """The SDXL noise schedule with Zero Terminal SNR, its sigmas, and sampling step schedules.
 
-RECIPE.md "Noise schedule" and "Sampling":
+docs/recipe.md "Noise schedule" and "Sampling":
 
 - SDXL: β_t = (linspace(√0.00085, √0.012, 1000))², ᾱ_t = ∏(1 − β_s);
 - Zero Terminal SNR (Lin et al. 2023, Algorithm 1): s = √ᾱ; s ← (s − s_T)·s_0/(s_0 − s_T);

@@ -11,7 +11,7 @@ the one diffusers' ``loaders/single_file_utils.py`` (``convert_ldm_unet_checkpoi
 ``convert_ldm_vae_checkpoint``, ``convert_open_clip_checkpoint``) and
 ``scripts/convert_diffusers_to_original_sdxl.py`` read and write; tests/test_sampler_single_file.py
 checks it against them. Empty ``v_pred`` and ``ztsnr`` keys mark a v-prediction ZTSNR model for
-ComfyUI and recent A1111 (RECIPE.md "Formats the ecosystem reads"); older A1111 reads ``sdxl_v.yaml``
+ComfyUI and recent A1111 (docs/recipe.md "Formats the ecosystem reads"); older A1111 reads ``sdxl_v.yaml``
 beside the file.
 
 Block numbers come from the configs (levels, layers per block, which up blocks attend), so the

@@ -1,4 +1,3 @@
-"""Aesthetic scorers: ``score(batch) -> scores``, one family with a name→class registry.
-
-Empty until the scoring issue lands; the catalog's ``aesthetic`` and ``score`` columns are null
-until then."""
+"""Aesthetic scorers: ``score(batch) -> scores`` and the embedding each image is scored from, one
+family with a name→class registry (technical, LAION and waifu heads over CLIP), and taste heads
+(architecture.md)."""

@@ -1,4 +1,2 @@
-"""Taggers: rating, year, general and character tags (one family, one signature, a registry).
-
-Empty until the tagging issue lands; the catalog's ``rating``, ``year``, ``tags`` and
-``characters`` columns are null until then."""
+"""Taggers: rating, year, general and character tags (one family, one signature, a registry: the
+source's own metadata and SmilingWolf's WD taggers; architecture.md)."""

@@ -1,4 +1,4 @@
-"""``metadata``: rating, year and tags from the source's own columns (RECIPE.md "Source metadata").
+"""``metadata``: rating, year and tags from the source's own columns (docs/recipe.md "Source metadata").
 
 - rating: booru letters g/s/q/e and the spelled-out words (general, sensitive, questionable,
   explicit; the pre-2022 Danbooru "safe" is today's general) → the four classes;

@@ -1,4 +1,4 @@
-"""``wd``: SmilingWolf's WD tagger family through onnxruntime (RECIPE.md "Source metadata and taggers").
+"""``wd``: SmilingWolf's WD tagger family through onnxruntime (docs/recipe.md "Source metadata and taggers").
 
 A model is a folder (or hub repo) with ``model.onnx`` and ``selected_tags.csv``
 (tag_id, name, category, count). Preprocessing, as the models were trained: composite alpha on

@@ -1,4 +1,4 @@
-"""Dynamic thresholding against RECIPE.md's formulas, written out here in NumPy, for every mode."""
+"""Dynamic thresholding against docs/recipe.md's formulas, written out here in NumPy, for every mode."""
 
 import itertools
 import math

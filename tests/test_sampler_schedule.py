@@ -1,4 +1,4 @@
-"""The ZTSNR schedule, sigmas and samplers against diffusers, the numeric oracle (RECIPE.md)."""
+"""The ZTSNR schedule, sigmas and samplers against diffusers, the numeric oracle (docs/recipe.md)."""
 
 import pytest
 import torch

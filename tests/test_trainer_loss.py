@@ -1,4 +1,4 @@
-"""The training objective against RECIPE.md's formulas and diffusers' schedule, on fixed tensors."""
+"""The training objective against docs/recipe.md's formulas and diffusers' schedule, on fixed tensors."""
 
 import math
 

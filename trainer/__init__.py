@@ -1,1 +1,2 @@
-"""The ZTSNR v-prediction SDXL fine-tuning recipe (RECIPE.md). Empty until the trainer issue lands."""
+"""The ZTSNR v-prediction SDXL fine-tuning recipe (docs/recipe.md): cached latents, bucketed
+batches, the loss, the loop, checkpoints, merging, exports and evaluation (architecture.md)."""

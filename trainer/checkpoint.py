@@ -147,7 +147,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 def merge(paths: list[Path], weights: list[float] | None = None) -> tuple[dict[str, torch.Tensor], str, dict]:
     """The weighted average (uniform by default) of checkpoints of one model, computed in fp32 and
-    cast back to each tensor's dtype (RECIPE.md "Checkpoint merging"). Empty marker tensors
+    cast back to each tensor's dtype (docs/recipe.md "Checkpoint merging"). Empty marker tensors
     (``v_pred``, ``ztsnr``) are carried over."""
     if not paths:
         raise ConfigError("zxl merge: give at least one checkpoint")

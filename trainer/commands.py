@@ -33,7 +33,7 @@ def add_commands(sub) -> None:
         "merge",
         help="average checkpoints (weights optional) into one model, or export one checkpoint",
         description="The weighted average (uniform by default) of checkpoints of one run, in fp32 then cast "
-        "(RECIPE.md). Inputs: zxl checkpoint folders or single-file .safetensors. Output: a .safetensors path "
+        "(docs/recipe.md). Inputs: zxl checkpoint folders or single-file .safetensors. Output: a .safetensors path "
         "writes a single-file SDXL model (A1111/ComfyUI layout, v_pred/ztsnr markers, .yaml beside it); a "
         "folder path writes a diffusers folder whose scheduler config says v-prediction, zero terminal SNR and "
         "trailing timesteps (diffusers loads it with no settings). With one input this is an export.",

@@ -3,7 +3,7 @@
 Same rules as the curation config (zxl/config.py): YAML presets loaded safely, every key checked
 against these dataclasses, unknown keys named with the closest valid one, the resolved config
 written next to the output with its hash. ``configs/train/zero-xl.yaml`` is the recipe exactly
-(RECIPE.md "Training loss", "Optimizer and precision", "Aspect buckets", "Captions for training").
+(docs/recipe.md "Training loss", "Optimizer and precision", "Aspect buckets", "Captions for training").
 """
 
 from __future__ import annotations

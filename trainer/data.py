@@ -1,6 +1,6 @@
 """Training samples from the catalog: trainable rows, scaled recipe buckets, the epoch plan.
 
-RECIPE.md "Aspect buckets" and "Repeats": rows with ``status = ok`` and ``repeats > 0``; an image
+docs/recipe.md "Aspect buckets" and "Repeats": rows with ``status = ok`` and ``repeats > 0``; an image
 appears ``repeats`` times per epoch; a batch holds one bucket; the order of batches is shuffled
 each epoch with seed + epoch. Every random choice here is a pure function of (seed, epoch) or
 (seed, step, sample), never of a running generator, so a resumed run draws exactly what an
@@ -179,7 +179,7 @@ def caption_fields(rows: pd.DataFrame) -> list[dict]:
 
 def caption(row: dict, seed: int, step: int, slot: int, styles, dropout: float, rating_format: str,
             year_format: str) -> str:  # fmt: skip
-    """The caption of one sample (RECIPE.md "Captions for training"), drawn fresh each step:
+    """The caption of one sample (docs/recipe.md "Captions for training"), drawn fresh each step:
     score tag first, tags shuffled, one style of three for captioned rows, and dropout to ''."""
     rng = rng_for("caption", seed, step, slot)
     if rng.random() < dropout:

@@ -1,4 +1,4 @@
-"""Checkpoints out to the formats the ecosystem reads (RECIPE.md "Formats the ecosystem reads").
+"""Checkpoints out to the formats the ecosystem reads (docs/recipe.md "Formats the ecosystem reads").
 
 - a single-file SDXL model in the A1111/ComfyUI layout, with the empty ``v_pred`` and ``ztsnr``
   marker keys and the VScaling ``.yaml`` beside it (sampler/single_file.py writes both);

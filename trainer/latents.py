@@ -1,13 +1,13 @@
 """The VAE latent cache: each trainable image encoded once, reused by every step and every run.
 
-A stage like the curation stages (DESIGN.md "Stage contract"): one file per catalog shard,
+A stage like the curation stages (docs/design.md "Stage contract"): one file per catalog shard,
 ``<run>/latents/<cache id>/<shard>.safetensors``, written to a temporary name and renamed. The
 cache id hashes the VAE's weights, the bucket resolution and the flip option, and each file
 records a hash of its rows (key, sha256, bucket), so a file is reused exactly while the images
 and the VAE are unchanged, and a changed catalog re-encodes only the shards it touches.
 
 Images are resized to cover their bucket and centre-cropped (the crop offset is stored for SDXL's
-size conditioning), encoded in fp32 (the SDXL VAE overflows in fp16: RECIPE.md), and the latent
+size conditioning), encoded in fp32 (the SDXL VAE overflows in fp16: docs/recipe.md), and the latent
 mean times the VAE's scaling factor is stored in fp16.
 """
 

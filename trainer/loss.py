@@ -1,4 +1,4 @@
-"""The training objective (RECIPE.md "Noise schedule", "v-prediction", "Training loss").
+"""The training objective (docs/recipe.md "Noise schedule", "v-prediction", "Training loss").
 
 - ZTSNR schedule: sampler.schedule's ᾱ (equal to diffusers' ``rescale_betas_zero_snr``), so
   ᾱ_T = 0 and every SNR table below is the post-rescale one.

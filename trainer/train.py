@@ -1,4 +1,4 @@
-"""``zxl train``: the ZTSNR v-prediction SDXL fine-tune, one visible loop (STYLE.md 10).
+"""``zxl train``: the ZTSNR v-prediction SDXL fine-tune, one visible loop (docs/style.md 10).
 
 Order of work: trainable rows and their buckets from the catalog → the base model → the VAE
 latent cache (encoded once, reused) → optimizers → resume → the loop: per micro-batch, cached

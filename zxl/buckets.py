@@ -1,4 +1,4 @@
-"""The recipe's aspect buckets (RECIPE.md "Aspect buckets").
+"""The recipe's aspect buckets (docs/recipe.md "Aspect buckets").
 
 For w from 768 to 1344 in steps of 64: h = min(1344, floor(1024² / w / 64) · 64), plus each
 transpose — exactly the eleven sizes 768×1344 … 1344×768. An image goes to the bucket nearest in
