@@ -65,3 +65,72 @@ def test_the_walk_sees_the_imports():
 @pytest.mark.parametrize("module", ["zxl.config", "zxl.pipeline.fetch", "zxl.cli"])
 def test_package_names(module):
     assert package(module) == {"zxl.config": "core", "zxl.pipeline.fetch": "zxl.pipeline", "zxl.cli": "zxl.cli"}[module]
+
+
+def file_graph() -> dict[str, set[str]]:
+    """Module → the zxl modules (files) it imports anywhere in it; ``from zxl.pipeline import taste``
+    is an arrow to zxl.pipeline.taste, ``from zxl.pipeline.taste import x`` to the same file."""
+    known = set()
+    for folder, pkg in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            known.add(".".join([pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__"))
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for folder, pkg in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = ".".join([pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__")
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                               for a in node.names]  # fmt: skip
+                else:
+                    continue
+                graph[module].update(t for t in targets if t in known and t != module)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each a circle of imports."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_file_imports_itself_through_others():
+    """No circle of imports between files, the ones inside functions too: a circle means two files
+    hold one job between them (split it), or one holds two (split that)."""
+    found = cycles(file_graph())
+    assert not found, "import circles between files:\n" + "\n".join(" ↔ ".join(c) for c in found)
+
+
+def test_the_circle_finder_finds_circles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    graph = file_graph()
+    assert "zxl.scorers.taste" in graph["zxl.pipeline.reduce"] and "zxl.pipeline.curate" in graph["zxl.pipeline.taste"]

@@ -133,6 +133,23 @@ def split(weights: dict[str, torch.Tensor], ema: bool = False) -> dict[str, dict
     return parts
 
 
+def load_into(model, parts: dict[str, dict[str, torch.Tensor]]):
+    """Load a checkpoint's parts (``split``) into an SDXL model: the U-Net, and the text encoders when
+    the checkpoint trained them. The one place train, export and evaluate do it; returns the model."""
+    model.unet.load_state_dict(parts["unet"])
+    if "text_encoder" in parts:
+        model.text_encoder.load_state_dict(parts["text_encoder"])
+        model.text_encoder_2.load_state_dict(parts["text_encoder_2"])
+    return model
+
+
+def base_with(parts: dict[str, dict[str, torch.Tensor]], base: str, config: str | None = None):
+    """The base model (fp32, on the CPU) with a checkpoint's trained parts loaded into it."""
+    from zxl.sampler.pipeline import SDXL
+
+    return load_into(SDXL.load(base, device="cpu", precision="fp32", config=config or None), parts)
+
+
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a checkpoint folder or a single-file SDXL model, and which of the two it is."""
     path = Path(path)

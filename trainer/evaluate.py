@@ -303,10 +303,6 @@ def figures(result: dict) -> dict:
     return row
 
 
-LOWER_IS_BETTER = {"val_loss"}
-RANKED = ("val_loss", "spearman", "steering_gap", "score_9", "vendi_with_tags", "vendi_without_tags", "clip")
-
-
 def _grid(samples: list[dict], es: EvalSet, path: Path) -> None:
     from zxl.sampler.grid import make_grid, save_png
 
@@ -346,10 +342,10 @@ def load_model(ref: Path, device: str = "auto", precision: str = "fp32", config:
         from safetensors.torch import load_file
 
         from zxl.trainer import checkpoint
-        from zxl.trainer.export import _complete
 
         cfg_dir = config if config is not None else meta["config"]["model"].get("config") or None
-        model = _complete(checkpoint.split(load_file(ref / "model.safetensors"), ema=ema), meta["base"], cfg_dir)
+        parts = checkpoint.split(load_file(ref / "model.safetensors"), ema=ema)
+        model = checkpoint.base_with(parts, meta["base"], cfg_dir)
         model.v_pred, model.ztsnr = meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"]
         model.name = f"{ref.parent.parent.name}-{ref.name}"
         return model, meta["step"] if isinstance(meta.get("step"), int) else step

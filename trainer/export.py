@@ -22,18 +22,6 @@ from zxl.files import as_umask
 from zxl.trainer import checkpoint
 
 
-def _complete(parts: dict, base: str, config: str | None):
-    """The base model with the trained parts loaded into it."""
-    from zxl.sampler.pipeline import SDXL
-
-    model = SDXL.load(base, device="cpu", precision="fp32", config=config or None)
-    model.unet.load_state_dict(parts["unet"])
-    if "text_encoder" in parts:
-        model.text_encoder.load_state_dict(parts["text_encoder"])
-        model.text_encoder_2.load_state_dict(parts["text_encoder_2"])
-    return model
-
-
 def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True) -> Path:
     """A diffusers SDXL folder, written beside its final name and renamed."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
@@ -97,7 +85,7 @@ def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = 
             tmp.unlink(missing_ok=True)
     config = config if config is not None else meta["config"]["model"].get("config") or ""
     parts = checkpoint.split(merged, ema=ema)
-    model = _complete(parts, base, config)
+    model = checkpoint.base_with(parts, base, config)
     return write_model(model, out, meta["config"]["model"]["v_pred"], meta["config"]["model"]["ztsnr"])
 
 
@@ -105,7 +93,7 @@ def best_checkpoints(folder: Path, k: int, metric: str = "val_loss") -> list[tup
     """The ``k`` checkpoints of a run whose eval figure ``metric`` is best (lowest validation loss,
     highest otherwise), read from the eval.csv that ``loop.eval_every`` writes beside checkpoints/;
     ``folder`` is the run's output folder or its checkpoints folder. (path, figure), by step."""
-    from zxl.trainer.evaluate import LOWER_IS_BETTER, RANKED
+    from zxl.trainer.metrics import LOWER_IS_BETTER, RANKED
 
     if metric not in RANKED:
         raise ConfigError(f"--by: {metric!r} is not an eval figure; choose from {', '.join(RANKED)}")

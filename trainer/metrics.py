@@ -20,6 +20,12 @@ from zxl.diversity import mean_pairwise_distance, vendi
 TONE_KEYS = ("luminance", "contrast", "saturation")
 
 
+# The eval figures checkpoints can be ranked by (`zxl merge --best K --by FIGURE`), and which of them
+# are better low.
+RANKED = ("val_loss", "spearman", "steering_gap", "score_9", "vendi_with_tags", "vendi_without_tags", "clip")
+LOWER_IS_BETTER = {"val_loss"}
+
+
 def tone(image: Image.Image) -> dict[str, float]:
     im = image.convert("RGB")
     if max(im.size) > 256:

@@ -252,11 +252,7 @@ def weights_dict(model, train_te: bool, ema: dict | None) -> dict[str, torch.Ten
 
 def load_weights(weights: dict, model, ema: dict | None, device) -> dict | None:
     """Put a checkpoint's tensors back into the model; returns the EMA weights (None without EMA)."""
-    parts = checkpoint.split(weights)
-    model.unet.load_state_dict(parts["unet"])
-    if "text_encoder" in parts:
-        model.text_encoder.load_state_dict(parts["text_encoder"])
-        model.text_encoder_2.load_state_dict(parts["text_encoder_2"])
+    checkpoint.load_into(model, checkpoint.split(weights))
     if ema is None:
         return None
     return {k[len("ema.unet.") :]: v.to(device) for k, v in weights.items() if k.startswith("ema.unet.")}
