@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from zxl.catalog.schema import MANIFEST_KEY, SCHEMA_V1, SCHEMA_VERSION, conform
-from zxl.files import write_json_atomic, write_table_atomic
+from zxl.files import replacing, write_json_atomic, write_table_atomic
 from zxl.pipeline.stages import ShardJob, shard_name, stage_path
 
 
@@ -105,18 +103,11 @@ def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
         "parts": [f"part-{shard_name(s)}.parquet" for s in range(n_shards)],
         "columns": SCHEMA_V1.names,
     }
-    final = run_dir / "catalog"
-    tmp = run_dir / f".catalog.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     blob = json.dumps(manifest, sort_keys=True, default=str)
-    for s in range(n_shards):
-        table = pq.read_table(stage_path(run_dir, "catalog", s))
-        write_table_atomic(table.select(SCHEMA_V1.names), tmp / f"part-{shard_name(s)}.parquet", {MANIFEST_KEY: blob})
-    write_json_atomic(manifest, tmp / "_manifest.json")
-    old = run_dir / f".catalog.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with replacing(run_dir / "catalog", folder=True) as tmp:  # swapped in whole: readers never see a mix
+        for s in range(n_shards):
+            table = pq.read_table(stage_path(run_dir, "catalog", s))
+            write_table_atomic(table.select(SCHEMA_V1.names), tmp / f"part-{shard_name(s)}.parquet",
+                               {MANIFEST_KEY: blob})  # fmt: skip
+        write_json_atomic(manifest, tmp / "_manifest.json")
     return manifest

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from zxl.config import ConfigError, check_ranges  # noqa: E402
+from zxl.files import move_into_place
 from zxl.pipeline import netguard  # noqa: E402
 from zxl.pipeline.config import FetchConfig  # noqa: E402
 from zxl.pipeline.stages import ShardJob, plain_error, shard_name  # noqa: E402
@@ -354,7 +355,7 @@ def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int) -> pa.Table:
         name = shard_name(shard)
         i2d = pq.read_table(tmp / f"{name}.parquet")
         for suffix in (".tar", "_stats.json", ".parquet"):
-            os.replace(tmp / f"{name}{suffix}", shards_dir / f"{name}{suffix}")
+            move_into_place(tmp / f"{name}{suffix}", shards_dir / f"{name}{suffix}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _to_stage_rows(i2d, source, shard, cfg.timeout)

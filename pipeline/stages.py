@@ -134,17 +134,20 @@ def remove_stale(folder: Path, keep: int, pattern: str = "*.parquet") -> None:
             p.unlink()
 
 
-# What a writer leaves behind when it is killed between writing and renaming: ``.<name>.tmp-…`` (the
-# writers above), ``.catalog.tmp-<pid>`` / ``.catalog.old-<pid>`` (pipeline/assemble.py), ``.tmp-NNNNN-…``
-# (a fetch shard's img2dataset folder), ``.zxl-probe-…`` (Executor.check_shared).
+# What a writer leaves behind when it is killed between writing and renaming: ``.<name>.tmp-<pid>-<hex>``
+# (zxl.files.replacing, every writer: files, the catalog folder and the folder it moves aside), ``.tmp-NNNNN-…``
+# (a fetch shard's img2dataset folder), ``.zxl-probe-…`` (Executor.check_shared); and the spellings of
+# earlier versions (``.catalog.old-<pid>``), so an old run's litter goes too.
 _TEMPORARY = re.compile(r"^\.(.+\.(tmp|old)-.+|tmp-.+|zxl-probe-.+)$")
 
 
 def remove_temporaries(run_dir: Path) -> int:
     """Delete the temporaries any earlier process left in a run folder (its top, ``stages/*``,
-    ``shards/``, ``embeddings/``); returns how many. Call it only while holding ``run_lock``."""
+    ``shards/``, ``embeddings/``, ``taste/``, ``catalog/``: every folder a run writes); returns how
+    many. Call it only while holding ``run_lock``."""
     run_dir = Path(run_dir)
-    folders = [run_dir, run_dir / "shards", run_dir / "embeddings", *sorted((run_dir / "stages").glob("*"))]
+    folders = [run_dir, run_dir / "shards", run_dir / "embeddings", run_dir / "taste", run_dir / "catalog",
+               *sorted((run_dir / "stages").glob("*"))]  # fmt: skip
     removed = 0
     for folder in folders:
         if not folder.is_dir():

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from zxl.config import ConfigError
+from zxl.files import replacing
 from zxl.scorers.taste import META_PREFIX, check_scores, head_scores, weights_sha256
 
 HEAD_FILE = "head.safetensors"
@@ -198,10 +198,9 @@ def plot_curve(report: dict, path: Path) -> None:
     ax.legend(loc="lower right")
     ax.set_title(f"taste head on {report['embedding']} embeddings, {report['choices']} choices")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_head(w: np.ndarray, path: Path, meta: dict) -> None:
@@ -211,9 +210,8 @@ def write_head(w: np.ndarray, path: Path, meta: dict) -> None:
     tensors = {"layers.0.weight": np.asarray(w, np.float32)[None, :], "layers.0.bias": np.zeros(1, np.float32)}
     meta = {**meta, "weights_sha256": weights_sha256(tensors)}  # what the rest of the metadata describes
     text = {META_PREFIX + k: json.dumps(v) for k, v in meta.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=text)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata=text)
 
 
 def fit_taste(run_dir: str | Path, choices_csv: str | Path | None = None, folds: int = 5, seed: int = 0,

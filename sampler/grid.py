@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from zxl.files import replacing
+
 PAD = 8
 
 
@@ -14,8 +16,8 @@ def save_png(image: Image.Image, path: str | Path, parameters: str) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    with replacing(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
     return path
 
 

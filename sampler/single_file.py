@@ -32,6 +32,7 @@ from typing import NoReturn
 import torch
 
 from zxl.config import ConfigError
+from zxl.files import replacing, write_text_atomic
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -339,8 +340,6 @@ def write_single_file(path, unet, vae, text_encoder, text_encoder_2, v_pred: boo
     ``dtype`` casts the floating-point weights (fp16 is what the ecosystem ships)."""
     from safetensors.torch import save_file
 
-    from zxl.files import as_umask
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
@@ -357,13 +356,8 @@ def write_single_file(path, unet, vae, text_encoder, text_encoder_2, v_pred: boo
         "ztsnr": "true" if ztsnr else "false",
         **(metadata or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path, umask=True) as tmp:
         save_file(sd, str(tmp), metadata=meta)
-        os.replace(as_umask(tmp), path)
-    finally:
-        tmp.unlink(missing_ok=True)
     if yaml and v_pred:
         shutil.copyfile(YAML_V, path.with_suffix(".yaml"))
     return path
@@ -406,10 +400,7 @@ def file_hash(path) -> str:
     cache = cache if isinstance(cache, dict) else {}
     cache[key] = {"stamp": stamp, "sha256": h.hexdigest()}
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_file)
+        write_text_atomic(json.dumps(cache), cache_file)
     except OSError:
         pass
     return h.hexdigest()[:10]

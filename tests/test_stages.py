@@ -41,7 +41,9 @@ def test_temporaries_of_any_process_are_removed_and_finished_files_kept(tmp_path
     keep = [write_text_atomic(text, run / name) for text, name in
             (("x", "stages/fetch/00000.parquet"), ("y", "config.yaml"), ("z", "shards/00000.tar"))]  # fmt: skip
     litter = [run / "stages" / "fetch" / ".00001.parquet.tmp-999999-abcd1234", run / ".config.yaml.tmp-1-ffff0000",
-              run / "embeddings" / ".00000.parquet.tmp-5-0", run / ".zxl-probe-0a1b2c3d"]  # fmt: skip
+              run / "embeddings" / ".00000.parquet.tmp-5-0", run / ".zxl-probe-0a1b2c3d",
+              run / "taste" / ".head.safetensors.tmp-7-0badc0de", run / "taste" / ".fit.json.tmp-7-12345678",
+              run / "catalog" / "._manifest.json.tmp-8-aaaaaaaa"]  # fmt: skip
     for p in litter:
         write_text_atomic("half", p)
     folders = [run / ".catalog.tmp-31337", run / ".catalog.old-31337", run / "shards" / ".tmp-00001-beefcafe"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zxl.config import ConfigError
-from zxl.files import as_umask
+from zxl.files import replacing
 from zxl.models import read_safetensors
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -52,21 +51,13 @@ def latest(folder: Path) -> Path | None:
 def save(folder: Path, step: int, weights: dict[str, torch.Tensor], state: dict, meta: dict, keep: int) -> Path:
     folder = Path(folder)
     final = folder / f"step-{step:08d}"
-    tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
     previous = latest(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-        as_umask(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with replacing(final, folder=True, umask=True) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
+            torch.save(state, tmp / "state.pt")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointError(f"could not write checkpoint {final}: {e.strerror or e}; {kept}") from e
     for old in step_dirs(folder)[:-keep]:

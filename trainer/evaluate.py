@@ -32,6 +32,7 @@ import torch
 
 from zxl.catalog.captions import build_caption
 from zxl.config import ConfigError, num
+from zxl.files import write_text_atomic
 from zxl.trainer import metrics
 from zxl.trainer.data import buckets_for, caption_fields, held_out, load_rows, rng_for
 
@@ -396,7 +397,7 @@ def write_report(report: dict, out: Path) -> None:
     from zxl.trainer.plots import plot_report
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=True))
+    write_text_atomic(json.dumps(report, indent=1, allow_nan=True), out / "report.json")
     plots = plot_report(report, out)
     lines = [f"# zxl eval — {report['catalog']}", "",
              f"{len(report['prompts'])} prompts × (no tag, score_1 … score_9) × {report['config']['seeds']} seeds, "
@@ -419,4 +420,4 @@ def write_report(report: dict, out: Path) -> None:
     if skipped:
         lines += ["", f"Prompt adherence skipped: {'; '.join(sorted(skipped))}."]
     lines += ["", "Grids: " + ", ".join(f"[{c['name']}]({c['name']}/grid.png)" for c in report["checkpoints"])]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic("\n".join(lines) + "\n", out / "report.md")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from zxl.config import ConfigError
-from zxl.files import as_umask
+from zxl.files import replacing
 from zxl.trainer import checkpoint
 
 
@@ -35,12 +35,8 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
         tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet, scheduler=scheduler,
     )  # fmt: skip
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(as_umask(tmp), folder)
+    with replacing(folder, folder=True, umask=True) as tmp:
+        pipe.save_pretrained(tmp)
     return folder
 
 
@@ -125,15 +121,10 @@ def _write_raw(out: Path, state: dict[str, torch.Tensor], metadata: dict, yaml: 
 
     from zxl.sampler.single_file import YAML_V
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(out, umask=True) as tmp:
         save_file(
             {k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={**metadata, "modelspec.title": out.stem}
         )
-        os.replace(as_umask(tmp), out)
-    finally:
-        tmp.unlink(missing_ok=True)
     if yaml:
         shutil.copyfile(YAML_V, out.with_suffix(".yaml"))
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from zxl.catalog.images import ImageStore
+from zxl.files import replacing
 from zxl.images import decode
 
 
@@ -118,9 +118,8 @@ class LatentCache:
                             tensors[name + suffix] = latent.contiguous()
                     encoded += len(names)
             path = self._path(shard)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file(tensors, tmp, metadata={"rows": rows_hash(group), "crops": json.dumps(crops)})
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                save_file(tensors, tmp, metadata={"rows": rows_hash(group), "crops": json.dumps(crops)})
             log(f"latents: {shard} ({len(group)} images) [{n + 1}/{len(mine)}]")
         return {"shards": len(rows.shard.unique()), "encoded_shards": len(mine), "encoded_images": encoded,
                 "reused_shards": len(rows.shard.unique()) - len(todo)}  # fmt: skip

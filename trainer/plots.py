@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zxl.files import replacing
+
 TAGS = tuple(range(1, 10))
 
 
@@ -23,7 +25,8 @@ def _figure(width=6.4, height=3.8):
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from zxl.config import ConfigError, config_hash, dump_yaml, to_dict
+from zxl.files import write_text_atomic
 from zxl.trainer import checkpoint
 from zxl.trainer.config import TrainConfig, validate
 from zxl.trainer.data import (
@@ -334,7 +335,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
     model = load_model(cfg, device, model)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+        write_text_atomic(dump_yaml(cfg), out / "config.yaml")
 
     # -- the latent cache: encoded once, shared by the processes, reused across runs
     run_dir = Path(cfg.data.catalog).resolve().parent
@@ -469,7 +470,7 @@ def train(cfg: TrainConfig, resume: str | bool = False, log=print, model=None) -
             say(f"exported: {path} (diffusers: DiffusionPipeline.from_pretrained, no settings)")
     d.barrier()
     if d.main:
-        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1))
+        write_text_atomic(json.dumps({k: v for k, v in result.items() if k != "log"}, indent=1), out / "result.json")
     d.close()
     return result
 

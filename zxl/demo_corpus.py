@@ -43,7 +43,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import struct
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +53,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
+
+from zxl.files import replacing
 
 LADDER = ("clean", "noisy", "jpeg_crushed", "downscaled", "blurred")  # best first
 CORPUS_VERSION = 4  # bump when the generator changes, so cached corpora are rebuilt
@@ -331,8 +332,12 @@ def build_corpus(
     out = corpus_dir(root, size, seed, bad_fraction)
     if (out / "COMPLETE").exists():
         return out
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with replacing(out, folder=True) as tmp:
+        _write_corpus(tmp, size, seed, bad_fraction, workers)
+    return out
+
+
+def _write_corpus(tmp: Path, size: int, seed: int, bad_fraction: float, workers: int | None) -> None:
     (tmp / "files").mkdir(parents=True)
     items = plan(size, seed, bad_fraction)
     workers = workers or os.cpu_count() or 1
@@ -369,6 +374,3 @@ def build_corpus(
     pq.write_table(pa.Table.from_pylist(truth), tmp / "truth.parquet")
     (tmp / "special.json").write_text(json.dumps(special, indent=1, sort_keys=True))
     (tmp / "COMPLETE").write_text(json.dumps({"size": size, "seed": seed, "bad_fraction": bad_fraction}))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out

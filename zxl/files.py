@@ -1,7 +1,10 @@
 """Writing files: atomically (a reader sees the whole file or none), with the user's umask.
 
-Every writer puts the bytes under a temporary sibling name (``.<name>.tmp-<pid>-<random>``, which
-``zxl.pipeline.stages.remove_temporaries`` sweeps after a kill), then renames it into place.
+Every writer in the project goes through ``replacing`` (or the helpers built on it): the bytes go to
+a temporary sibling, always spelt ``.<name>.tmp-<pid>-<random>`` (``TEMPORARY`` matches it, and
+``zxl.pipeline.stages.remove_temporaries`` sweeps what a kill left), which then takes the final
+name in one rename; a folder is swapped the same way. ``os.replace`` appears in this module alone
+(tests/test_files.py holds the project to it).
 
 safetensors' ``save_file`` (and so diffusers' ``save_pretrained``) creates files with mode 0600,
 whatever the umask: a model exported for a ComfyUI or A1111 running as another user would not be
@@ -11,9 +14,13 @@ plain ``open()`` would have given it (0644 and 0755 with the usual umask 022).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,38 +51,80 @@ def as_umask(path: str | os.PathLike) -> Path:
     return path
 
 
+TEMPORARY = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")
+
+
 def temp_name(path: Path) -> Path:
-    """A sibling name no reader mistakes for a finished file."""
+    """A sibling name no reader mistakes for a finished file (the one spelling ``TEMPORARY`` matches)."""
+    path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, folder: bool = False, umask: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write (an empty folder with ``folder``); when the block
+    ends cleanly it takes ``path``'s place in one rename — a folder that exists is first moved aside
+    under a temporary name and removed after — so a reader sees the old whole or the new whole,
+    never a part. When the block raises, the temporary is removed and ``path`` is as it was.
+    ``umask``: give what was written the modes a plain ``open()`` would (``as_umask``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    if folder:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if umask:
+            as_umask(tmp)
+        if folder and path.is_dir() and not path.is_symlink():
+            old = temp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+def move_into_place(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A finished file written elsewhere on the same file system (img2dataset's shard) to its final
+    name, in one rename."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    return dst
 
 
 def write_table_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write to a temporary name, then rename: a reader sees the whole file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
-    tmp = temp_name(path)
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=64 * 1024)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_json_atomic(obj, path: Path) -> Path:

@@ -222,26 +222,24 @@ def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 
     import torch
     from diffusers import StableDiffusionXLPipeline
 
+    from zxl.files import replacing
     from zxl.trainer.autoencoder import catalog_images, train_autoencoder
 
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_sdxl(tmp)
-    shutil.rmtree(tmp.parent / (tmp.name + "-tokenizer"), ignore_errors=True)
-    images = catalog_images(Path(catalog), size, limit)
-    log(f"autoencoder: {len(images)} images of {catalog}, short side {size} px")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    try:
-        vae, figures = train_autoencoder(images, steps=steps, log=log)
-    finally:
-        torch.set_num_threads(threads)
-    pipe = StableDiffusionXLPipeline.from_pretrained(tmp)
-    pipe.register_modules(vae=vae)
-    pipe.save_pretrained(tmp)
-    (tmp / "autoencoder.json").write_text(json.dumps(figures, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with replacing(folder, folder=True) as tmp:
+        build_tiny_sdxl(tmp)
+        shutil.rmtree(tmp.parent / (tmp.name + "-tokenizer"), ignore_errors=True)
+        images = catalog_images(Path(catalog), size, limit)
+        log(f"autoencoder: {len(images)} images of {catalog}, short side {size} px")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        try:
+            vae, figures = train_autoencoder(images, steps=steps, log=log)
+        finally:
+            torch.set_num_threads(threads)
+        pipe = StableDiffusionXLPipeline.from_pretrained(tmp)
+        pipe.register_modules(vae=vae)
+        pipe.save_pretrained(tmp)
+        (tmp / "autoencoder.json").write_text(json.dumps(figures, indent=1))
     log(f"autoencoder: reconstruction PSNR {figures['psnr_db']} dB on {figures['test_images']} held-back images")
     return folder
