@@ -67,27 +67,48 @@ def _read_probe(path: str) -> str:
 
 
 class Progress:
-    """One bar per stage, counting rows (so the rate is images/s)."""
+    """One bar per stage, counting rows (so the rate is images/s). Each bar keeps its own stage's
+    clock — from the start of that stage's first task to the end of its last — and closes as soon as
+    its stage is done, so the figures it leaves are that stage's time and rate, not the run's."""
 
-    def __init__(self, stage_rows: dict[str, int], enabled: bool):
+    def __init__(self, stage_rows: dict[str, int], enabled: bool, file=None):
         self.bars = {
             stage: tqdm(
-                total=n, desc=f"{stage:>8}", unit="img", position=i, leave=True, disable=not enabled, dynamic_ncols=True
+                total=n,
+                desc=f"{stage:>8}",
+                unit="img",
+                position=i,
+                leave=True,
+                disable=not enabled,
+                dynamic_ncols=True,
+                file=file,
             )  # fmt: skip
             for i, (stage, n) in enumerate(stage_rows.items())
         }
         self.skipped = dict.fromkeys(stage_rows, 0)
+        self.first: dict[str, float] = {}
+        self.closed: set[str] = set()
 
     def done(self, task: Task, result: dict) -> None:
-        bar = self.bars[task.stage]
+        stage = task.stage
+        bar = self.bars[stage]
+        start = result.get("start")
+        if start is not None and (stage not in self.first or start < self.first[stage]):
+            self.first[stage] = start
+            bar.start_t = min(start, bar._time())  # the stage's own clock (a worker's clock may run ahead)
         if result.get("skipped"):
-            self.skipped[task.stage] += 1
-            bar.set_postfix_str(f"{self.skipped[task.stage]} shards already done", refresh=False)
+            self.skipped[stage] += 1
+            bar.set_postfix_str(f"{self.skipped[stage]} shards already done", refresh=False)
         bar.update(result.get("rows", 0))
+        if bar.total and bar.n >= bar.total and stage not in self.closed:
+            self.closed.add(stage)
+            bar.close()  # the stage is done: its bar stops here, with its own elapsed time and rate
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        for stage, bar in self.bars.items():
+            if stage not in self.closed:
+                self.closed.add(stage)
+                bar.close()
 
 
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")

@@ -38,3 +38,16 @@ def clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>"):
     return CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77
     )
+
+
+def write_slow_files(tokenizer, folder: str | Path) -> Path:
+    """``vocab.json`` and ``merges.txt`` of a BPE ``tokenizer`` into ``folder``, beside the
+    ``tokenizer.json`` transformers 5 saves: transformers 4.x's ``CLIPTokenizer`` (kohya pins
+    4.54.1, with diffusers 0.32.1) reads only these two files. Taken from the tokenizer's own model,
+    so they say what its tokenizer.json says."""
+    folder = Path(folder)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder

@@ -156,3 +156,28 @@ def test_the_dashboard_listens_on_this_machine_only_unless_asked():
         bound = {s.getsockname()[0] for s in ex.cluster.scheduler.http_server._sockets.values()}
         assert bound == {"127.0.0.1"}, bound
         assert ex.dashboard.startswith("http://127.0.0.1:")  # what the log prints is where it listens
+
+
+def test_each_progress_bar_closes_with_its_own_stages_time_and_rate():
+    """A stage's bar stops when its last shard is done, timed from its first task's start: a run of
+    fetch (2 s ago, finished) and score (still going) leaves fetch at ~2 s, 100 img/s, score open."""
+    import io
+    import time
+
+    from zxl.pipeline.executor import Progress, Task
+
+    out = io.StringIO()
+    progress = Progress({"fetch": 200, "score": 200}, enabled=True, file=out)
+    now = time.time()
+    progress.done(Task("fetch", 0, print, ()), {"rows": 100, "start": now - 2.0, "end": now - 1.0})
+    progress.done(Task("score", 0, print, ()), {"rows": 100, "start": now - 1.0, "end": now})
+    assert "fetch" not in progress.closed
+    progress.done(Task("fetch", 1, print, ()), {"rows": 100, "start": now - 1.5, "end": now})
+    assert progress.closed == {"fetch"} and not progress.bars["score"].disable
+    fetch = progress.bars["fetch"]
+    assert fetch.disable and abs(fetch.last_print_t - fetch.start_t - 2.0) < 0.5  # its own 2 s, not the run's
+    time.sleep(0.3)
+    progress.done(Task("score", 1, print, ()), {"rows": 100, "skipped": True})
+    progress.close()
+    text = out.getvalue()
+    assert "200/200" in text and "img/s" in text

@@ -39,6 +39,22 @@ def test_diffusers_folder_says_v_prediction_zero_snr_trailing(model, tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     for k, v in pipe.unet.state_dict().items():
         assert torch.equal(v, model.unet.state_dict()[k]), k
+    # transformers 4.x's CLIPTokenizer reads vocab.json and merges.txt alone: both folders have them, and
+    # a tokenizer built from those two files alone tokenizes as the saved tokenizer.json does
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    prompt = "score_9, 1girl, long hair, (smile:1.2), fate_(series), 日本語 text"
+    for sub in ("tokenizer", "tokenizer_2"):
+        only = tmp_path / f"slow-{sub}"
+        only.mkdir()
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(folder / sub / name, only / name)
+        slow = CLIPTokenizer(str(only / "vocab.json"), str(only / "merges.txt"))
+        saved = getattr(pipe, sub)
+        assert slow(prompt).input_ids == saved(prompt).input_ids, sub
+        assert (folder / sub / "merges.txt").read_text().startswith("#version: 0.2\n")
 
 
 def test_merging_single_files_keeps_layout_markers_and_yaml(model, tiny_sdxl, tmp_path):

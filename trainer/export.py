@@ -26,6 +26,8 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
     """A diffusers SDXL folder, written beside its final name and renamed."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
+    from zxl.sampler.tokenizer import write_slow_files
+
     scheduler = EulerDiscreteScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=ztsnr,
         timestep_spacing="trailing", prediction_type="v_prediction" if v_pred else "epsilon",
@@ -37,6 +39,8 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
     folder = Path(folder)
     with replacing(folder, folder=True, umask=True) as tmp:
         pipe.save_pretrained(tmp)
+        for sub, tok in (("tokenizer", model.tokenizer), ("tokenizer_2", model.tokenizer_2)):
+            write_slow_files(tok, tmp / sub)  # what transformers 4.x loads (it cannot read tokenizer.json alone)
     return folder
 
 
