@@ -92,9 +92,26 @@ def summarize(run_dir: Path, n_shards: int) -> dict:
     return {"rows": table.num_rows, "ok_rows": ok.num_rows, "captioned": captioned, "counts": counts}
 
 
+def _unchanged(run_dir: Path, n_shards: int, manifest: dict) -> dict | None:
+    folder = run_dir / "catalog"
+    try:
+        old = json.loads((folder / "_manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("stage_hashes", "config_hash", "zxl_version")
+    parts = [f"part-{shard_name(s)}.parquet" for s in range(n_shards)]
+    if any(old.get(k) != manifest.get(k) for k in keys) or old.get("parts") != parts:
+        return None
+    return old if all((folder / p).is_file() for p in parts) else None
+
+
 def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
-    """Write ``catalog/`` from the per-shard tables; returns the manifest written."""
+    """Write ``catalog/`` from the per-shard tables; returns the manifest written — or, when the
+    catalog there was made from the same stage outputs and config (its manifest's stage hashes,
+    config hash and zxl version) and is whole, that catalog's manifest, and nothing is written."""
     run_dir = Path(run_dir)
+    if (same := _unchanged(run_dir, n_shards, manifest)) is not None:
+        return same
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -136,7 +136,10 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
     removed = remove_temporaries(run_dir)  # what a killed run left; this run holds the lock, so none is live
     if removed:
         log(f"removed {removed} temporary files left by an earlier, interrupted run")
-    write_text_atomic(dump_yaml(cfg), run_dir / "config.yaml")
+    text = dump_yaml(cfg)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file() or config_file.read_text() != text:  # an unchanged rerun rewrites nothing
+        write_text_atomic(text, config_file)
     t0 = time.time()
     if stored is None:
         source_report = sources.report(table, cfg.source)
@@ -168,7 +171,12 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
     stats = {
         "split": {"rows": n_rows, "seconds": round(split_seconds, 3)},
         **_stage_stats(tasks + catalog_tasks, results),
-        "reduce": {"rows": n_rows, "seconds": round(t_reduce, 3), **reduced["seconds"]},
+        "reduce": {
+            "rows": n_rows,
+            "seconds": round(t_reduce, 3),
+            "skipped": bool(reduced.get("skipped")),
+            **reduced["seconds"],
+        },  # fmt: skip
     }
     t1 = time.time()
     manifest = write_catalog(
@@ -210,7 +218,8 @@ def summary(result: CurateResult) -> str:
         skipped = f", {s['shards_skipped']} shards already done" if s["shards_skipped"] else ""
         lines.append(f"  {stage:<8} {s['rows']:>8} rows in {s['seconds']:>8.2f} s  {rate:>14}{skipped}")
     r = result.stage_stats["reduce"]
-    lines.append(f"  {'reduce':<8} {r['rows']:>8} rows in {r['seconds']:>8.2f} s  (dedup, calibrate, weigh)")
+    done = ", already done" if r.get("skipped") else ""
+    lines.append(f"  {'reduce':<8} {r['rows']:>8} rows in {r['seconds']:>8.2f} s  (dedup, calibrate, weigh{done})")
     scores = m["counts"]["score"]
     lines.append(
         f"{m['ok_rows']} rows to train on; score 1..9: "

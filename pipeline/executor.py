@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -95,7 +96,7 @@ class Progress:
         start = result.get("start")
         if start is not None and (stage not in self.first or start < self.first[stage]):
             self.first[stage] = start
-            bar.start_t = min(start, bar._time())  # the stage's own clock (a worker's clock may run ahead)
+            bar.start_t = min(start, time.time())  # the stage's own clock (a worker's clock may run ahead)
         if result.get("skipped"):
             self.skipped[stage] += 1
             bar.set_postfix_str(f"{self.skipped[stage]} shards already done", refresh=False)

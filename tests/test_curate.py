@@ -114,12 +114,25 @@ def test_manifest_and_file_metadata(sync_run):
 
 
 def test_rerun_skips_every_shard_and_gives_the_same_catalog(sync_run):
+    """An unchanged rerun skips every stage, the global step included, and rewrites no file: each
+    file under the run folder keeps its inode, size and modification time."""
     cfg, first = sync_run
+
+    def snapshot():
+        return {p: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+                for p in first.run_dir.rglob("*") if p.is_file()}  # fmt: skip
+
+    curate(cfg, log=lambda *_: None)  # whatever other tests did to the folder, settled
+    before = snapshot()
     again = curate(cfg, log=lambda *_: None)
     for stage in ("fetch", "inspect", "score", "catalog"):
         assert again.stage_stats[stage]["shards_run"] == 0
         assert again.stage_stats[stage]["shards_skipped"] == 4
+    assert again.stage_stats["reduce"]["skipped"] and "already done" in summary(again)
     assert_same_catalog(again.catalog_dir, first.catalog_dir)
+    after = snapshot()
+    changed = {p for p in set(after) | set(before) if after.get(p) != before.get(p)}
+    assert not changed, sorted(map(str, changed))
 
 
 def test_a_changed_setting_redoes_only_what_it_touches(sync_run, tmp_path):
