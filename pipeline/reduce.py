@@ -127,7 +127,7 @@ def _load(inputs: StageInputs, n_shards: int) -> tuple[dict[str, np.ndarray], li
         "error": np.asarray(table["error"].to_pylist(), object),
         "aesthetic": table["aesthetic"].to_numpy(zero_copy_only=False).astype(np.float64),
         "sha256": np.asarray(table["sha256"].to_pylist(), object),
-        "phash": table["phash"].to_numpy(zero_copy_only=False).astype(np.int64),
+        "phash": table["phash"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
         "pixels": (table["width"].fill_null(0).to_numpy() * table["height"].fill_null(0).to_numpy()).astype(np.int64),
     }
     return rows, sizes

@@ -44,3 +44,24 @@ def test_reduce_reads_only_the_score_and_inspect_outputs(tmp_path):
         assert "reads the output of inspect" in str(e)
     else:
         raise AssertionError("reduce read inspect without declaring it")
+
+
+def test_perceptual_hashes_are_read_exactly_when_some_rows_have_none(tmp_path):
+    """A shard with a failed row (null phash) made pyarrow hand the column over as float64, which
+    rounded every 64-bit hash to 53 bits before dedup compared them; they are read as integers."""
+    import pyarrow as pa
+
+    from zxl.pipeline.reduce import _load
+    from zxl.pipeline.stages import StageInputs
+
+    big = (1 << 62) + 12345  # not a float64: rounding would change its low bits
+    for stage in ("score", "inspect"):
+        stage_path(tmp_path, stage, 0).parent.mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["a", "b"], "status": ["ok", "failed_download"], "error": [None, "404"],
+                             "aesthetic": pa.array([5.0, None], pa.float32())}),
+                   stage_path(tmp_path, "score", 0))  # fmt: skip
+    pq.write_table(pa.table({"sha256": ["x", None], "phash": pa.array([big, None], pa.int64()),
+                             "width": pa.array([8, None], pa.int32()), "height": pa.array([8, None], pa.int32())}),
+                   stage_path(tmp_path, "inspect", 0))  # fmt: skip
+    rows, sizes = _load(StageInputs(tmp_path, "reduce", ("score", "inspect")), 1)
+    assert sizes == [2] and int(rows["phash"][0]) == big
