@@ -77,7 +77,7 @@ browser:
 	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest --durations=15 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
