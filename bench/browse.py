@@ -4,8 +4,8 @@ Each server runs in its own process on 127.0.0.1 over a small synthetic catalog;
 growth of the server's peak RSS (``VmHWM``) from just before the request to just after its answer.
 - **ours**: ``zxl catalog browse``'s server (catalog/browse.py ``serve``): 413 from the
   Content-Length before the body is read.
-- **baseline**: the same server without the bound, reading the body as Flask's ``get_json`` does
-  (what main did before the bound: the body was read and parsed whole).
+- **baseline**: a Flask app on Werkzeug's threaded server whose view calls ``get_json`` (what the
+  browser did before the bound: the body was read and parsed whole).
 """
 
 from __future__ import annotations
@@ -21,20 +21,19 @@ from pathlib import Path
 BODY_MB = 100
 
 SERVER = r"""
-import sys, threading
+import sys
 from pathlib import Path
-from zxl.catalog import browse
-unbounded = sys.argv[2] == "baseline"
-if unbounded:  # the bound off, the body read as Flask reads it
-    real = browse.create_app
-    def create_app(*a, **k):
-        app = real(*a, **k)
-        app.config["MAX_CONTENT_LENGTH"] = None
-        from flask import request, jsonify
-        app.view_functions["api_choice"] = lambda: jsonify(ok=isinstance(request.get_json(silent=True), dict))
-        return app
-    browse.create_app = create_app
-server = browse.serve(Path(sys.argv[1]), "127.0.0.1", 0)
+if sys.argv[2] == "baseline":  # what main did before the bound: Flask reads and parses the body whole
+    from flask import Flask, jsonify, request
+    from werkzeug.serving import make_server
+    app = Flask("baseline")
+    app.add_url_rule("/api/choice", "choice", lambda: jsonify(ok=isinstance(request.get_json(silent=True), dict)),
+                     methods=["POST"])
+    app.add_url_rule("/api/pair", "pair", lambda: jsonify(pair=None))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+else:
+    from zxl.catalog import browse
+    server = browse.serve(Path(sys.argv[1]), "127.0.0.1", 0)
 print(server.server_port, flush=True)
 server.serve_forever()
 """
@@ -47,8 +46,8 @@ def _hwm_kb(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
-def _one(catalog: Path, which: str, mb: int) -> tuple[float, int]:
-    """(peak RSS growth in MB, HTTP status) of one server under one ``mb`` MB body."""
+def _one(catalog: Path, which: str, mb: int) -> tuple[float, int, float]:
+    """(peak RSS growth in MB, HTTP status, peak RSS in MB) of one server under one ``mb`` MB body."""
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(catalog), which], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
@@ -71,7 +70,8 @@ def _one(catalog: Path, which: str, mb: int) -> tuple[float, int]:
             pass  # the server answered and closed without reading it: that is the point
         status = conn.getresponse().status
         time.sleep(0.2)
-        return (_hwm_kb(proc.pid) - before) / 1024, status
+        peak = _hwm_kb(proc.pid)
+        return (peak - before) / 1024, status, peak / 1024
     finally:
         proc.terminate()
         proc.wait(10)
@@ -83,16 +83,17 @@ def hostile_body(quick: bool = False) -> dict:
     mb = 20 if quick else BODY_MB
     with tempfile.TemporaryDirectory() as tmp:
         catalog = synthetic_catalog(Path(tmp) / "run" / "catalog", 2_000)
-        ours, ours_status = _one(catalog, "ours", mb)
-        theirs, theirs_status = _one(catalog, "baseline", mb)
-    print(json.dumps({"ours_mb": ours, "ours_status": ours_status, "baseline_mb": theirs,
-                      "baseline_status": theirs_status}))  # fmt: skip
+        ours, ours_status, ours_peak = _one(catalog, "ours", mb)
+        theirs, theirs_status, theirs_peak = _one(catalog, "baseline", mb)
+    print(json.dumps({"ours_growth_mb": ours, "ours_status": ours_status, "ours_peak_rss_mb": ours_peak,
+                      "baseline_growth_mb": theirs, "baseline_status": theirs_status,
+                      "baseline_peak_rss_mb": theirs_peak}))  # fmt: skip
     return {
         "name": f"browser: server peak RSS growth under one {mb} MB JSON body (ours answers {ours_status}, "
         f"the unbounded server {theirs_status})",
         "ours": ours,
         "baseline": theirs,
-        "baseline_name": "the same server reading the body whole (Flask get_json, no bound)",
+        "baseline_name": "Flask on Werkzeug reading the body whole (get_json, no bound)",
         "unit": "MB",
         "ratio": ours / theirs if theirs else float("nan"),
         "target": "< 5 MB: the body is never read",
