@@ -41,6 +41,7 @@ import io
 import json
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -356,10 +357,15 @@ def _refuse_unread(reason: str, code: int):
     """Answer without reading the body, and keep the server from reading it after the answer too:
     Werkzeug drains what is left (up to 10 GB, 10 MB at a time) so the client sees the answer; our
     handler (``_Handler``) gives it an empty stream to drain instead. The socket is then closed."""
-    handler = request.environ.get("zxl.handler")
+    handler = _handler()
     if handler is not None:
-        handler.rfile = io.BytesIO()
+        handler.stop_reading()
     _bad(reason, code)
+
+
+def _handler() -> _Handler | None:
+    ref = request.environ.get("zxl.handler")
+    return ref() if ref is not None else None
 
 
 def _depth(text: str) -> int:
@@ -418,7 +424,7 @@ def _read_body(length: int) -> bytes:
     """``length`` bytes of the body, within ``BODY_DEADLINE`` in all (each socket read also has
     ``READ_TIMEOUT``): a body that trickles in holds a thread for seconds, not days."""
     deadline = time.monotonic() + BODY_DEADLINE
-    handler = request.environ.get("zxl.handler")
+    handler = _handler()
     # read1: what one socket read brings (a buffered read(n) would wait for all n bytes, a byte at a time)
     read = handler.rfile.read1 if handler is not None else request.stream.read
     parts, got = [], 0
@@ -652,9 +658,9 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
 
     @app.after_request
     def headers(resp):
-        handler = request.environ.get("zxl.handler")
+        handler = _handler()
         if handler is not None:  # what the app did not read is not read after the answer either
-            handler.rfile = io.BytesIO()
+            handler.stop_reading()
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'"
         return resp
@@ -670,8 +676,16 @@ class _Handler(WSGIRequestHandler):
 
     def make_environ(self):
         environ = super().make_environ()
-        environ["zxl.handler"] = self
+        environ["zxl.handler"] = weakref.ref(self)  # not the handler itself: no cycle keeps its socket open
         return environ
+
+    def stop_reading(self) -> None:
+        """Nothing more is read from this connection: Werkzeug's drain after the answer reads an empty
+        stream, and the socket's reader is closed, so the socket closes as soon as the request ends
+        (an open reader kept it, and the client's unsent body, waiting for a garbage collection)."""
+        old, self.rfile = self.rfile, io.BytesIO()
+        if not isinstance(old, io.BytesIO):
+            old.close()
 
 
 def serve(catalog_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, allow: list[str] | tuple = ()):
