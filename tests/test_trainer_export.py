@@ -97,3 +97,16 @@ def test_zxl_merge_refuses_bad_numbers_in_one_line(tmp_path, capsys, args, err):
 
     assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"), *args]) == 2
     assert capsys.readouterr().err == f"zxl merge: error: {err}\n"
+
+
+def test_best_checkpoints_ignore_a_row_a_kill_cut_short(tmp_path):
+    """eval.csv is an append-only log: a kill mid-write leaves a last line without its newline, which
+    is not a row (here it would have made step 30 the best)."""
+    from zxl.trainer.export import best_checkpoints
+
+    for step in (10, 20, 30):
+        (tmp_path / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+    (tmp_path / "eval.csv").write_text("step,val_loss\n10,0.5\n20,0.4\n30,0.0")
+    assert [(p.name, v) for p, v in best_checkpoints(tmp_path, 1)] == [("step-00000020", 0.4)]
+    (tmp_path / "eval.csv").write_text("step,val_loss\n10,0.5\n20,0.4\n30,0.0\n")
+    assert [p.name for p, _ in best_checkpoints(tmp_path, 1)] == ["step-00000030"]

@@ -11,6 +11,7 @@ rest (the VAE, frozen encoders, tokenizers) comes from the base model the run st
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 from pathlib import Path
@@ -105,8 +106,10 @@ def best_checkpoints(folder: Path, k: int, metric: str = "val_loss") -> list[tup
     if not path.is_file():
         raise ConfigError(f"--best: {path} does not exist; train with loop.eval_every (and data.holdout) to log "
                           "the figures it ranks by")  # fmt: skip
-    with open(path, newline="") as f:
-        by_step = {int(r["step"]): r for r in csv.DictReader(f)}  # a resumed run's re-evaluation wins
+    text = path.read_text()
+    if text and not text.endswith("\n"):  # a row a kill cut short is not a row
+        text = text[: text.rfind("\n") + 1]
+    by_step = {int(r["step"]): r for r in csv.DictReader(io.StringIO(text, newline=""))}  # a resumed run's re-eval wins
     have = {int(checkpoint.STEP_DIR.match(p.name).group(1)): p for p in checkpoint.step_dirs(ckpt_dir)}
     scored = [
         (float(r[metric]), step) for step, r in by_step.items() if step in have and r.get(metric) not in (None, "")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +72,8 @@ def warmup(steps: int):
 
 
 class Logger:
-    """CSV and TensorBoard, written by the main process only."""
+    """CSV and TensorBoard, written by the main process only. The CSV files are append-only logs, each
+    row one write; readers (``zxl merge --best``) ignore a last line a kill left without its newline."""
 
     def __init__(self, folder: Path, enabled: bool):
         self.enabled = enabled
@@ -91,11 +94,15 @@ class Logger:
     def _write(self, path: Path, group: str, step: int, values: dict) -> None:
         """One CSV row (a header first in a new file) and the finite numbers as TensorBoard scalars."""
         new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", *values])
-            if new:
-                w.writeheader()
-            w.writerow({"step": step, **values})
+        buf = io.StringIO()  # the row (and a new file's header) in one write: a kill tears at most the last line
+        w = csv.DictWriter(buf, fieldnames=["step", *values])
+        if new:
+            w.writeheader()
+        w.writerow({"step": step, **values})
+        with open(path, "a", newline="") as f:  # an append-only log: rows are added, never rewritten
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
         for k, v in values.items():
             if isinstance(v, int | float) and math.isfinite(v):
                 self.tb.add_scalar(f"{group}/{k}", v, step)
