@@ -605,11 +605,12 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
         winner = {"left": left, "right": right, None: None}[side]
         store = taste.store
         with taste.choosing:  # one choice at a time: two identical posts at once store one row
-            standing = store.standing_choice(rater, left, right)
-            if standing is None:
-                probe = taste.offered(left, right)
-                if probe is None:
+            probe = taste.offered(left, right)
+            if probe is None:  # answered already (a repeated post), or never offered
+                standing = store.standing_choice(rater, left, right)
+                if standing is None:
                     _bad("this pair was not offered by this server (it may have restarted): ask for a new pair", 409)
+            else:
                 standing = store.add_choice_once(rater, left, right, winner, probe)
                 taste.answered(left, right)
                 if not standing["repeated"]:

@@ -21,6 +21,7 @@ line; the browser keeps browsing). ``standing_choice`` is what makes a repeated 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 import threading
@@ -101,22 +102,9 @@ class ChoiceStore:
             columns = {row[1] for row in self._con.execute("PRAGMA table_info(choices)")}
             if "probe" not in columns:  # a database from before probe pairs
                 self._con.execute("ALTER TABLE choices ADD COLUMN probe INTEGER NOT NULL DEFAULT 0")
-            for table, need in COLUMNS.items():
-                have = {row[1] for row in self._con.execute(f"PRAGMA table_info({table})")}
-                if not need <= have:
-                    raise ChoicesError(
-                        f"{self.path}: its table {table} is not zxl's (it lacks {sorted(need - have)}); "
-                        "move the file aside to start a new record"
-                    )
-            (check,) = self._con.execute("PRAGMA quick_check").fetchone()
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
         except sqlite3.Error as e:
             self.close()
             raise ChoicesError(f"{self.path}: {self._what(e)}") from None
-        except ChoicesError:
-            self.close()
-            raise
         self._lock = threading.Lock()
 
     def _check_readonly(self) -> None:
@@ -152,19 +140,25 @@ class ChoiceStore:
         if self._con is not None:
             self._con.close()
 
-    def _write(self, sql: str, params: tuple) -> int:
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction, serialised between the server's threads: committed when the block
+        ends, rolled back when it raises; a database error is a ChoicesError naming the file."""
         with self._lock:
             try:
                 self._con.execute("BEGIN IMMEDIATE")
                 try:
-                    cur = self._con.execute(sql, params)
+                    yield self._con
                     self._con.execute("COMMIT")
                 except BaseException:
                     self._con.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
                 raise ChoicesError(f"{self.path}: {self._what(e)}") from None
-            return cur.lastrowid
+
+    def _write(self, sql: str, params: tuple) -> int:
+        with self._transaction() as con:
+            return con.execute(sql, params).lastrowid
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -173,46 +167,30 @@ class ChoiceStore:
             except sqlite3.Error as e:
                 raise ChoicesError(f"{self.path}: {self._what(e)}") from None
 
+    STANDING = (
+        "SELECT id, winner FROM choices WHERE rater = ? AND undone = 0 AND "
+        "((left_key = ? AND right_key = ?) OR (left_key = ? AND right_key = ?)) ORDER BY id DESC LIMIT 1"
+    )
+
     def add_choice_once(self, rater: str, left: str, right: str, winner: str | None, probe: bool) -> dict:
         """``add_choice`` unless the rater's choice on this pair stands: checked and written in one
         transaction. Returns {"id", "winner", "repeated"} (the standing choice when repeated)."""
         if winner is not None and winner not in (left, right):
             raise ValueError("the winner must be the left or the right image")
         rater = clean_rater(rater)
-        with self._lock:
-            try:
-                self._con.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._con.execute(
-                        "SELECT id, winner FROM choices WHERE rater = ? AND undone = 0 AND ((left_key = ? AND "
-                        "right_key = ?) OR (left_key = ? AND right_key = ?)) ORDER BY id DESC LIMIT 1",
-                        (rater, left, right, right, left),
-                    ).fetchone()
-                    if row is None:
-                        cur = self._con.execute(
-                            "INSERT INTO choices (time, rater, left_key, right_key, winner, probe) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            (_now(), rater, left, right, winner, int(bool(probe))),
-                        )
-                        row = (cur.lastrowid, winner)
-                        repeated = False
-                    else:
-                        repeated = True
-                    self._con.execute("COMMIT")
-                except BaseException:
-                    self._con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise ChoicesError(f"{self.path}: {self._what(e)}") from None
-        return {"id": row[0], "winner": row[1], "repeated": repeated}
+        with self._transaction() as con:
+            row = con.execute(self.STANDING, (rater, left, right, right, left)).fetchone()
+            if row is not None:
+                return {"id": row[0], "winner": row[1], "repeated": True}
+            cur = con.execute(
+                "INSERT INTO choices (time, rater, left_key, right_key, winner, probe) VALUES (?, ?, ?, ?, ?, ?)",
+                (_now(), rater, left, right, winner, int(bool(probe))),
+            )
+            return {"id": cur.lastrowid, "winner": winner, "repeated": False}
 
     def standing_choice(self, rater: str, left: str, right: str) -> dict | None:
         """The rater's choice on this pair (either side order) that is not undone, or None."""
-        rows = self._read(
-            "SELECT id, winner FROM choices WHERE rater = ? AND undone = 0 AND "
-            "((left_key = ? AND right_key = ?) OR (left_key = ? AND right_key = ?)) ORDER BY id DESC LIMIT 1",
-            (clean_rater(rater), left, right, right, left),
-        )
+        rows = self._read(self.STANDING, (clean_rater(rater), left, right, right, left))
         return {"id": rows[0][0], "winner": rows[0][1]} if rows else None
 
     def add_choice(self, rater: str, left: str, right: str, winner: str | None, probe: bool = False) -> int:
@@ -228,23 +206,14 @@ class ChoiceStore:
     def undo(self, rater: str) -> dict | None:
         """Mark the rater's latest choice (or skip) undone; returns it, or None when there is none."""
         rater = clean_rater(rater)
-        with self._lock:
-            try:
-                self._con.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._con.execute(
-                        "SELECT id, left_key, right_key, winner, probe FROM choices WHERE rater = ? AND undone = 0 "
-                        "ORDER BY id DESC LIMIT 1",
-                        (rater,),
-                    ).fetchone()
-                    if row:
-                        self._con.execute("UPDATE choices SET undone = 1 WHERE id = ?", (row[0],))
-                    self._con.execute("COMMIT")
-                except BaseException:
-                    self._con.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+        with self._transaction() as con:
+            row = con.execute(
+                "SELECT id, left_key, right_key, winner, probe FROM choices WHERE rater = ? AND undone = 0 "
+                "ORDER BY id DESC LIMIT 1",
+                (rater,),
+            ).fetchone()
+            if row:
+                con.execute("UPDATE choices SET undone = 1 WHERE id = ?", (row[0],))
         if row is None:
             return None
         return {"id": row[0], "left": row[1], "right": row[2], "winner": row[3], "probe": bool(row[4])}

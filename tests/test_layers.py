@@ -29,20 +29,29 @@ def package(module: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 1 and f"zxl.{parts[1]}" in ALLOWED else "core"
 
 
-def imports():
+def modules():
+    """(module name, path) of every project file: pipeline/fetch.py → zxl.pipeline.fetch."""
     for folder, pkg in FOLDERS.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
-            module = ".".join([pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__")
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    if name == "zxl" or name.startswith("zxl."):
-                        yield module, name, f"{path.relative_to(ROOT)}:{node.lineno}"
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            yield ".".join([pkg, *parts]).removesuffix(".__init__"), path
+
+
+def import_nodes():
+    """(module, path, import node) of every import statement in the project, those inside functions too."""
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            absolute = isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+            if isinstance(node, ast.Import) or absolute:
+                yield module, path, node
+
+
+def imports():
+    for module, path, node in import_nodes():
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+        for name in names:
+            if name == "zxl" or name.startswith("zxl."):
+                yield module, name, f"{path.relative_to(ROOT)}:{node.lineno}"
 
 
 def test_every_arrow_points_down():
@@ -70,23 +79,15 @@ def test_package_names(module):
 def file_graph() -> dict[str, set[str]]:
     """Module → the zxl modules (files) it imports anywhere in it; ``from zxl.pipeline import taste``
     is an arrow to zxl.pipeline.taste, ``from zxl.pipeline.taste import x`` to the same file."""
-    known = set()
-    for folder, pkg in FOLDERS.items():
-        for path in (ROOT / folder).rglob("*.py"):
-            known.add(".".join([pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__"))
+    known = {module for module, _ in modules()}
     graph: dict[str, set[str]] = {m: set() for m in known}
-    for folder, pkg in FOLDERS.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            module = ".".join([pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]).removesuffix(".__init__")
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    targets = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                               for a in node.names]  # fmt: skip
-                else:
-                    continue
-                graph[module].update(t for t in targets if t in known and t != module)
+    for module, _, node in import_nodes():
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                       for a in node.names]  # fmt: skip
+        graph[module].update(t for t in targets if t in known and t != module)
     return graph
 
 

@@ -121,11 +121,5 @@ def write_text_atomic(text: str, path: Path) -> Path:
     return Path(path)
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    with replacing(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 def write_json_atomic(obj, path: Path) -> Path:
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
