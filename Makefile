@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/curate/demo.yaml
 ARGS   ?=
+# make test runs pytest-xdist workers: one per core (auto), at most 8; JOBS=0 runs in one process
+JOBS   ?= auto
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
@@ -77,7 +79,7 @@ browser:
 	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) --maxprocesses 8 --dist loadfile --durations=15 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

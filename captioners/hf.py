@@ -73,6 +73,7 @@ def _model_path(ref: str) -> str:
 class HFCaptioner(Captioner):
     name = "hf"
     runs_model = True
+    imports = ("transformers",)
     needs_images = True
 
     def __init__(self, cfg: CaptionConfig):

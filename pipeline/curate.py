@@ -41,15 +41,29 @@ class CurateResult:
     workers: dict[str, dict[str, float]]  # Dask worker address → resources it offered ({} on sync)
 
 
+def _members(cfg: CurateConfig) -> dict[str, list]:
+    """Stage → the member classes this config runs in it."""
+    captioner = captioner_registry.captioner_class(cfg.caption.captioner)
+    return {
+        "score": [scorer_class(cfg.score.scorer)],
+        "tag": [tagger_registry.tagger_class(n) for n in cfg.tag.taggers],
+        "caption": [captioner] if captioner is not None else [],
+    }
+
+
 def model_stages(cfg: CurateConfig) -> list[str]:
     """The stages that run a model with this config (their members' ``runs_model``)."""
-    captioner = captioner_registry.captioner_class(cfg.caption.captioner)
-    runs = {
-        "score": scorer_class(cfg.score.scorer).runs_model,
-        "tag": any(tagger_registry.tagger_class(n).runs_model for n in cfg.tag.taggers),
-        "caption": captioner is not None and captioner.runs_model,
-    }
-    return [stage for stage, yes in runs.items() if yes]
+    return [stage for stage, members in _members(cfg).items() if any(m.runs_model for m in members)]
+
+
+# Every worker runs the stage code and fetch (img2dataset, which imports torch).
+WORKER_IMPORTS = ("torch", "img2dataset", "zxl.pipeline.graph")
+
+
+def worker_imports(cfg: CurateConfig) -> list[str]:
+    """What a worker imports to run this config: the stages' code and the members' libraries."""
+    extra = [lib for members in _members(cfg).values() for m in members for lib in m.imports]
+    return list(dict.fromkeys([*WORKER_IMPORTS, *extra]))
 
 
 def _resources(cfg: CurateConfig) -> dict[str, dict[str, float]]:
@@ -151,7 +165,7 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
     hashes = graph.stage_hashes(cfg, source_hash)
     shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder
     tasks = graph.tasks(0, shared_dir, n_shards, hashes, cfg, _resources(cfg)) if stored is None else []
-    with Executor(cfg.run) as ex:
+    with Executor(cfg.run, preload=worker_imports(cfg)) as ex:
         log(f"zxl curate: {n_rows} URLs in {n_shards} shards, run folder {run_dir}")
         log(f"executing on {ex.description}" + (f"; Dask dashboard: {ex.dashboard}" if ex.dashboard else ""))
         if ex.client is not None and cfg.run.model_resources:

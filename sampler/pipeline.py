@@ -70,7 +70,9 @@ class SDXL:
     @staticmethod
     def _folder_parts(folder: Path, dtype: torch.dtype, option: str):
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        from zxl.sampler.tokenizer import load_tokenizer
 
         index = folder / "model_index.json"
         if not index.is_file():
@@ -89,8 +91,8 @@ class SDXL:
                 "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
                 "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", **load),
                 "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load),
-                "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                "tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+                "tokenizer": load_tokenizer(folder / "tokenizer"),
+                "tokenizer_2": load_tokenizer(folder / "tokenizer_2"),
             }
         except Exception as e:  # noqa: BLE001 - a missing, truncated or foreign part: one line naming the folder
             raise unreadable(option, folder, e) from None

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
@@ -412,10 +411,10 @@ def load_single_file(path, config=None, dtype: torch.dtype = torch.float32, opti
     skeleton; the tokenizers from that folder or, when it has none, sampler/tokenizer.py."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from zxl.models import read_safetensors, unreadable
-    from zxl.sampler.tokenizer import clip_tokenizer
+    from zxl.sampler.tokenizer import derived_tokenizers, load_tokenizer
 
     path, folder = Path(path), Path(config) if config else CONFIG_DIR
     configs = _read_configs(folder)
@@ -445,12 +444,8 @@ def load_single_file(path, config=None, dtype: torch.dtype = torch.float32, opti
             raise unreadable(option, path, e) from None
         model.eval()
     if (folder / "tokenizer").is_dir() and (folder / "tokenizer_2").is_dir():
-        tok, tok2 = (
-            CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
-        )
+        tok, tok2 = load_tokenizer(folder / "tokenizer"), load_tokenizer(folder / "tokenizer_2")
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            tok, tok2 = clip_tokenizer(tmp), clip_tokenizer(tmp, pad_token="!")
+        tok, tok2 = derived_tokenizers()
     parts = {"unet": unet, "vae": vae, "text_encoder": te, "text_encoder_2": te2, "tokenizer": tok, "tokenizer_2": tok2}
     return parts, flags

@@ -40,6 +40,35 @@ def clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>"):
     )
 
 
+_LOADED: dict = {}
+
+
+def load_tokenizer(folder: str | Path):
+    """``CLIPTokenizer.from_pretrained(folder)``, read once per process while the folder's files are
+    unchanged (their names, sizes and modification times are the key): an eval of ten checkpoints,
+    a resume or a merge loads the same two tokenizers again, and parsing them costs ~0.4 s each.
+    The instance is shared: encode with it, never change it."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    key = (str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _LOADED:
+        _LOADED[key] = CLIPTokenizer.from_pretrained(folder)
+    return _LOADED[key]
+
+
+def derived_tokenizers():
+    """The two SDXL tokenizers over the files derived from open_clip (CLIP-L pads with
+    ``<|endoftext|>``, bigG with ``!``), made once per process and shared like ``load_tokenizer``'s."""
+    import tempfile
+
+    if "derived" not in _LOADED:
+        with tempfile.TemporaryDirectory() as tmp:
+            _LOADED["derived"] = (clip_tokenizer(tmp), clip_tokenizer(tmp, pad_token="!"))
+    return _LOADED["derived"]
+
+
 def write_slow_files(tokenizer, folder: str | Path) -> Path:
     """``vocab.json`` and ``merges.txt`` of a BPE ``tokenizer`` into ``folder``, beside the
     ``tokenizer.json`` transformers 5 saves: transformers 4.x's ``CLIPTokenizer`` (kohya pins

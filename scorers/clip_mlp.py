@@ -73,6 +73,7 @@ def _clip_pretrained(cfg: ScoreConfig) -> str | None:
 class ClipMlpScorer(EmbeddingScorer):
     name = "clip-mlp"
     runs_model = True
+    imports = ("open_clip",)
 
     def __init__(self, cfg: ScoreConfig, load_weights: bool = True, head_state: dict | None = None):
         import open_clip

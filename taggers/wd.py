@@ -85,6 +85,7 @@ def mcut(probs: np.ndarray) -> float:
 class WDTagger(Tagger):
     name = "wd"
     runs_model = True
+    imports = ("onnxruntime",)
     needs_images = True
 
     def __init__(self, cfg: TagConfig):

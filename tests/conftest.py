@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: one thread each, or they
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # spin against each other (a test 10x slower)
+        os.environ.setdefault(var, "1")
 if "ZXL_CACHE" not in os.environ:  # the model-hash cache of the tests is theirs, not the user's
     import tempfile
 
@@ -49,6 +52,18 @@ def urls_file(server, tmp_path_factory):
     return server.write_urls(tmp_path_factory.mktemp("urls") / "urls.parquet")
 
 
+# The files that take longest go to the workers first (``--dist loadfile`` hands out whole files in
+# this order), so that no worker is left with a long file at the end while the other idles.
+SLOW_FILES = ("test_trainer_train.py", "test_curate.py", "test_executor.py", "test_bench_gpu.py",
+              "test_trainer_evaluate.py", "test_browse.py", "test_trainer_autoencoder.py", "test_hostile_lists.py",
+              "test_faults.py", "test_sampler_pipeline.py", "test_sampler_single_file.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))
+
+
 def make_config(runs_dir, name, urls_file, *overrides) -> CurateConfig:
     """The test config for the demo corpus: short timeouts, 4 shards, no progress bars."""
     return load_config(
@@ -78,6 +93,20 @@ def sync_run(urls_file, tmp_path_factory):
 
     cfg = make_config(tmp_path_factory.mktemp("runs"), "sync", urls_file)
     return cfg, curate(cfg, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def forkserver():
+    """Every Dask worker these tests start forks from one server per test process that imported the
+    stages' libraries and the models' the tests use, as a LocalCluster of ``zxl curate`` does for
+    its own run (pipeline/executor.py): started here, before any cluster, so that its list is this one."""
+    from zxl.pipeline.curate import WORKER_IMPORTS
+    from zxl.pipeline.executor import forkserver as use_forkserver
+
+    config = use_forkserver([*WORKER_IMPORTS, "open_clip", "onnxruntime"])
+    yield
+    if config is not None:
+        config.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

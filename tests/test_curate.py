@@ -15,6 +15,9 @@ from zxl.catalog.schema import SCHEMA_V1, read_catalog, read_manifest
 from zxl.pipeline.curate import curate, summary
 from zxl.pipeline.stages import stage_path
 
+# Their clusters' workers fork from one preloaded server (conftest.forkserver).
+pytestmark = pytest.mark.usefixtures("forkserver")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

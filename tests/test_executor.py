@@ -1,6 +1,7 @@
 """Scale-out on Dask: the model stages run on the workers that offer run.model_resources, the other
 stages anywhere, and a cluster of several workers writes the same catalog as ``--scheduler sync``."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,9 @@ from zxl.config import ConfigError, load_config
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.curate import curate, model_stages
 from zxl.pipeline.executor import validate
+
+# Their clusters' workers fork from one preloaded server (conftest.forkserver).
+pytestmark = pytest.mark.usefixtures("forkserver")
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -181,3 +185,28 @@ def test_each_progress_bar_closes_with_its_own_stages_time_and_rate():
     progress.close()
     text = out.getvalue()
     assert "200/200" in text and "img/s" in text
+
+
+def test_local_cluster_workers_start_with_the_runs_libraries_imported(tmp_path):
+    """``Executor(preload=…)``: the LocalCluster's workers fork from a server that imported those
+    modules, so a worker has them before its first task. In a fresh process, since the forkserver
+    of this one is already running with the tests' list; the test process has 2+ threads for torch."""
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
+        "from zxl.pipeline.config import RunConfig\n"
+        "from zxl.pipeline.executor import Executor\n"
+        "MODULES = ('wave', 'torch', 'img2dataset')\n"
+        "def look():\n"
+        "    import torch\n"
+        "    return [m in sys.modules for m in MODULES] + [torch.get_num_threads()]\n"
+        "if __name__ == '__main__':\n"
+        "    with Executor(RunConfig(workers=2, dashboard_address=''), preload=list(MODULES[:2])) as ex:\n"
+        "        seen = ex.client.run(look)\n"
+        "    print(sorted(map(tuple, seen.values())))\n"
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # xdist's
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # and torch was imported under the worker's environment: one thread (dask's pre-spawn-environ)
+    assert proc.stdout.strip() == "[(True, True, False, 1), (True, True, False, 1)]"

@@ -48,7 +48,7 @@ def recording_pair(handler):
     one = Recorder("127.0.0.1", 0, handler)
     two = Recorder("127.0.0.2", one.server_port, handler)
     for srv in (one, two):
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield one, two
     finally:
@@ -98,7 +98,7 @@ def server6():
         srv = Recorder("::1", 0, _Handler)
     except OSError as e:
         pytest.skip(f"no IPv6 loopback here: {e}")
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield srv
     finally:

@@ -25,3 +25,19 @@ def test_same_ids_as_open_clip(tok, prompt):
     n = theirs.index(49407) + 1  # open_clip pads with 0 after <end_of_text>
     assert ours[:n] == theirs[:n]
     assert len(tok) == 49408 and tok.model_max_length == 77
+
+
+def test_a_saved_tokenizer_is_read_once_until_its_files_change(tok, tmp_path):
+    from zxl.sampler.tokenizer import derived_tokenizers, load_tokenizer
+
+    folder = tmp_path / "tokenizer"
+    tok.save_pretrained(folder)
+    first = load_tokenizer(folder)
+    assert load_tokenizer(folder) is first and load_tokenizer(tmp_path / "." / "tokenizer") is first
+    assert first("1girl").input_ids == tok("1girl").input_ids
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"model_max_length": 77', '"model_max_length": 76'))
+    again = load_tokenizer(folder)  # an edited file is read again
+    assert again is not first and again.model_max_length == 76
+    one, two = derived_tokenizers()
+    assert derived_tokenizers()[0] is one and two.pad_token == "!" and one.pad_token == "<|endoftext|>"
