@@ -446,7 +446,7 @@ def train_step(setup: Setup) -> list[dict]:
     from zxl.trainer.config import TrainConfig
     from zxl.trainer.train import train
 
-    side, batch, warm, steps = (64, 2, 1, 2) if setup.tiny else (1024, 4, 3, 8)
+    side, batch, warm, steps = (64, 2, 1, 1) if setup.tiny else (1024, 4, 3, 8)
     ours_model, _, source, params = build_sdxl(setup)
     for m in (ours_model.unet, ours_model.text_encoder, ours_model.text_encoder_2):
         m.float()  # fp32 master weights; autocast does the rest

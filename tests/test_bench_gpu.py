@@ -2,23 +2,17 @@
 reports JSON of the documented shape (the real figures need ``make bench-gpu`` on a CUDA machine)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
 
 
-def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
-    env.pop("ZXL_BENCH_WD_MODEL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--tiny", "--out", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """In this process (``python -m bench.gpu`` is ``sys.exit(main())``): its libraries are loaded already."""
+    from bench.gpu import main
+
+    monkeypatch.delenv("ZXL_BENCH_WD_MODEL", raising=False)
+    assert main(["--tiny", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
     (written,) = tmp_path.glob("gpu-tiny-*.json")
     assert json.loads(written.read_text()) == report
     assert report["tiny"] is True and report["machine"]["device"] == "cpu"
@@ -44,13 +38,14 @@ def test_bench_gpu_tiny_runs_every_entry_on_the_cpu(tmp_path):
     assert all(e["baseline_name"].startswith("plain diffusers loop") and e["unit"] == "images/s" for e in train)
 
 
-def test_bench_gpu_refuses_to_run_full_size_without_cuda(tmp_path):
+def test_bench_gpu_refuses_to_run_full_size_without_cuda(tmp_path, capsys):
     import torch
+
+    from bench.gpu import main
 
     if torch.cuda.is_available():
         return
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "sdxl", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        main(["sdxl", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
