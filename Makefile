@@ -12,7 +12,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate taste-demo browse browser train sample grid test bench bench-gpu lint format lock clean help
+.PHONY: install curate taste-demo browse browser node typecheck train sample grid test bench bench-gpu lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
@@ -24,7 +24,8 @@ help:
 	@echo "make test       the whole test suite (what .ci/run calls)"
 	@echo "make bench      CPU benchmarks: a markdown table and JSON under bench/results/"
 	@echo "make bench-gpu  GPU benchmarks on a CUDA machine (CLIP scoring, WD, SDXL sampling): JSON under bench/results/"
-	@echo "make lint       ruff format check and lint"
+	@echo "make lint       ruff format check and lint, and the type checker (pyright)"
+	@echo "make typecheck  pyright alone (also the first step of make test)"
 	@echo "make install    build .venv from constraints.txt (the lock)"
 
 # The lock is constraints.txt: every package, exact version. torch 2.14.1 / torchvision 0.29.1
@@ -78,7 +79,14 @@ grid: sample
 browser:
 	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: $(STAMP) browser
+# The type checker (pyright, the engine of VS Code's Python support) runs on Node.js.
+node:
+	command -v node >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+
+typecheck: $(STAMP) node
+	$(BIN)/pyright
+
+test: $(STAMP) browser typecheck
 	$(BIN)/python -m pytest -n $(JOBS) --maxprocesses 8 --dist loadfile --durations=15 $(ARGS)
 
 bench: $(STAMP)
@@ -89,9 +97,10 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.gpu $(ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) node
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/pyright
 
 format: $(STAMP)
 	$(BIN)/ruff format .

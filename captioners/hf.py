@@ -96,7 +96,7 @@ class HFCaptioner(Captioner):
         self.prompt = cfg.prompt or PROMPTS[family]
         self.device = pick_device(cfg.device, "caption.device")
         self.dtype = pick_dtype(cfg.precision, self.device, "caption.precision")
-        self.model = AutoModelForImageTextToText.from_pretrained(ref, dtype=self.dtype).to(self.device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(ref, dtype=self.dtype).to(self.device).eval()  # pyright: ignore[reportArgumentType] - transformers' auto-class hints mistype .to
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None and family in CHAT:
             tok.padding_side = "left"  # decoder-only batches generate from aligned ends
@@ -124,16 +124,17 @@ class HFCaptioner(Captioner):
         inputs = self._inputs(images).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
+        out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)  # pyright: ignore[reportAttributeAccessIssue] - transformers mistypes generate's self
         if not self.model.config.is_encoder_decoder and "input_ids" in inputs:
             out = out[:, inputs["input_ids"].shape[1] :]  # decoder-only: drop the prompt
         return self.processor.batch_decode(out, skip_special_tokens=True)
 
     def caption(self, images, rows: pd.DataFrame) -> list[str]:
+        assert images is not None, "needs_images: the stage hands this captioner the rows' images"
         texts: list[str] = [""] * len(images)
-        present = [i for i, im in enumerate(images) if im is not None]
+        present = [(i, im) for i, im in enumerate(images) if im is not None]
         for start in range(0, len(present), self.cfg.batch_size):
             chunk = present[start : start + self.cfg.batch_size]
-            for i, text in zip(chunk, self.generate([images[i] for i in chunk]), strict=True):
+            for (i, _), text in zip(chunk, self.generate([im for _, im in chunk]), strict=True):
                 texts[i] = clean(text)
         return texts

@@ -44,6 +44,7 @@ import time
 import weakref
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal, NoReturn, overload
 
 import numpy as np
 from flask import Flask, Response, abort, jsonify, render_template, request, url_for
@@ -349,11 +350,11 @@ class Taste:
             return self._picker
 
 
-def _bad(reason: str, code: int = 400):
+def _bad(reason: str, code: int = 400) -> NoReturn:
     abort(Response(reason, code, mimetype="text/plain"))
 
 
-def _refuse_unread(reason: str, code: int):
+def _refuse_unread(reason: str, code: int) -> NoReturn:
     """Answer without reading the body, and keep the server from reading it after the answer too:
     Werkzeug drains what is left (up to 10 GB, 10 MB at a time) so the client sees the answer; our
     handler (``_Handler``) gives it an empty stream to drain instead. The socket is then closed."""
@@ -444,6 +445,10 @@ def _read_body(length: int) -> bytes:
     return b"".join(parts)
 
 
+@overload
+def _str_field(body: dict, name: str, required: Literal[True] = True) -> str: ...
+@overload
+def _str_field(body: dict, name: str, required: bool) -> str | None: ...
 def _str_field(body: dict, name: str, required: bool = True) -> str | None:
     value = body.get(name)
     if value is None and not required:
@@ -474,7 +479,7 @@ def split_host(host: str) -> tuple[str, int | None]:
 def allowed_names(host: str = "127.0.0.1", allow: list[str] | tuple = ()) -> set[str]:
     """The names a request's Host may give: the loopback names, the bound address (unless it is a
     wildcard: then the user names their own with ``allow``) and ``allow``."""
-    names = set(LOOPBACK)
+    names: set[str] = set(LOOPBACK)
     bound = host.strip("[]").lower()
     if bound not in ("0.0.0.0", "::", ""):
         names.add(bound)
@@ -573,7 +578,8 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
 
     @app.get("/api/pair")
     def api_pair():
-        pair = taste.picker() and taste.picker().next_pair()
+        picker = taste.picker()
+        pair = picker.next_pair() if picker is not None else None
         if pair:
             taste.offer(pair)
         return _pair_reply(pair)

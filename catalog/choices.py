@@ -91,20 +91,22 @@ class ChoiceStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = None
         if self.path.exists():
             self._check_readonly()  # another program's file, or a damaged one, is refused before it is changed
+        con = None
         try:
-            self._con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self._con.execute("PRAGMA journal_mode=WAL")
-            self._con.execute("PRAGMA synchronous=FULL")
-            self._con.executescript(SCHEMA)
-            columns = {row[1] for row in self._con.execute("PRAGMA table_info(choices)")}
+            con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.executescript(SCHEMA)
+            columns = {row[1] for row in con.execute("PRAGMA table_info(choices)")}
             if "probe" not in columns:  # a database from before probe pairs
-                self._con.execute("ALTER TABLE choices ADD COLUMN probe INTEGER NOT NULL DEFAULT 0")
+                con.execute("ALTER TABLE choices ADD COLUMN probe INTEGER NOT NULL DEFAULT 0")
         except sqlite3.Error as e:
-            self.close()
+            if con is not None:
+                con.close()
             raise ChoicesError(f"{self.path}: {self._what(e)}") from None
+        self._con = con
         self._lock = threading.Lock()
 
     def _check_readonly(self) -> None:
@@ -137,8 +139,7 @@ class ChoiceStore:
         return f"not a readable choice database ({e}); move it aside to start a new record"
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
+        self._con.close()
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -158,7 +159,9 @@ class ChoiceStore:
 
     def _write(self, sql: str, params: tuple) -> int:
         with self._transaction() as con:
-            return con.execute(sql, params).lastrowid
+            rowid = con.execute(sql, params).lastrowid
+            assert rowid is not None  # sqlite3 sets it on every execute (0 when nothing was inserted)
+            return rowid
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:

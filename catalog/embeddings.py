@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from numpy.typing import DTypeLike
 
 EMBEDDING_KEY = b"zxl.embedding"
 PIXELS = "pixels-v1"  # scorers/pixels.py: colour, tone, texture and a thumbnail, no weights
@@ -41,7 +42,7 @@ def embedding_kind(run_dir: str | Path, n_shards: int | None = None) -> str | No
 
 
 def read_embeddings(
-    run_dir: str | Path, n_shards: int | None = None, dtype=np.float32
+    run_dir: str | Path, n_shards: int | None = None, dtype: DTypeLike = np.float32
 ) -> tuple[list[str], np.ndarray | None]:
     """All shards' embeddings as (keys, [N, D] in ``dtype``); (…, None) when the scorer made none.
     ``n_shards`` None reads every shard file present; ``dtype`` float16 keeps 950k × 768 at 1.5 GB."""

@@ -106,9 +106,12 @@ def fit_bucket(data: bytes, ext: str, bucket: tuple[int, int]) -> tuple[bytes, s
 def _kohya_image(row: dict, data: bytes, ext: str, summary: dict) -> tuple[bytes, str]:
     """The stored image, or, where kohya's bucket rule would pick another bucket than zxl's, the image
     fitted to zxl's bucket (counted in the summary)."""
-    want = tuple(int(v) for v in row["bucket"].split("x")) if row.get("bucket") else None
-    size = (row.get("width"), row.get("height"))
-    if want is None or None in size or kohya_bucket(*size) == want:
+    want = None
+    if row.get("bucket"):
+        bucket_w, bucket_h = (int(v) for v in row["bucket"].split("x"))
+        want = (bucket_w, bucket_h)
+    width, height = row.get("width"), row.get("height")
+    if want is None or width is None or height is None or kohya_bucket(width, height) == want:
         return data, ext
     summary["fitted_to_bucket"] += 1
     return fit_bucket(data, ext, want)
@@ -213,6 +216,7 @@ class WebDataset(Exporter):
                                  ("json", json.dumps(_jsonable(row), default=str).encode())):  # fmt: skip
                 info = tarfile.TarInfo(f"{stem}.{suffix}")
                 info.size = len(blob)
+                assert tar is not None  # opened on the first row (written is 0 then)
                 tar.addfile(info, io.BytesIO(blob))
             summary["written"] += 1
         if tar:

@@ -56,8 +56,8 @@ def conform(columns: dict[str, list | pa.Array], n_rows: int) -> pa.Table:
     arrays = []
     for field in SCHEMA_V1:
         if field.name in columns:
-            arrays.append(pa.array(columns[field.name], field.type) if isinstance(columns[field.name], list)
-                          else columns[field.name].cast(field.type))  # fmt: skip
+            values = columns[field.name]
+            arrays.append(pa.array(values, field.type) if isinstance(values, list) else values.cast(field.type))
         else:
             arrays.append(pa.nulls(n_rows, field.type))
     return pa.Table.from_arrays(arrays, schema=SCHEMA_V1)

@@ -40,14 +40,14 @@ def assemble_shard(job: ShardJob) -> pa.Table:
         if t["key"].to_pylist() != source["key"].to_pylist():
             raise RuntimeError(f"stage {name} of shard {shard_name(shard)} does not match its source rows; rerun")
     status = reduce["status"]
-    error = pc.coalesce(reduce["error"], inspect["error"], fetch["error"])
-    ok = pc.equal(status, "ok")
+    error = pc.coalesce(reduce["error"], inspect["error"], fetch["error"])  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
+    ok = pc.equal(status, "ok")  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
     columns = {
         "key": source["key"],
         "url": source["url"],
         "source_id": source["source_id"],
         "status": status,
-        "error": pc.if_else(ok, pa.scalar(None, pa.string()), error),
+        "error": pc.if_else(ok, pa.scalar(None, pa.string()), error),  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
         "shard": fetch["shard"],
         "shard_key": fetch["shard_key"],
         "sha256": inspect["sha256"],
@@ -85,7 +85,7 @@ def summarize(run_dir: Path, n_shards: int) -> dict:
     table = pa.concat_tables(
         pq.read_table(stage_path(run_dir, "catalog", s), columns=[*cols, "caption"]) for s in range(n_shards)
     )
-    ok = table.filter(pc.equal(table["status"], "ok"))
+    ok = table.filter(pc.equal(table["status"], "ok"))  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
     counts = {"status": _counts(table["status"].to_pylist())}
     counts.update({c: _counts(ok[c].to_pylist()) for c in cols[1:]})
     captioned = table.num_rows - table["caption"].null_count

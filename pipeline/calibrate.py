@@ -10,6 +10,7 @@ of an earlier catalog, so that two runs mean the same by ``score_7``. A raw scor
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from zxl.config import ConfigError
 from zxl.pipeline.config import CalibrateConfig
@@ -74,7 +75,7 @@ def choose_edges(cfg: CalibrateConfig, raw: np.ndarray) -> dict:
     return {"method": "quantile", "fractions": fr, "edges": quantile_edges(raw, fr), "n": int(np.isfinite(raw).sum())}
 
 
-def apply_edges(raw: np.ndarray, edges: list[float]) -> np.ndarray:
+def apply_edges(raw: ArrayLike, edges: list[float]) -> np.ndarray:
     """int8 scores 1..9 (0 where raw is NaN, which the caller turns into null)."""
     raw = np.asarray(raw, np.float64)
     if not edges:

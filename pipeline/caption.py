@@ -41,7 +41,7 @@ def caption_shard(job: ShardJob, cfg: CaptionConfig) -> pa.Table:
     keys = reduce["key"].to_pylist()
     captions: list[str | None] = [None] * len(keys)
     problems: list[str | None] = [None] * len(keys)
-    wanted = pc.and_(pc.equal(reduce["status"], "ok"), pc.greater_equal(reduce["score"], cfg.min_score))
+    wanted = pc.and_(pc.equal(reduce["status"], "ok"), pc.greater_equal(reduce["score"], cfg.min_score))  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
     idx = [i for i, w in enumerate(wanted.to_pylist()) if w]
     captioner = get_captioner(cfg) if idx else None
     if captioner is not None:

@@ -370,6 +370,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     merged = _image_tags(cfg, files, images)
     from zxl.pipeline.tag import exif_year_of
 
+    assert merged is not None  # the config has an image tagger (checked above)
     rows = []
     for i, f in enumerate(files):
         row = {"path": str(f), "error": errors.get(i)}

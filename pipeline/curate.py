@@ -93,7 +93,7 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
 def _models(cfg: CurateConfig) -> dict:
     from zxl.scorers.registry import scorer_class
 
-    refs = {"scorer": cfg.score.scorer, **scorer_class(cfg.score.scorer).references(cfg.score)}
+    refs: dict = {"scorer": cfg.score.scorer, **scorer_class(cfg.score.scorer).references(cfg.score)}
     refs["taggers"] = list(cfg.tag.taggers)
     for name in cfg.tag.taggers:
         refs.update(tagger_registry.tagger_class(name).references(cfg.tag))
@@ -155,12 +155,15 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
     if not config_file.is_file() or config_file.read_text() != text:  # an unchanged rerun rewrites nothing
         write_text_atomic(text, config_file)
     t0 = time.time()
+    n_rows: int
     if stored is None:
+        assert table is not None  # curate passes the table; only rerun_from_reduce passes stored instead
         source_report = sources.report(table, cfg.source)
         n_shards, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
+        n_rows = table.num_rows
     else:  # rerun_from_reduce: the split and the first phase are done
         n_shards, source_hash, source_report = stored
-    n_rows = source_report["rows"] if stored else table.num_rows
+        n_rows = source_report["rows"]
     split_seconds = time.time() - t0
     hashes = graph.stage_hashes(cfg, source_hash)
     shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder

@@ -188,7 +188,7 @@ def forkserver(preload: list[str]):
     import multiprocessing
     import multiprocessing.forkserver
 
-    import dask
+    import dask.config
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
@@ -257,11 +257,12 @@ class Executor:
             n_workers=0,
             threads_per_worker=self.cfg.threads_per_worker,
             processes=True,
-            dashboard_address=self.cfg.dashboard_address or None,
+            dashboard_address=self.cfg.dashboard_address or None,  # pyright: ignore[reportArgumentType] - None (no dashboard) is accepted, the annotation says str
             silence_logs=40,
             memory_limit=parse_memory_limit("auto", 1, n, logger=logging.getLogger(__name__)),
         )
         spec = cluster.new_spec
+        assert spec is not None  # a LocalCluster always has its worker spec
         for i in range(n):
             res = self.cfg.worker_resources[i] if i < len(self.cfg.worker_resources) else {}
             cluster.worker_spec[i] = {**spec, "options": {**spec["options"], "resources": dict(res)}} if res else spec
@@ -301,7 +302,7 @@ class Executor:
         probe = Path(run_dir) / f".zxl-probe-{token[:8]}"
         probe.write_text(token)
         try:
-            seen = self.client.run(_read_probe, str(probe))
+            seen: dict[str, str] = self.client.run(_read_probe, str(probe))  # pyright: ignore[reportAssignmentType] - typed sync-or-coroutine; a sync Client returns the dict
         finally:
             probe.unlink(missing_ok=True)
         blind = {addr: text for addr, text in seen.items() if text != token}
@@ -335,6 +336,7 @@ class Executor:
     def _run_dask(self, plan, progress):
         from dask.distributed import as_completed
 
+        assert self.client is not None  # run() sends a run here only when it has a client
         self._check_offered(plan)
         futures, by_future = {}, {}
         stamp = uuid.uuid4().hex[:8]  # keys unique per run, so two runs can share a cluster

@@ -77,7 +77,7 @@ FETCH_SCHEMA = pa.schema(
 )
 
 
-def _not_an_image(data: bytes, error: Exception) -> str:
+def _not_an_image(data: bytes, error: str) -> str:
     head = data[:1024].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "not an image: the server sent an HTML page"

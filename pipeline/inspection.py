@@ -40,7 +40,7 @@ def phash(image: Image.Image, hash_size: int = 8, highfreq_factor: int = 4) -> i
     n = hash_size * highfreq_factor
     grey = image.convert("L").resize((n, n), Image.Resampling.LANCZOS)
     pixels = np.asarray(grey, dtype=np.float64)
-    dct = scipy.fft.dct(scipy.fft.dct(pixels, axis=0), axis=1)
+    dct: np.ndarray = scipy.fft.dct(scipy.fft.dct(pixels, axis=0), axis=1)  # pyright: ignore[reportAssignmentType] - scipy.fft's dispatch wrapper hides the ndarray it returns
     low = dct[:hash_size, :hash_size]
     bits = (low > np.median(low)).ravel()
     value = 0
@@ -51,7 +51,7 @@ def phash(image: Image.Image, hash_size: int = 8, highfreq_factor: int = 4) -> i
 
 def inspect_image(data: bytes, cfg: InspectConfig) -> dict:
     """The facts of one stored image, or a failed_decode row with the decoder's message."""
-    row = {"sha256": hashlib.sha256(data).hexdigest()}
+    row: dict = {"sha256": hashlib.sha256(data).hexdigest()}
     try:
         with decode(data, cfg.max_image_pixels, "inspect.max_image_pixels") as im:
             w, h = im.size

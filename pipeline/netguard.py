@@ -117,7 +117,7 @@ class Policy:
         for host in allowed_hosts:
             host = host_key(host)
             try:
-                self.allowed.update(host_key(info[4][0]) for info in socket.getaddrinfo(host, None))
+                self.allowed.update(host_key(info[4][0]) for info in socket.getaddrinfo(host, None))  # pyright: ignore[reportArgumentType] - getaddrinfo gives IP addresses as str (typeshed allows int for other families)
             except OSError:
                 self.allowed.add(host)
 
@@ -224,13 +224,18 @@ def _connection(base: type, guard: Guard) -> type:
             self._create_connection = self._checked_connection
             self.response_class = type("Response", (_BudgetResponse,), {"budget": budget})
 
-        def _checked_connection(self, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):  # noqa: SLF001
+        def _checked_connection(
+            self,
+            address: tuple[str, int],
+            timeout=socket._GLOBAL_DEFAULT_TIMEOUT,  # noqa: SLF001  # pyright: ignore[reportAttributeAccessIssue] - http.client's private sentinel, not in typeshed
+            source_address=None,
+        ):
             """socket.create_connection, but only ever to addresses the policy allows."""
             host, port = guard.connect_to.get((host_key(address[0]), address[1]), address)
             allowed, refusal = [], None
             for *_, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
                 try:
-                    guard.policy.check(sockaddr[0])
+                    guard.policy.check(sockaddr[0])  # pyright: ignore[reportArgumentType] - getaddrinfo gives IP addresses as str (typeshed allows int for other families)
                 except urllib.error.URLError as e:
                     refusal = refusal or e
                     continue
@@ -243,6 +248,7 @@ def _connection(base: type, guard: Guard) -> type:
                     return socket.create_connection((ip, port), timeout, source_address)
                 except OSError as e:
                     error = e
+            assert error is not None  # allowed is not empty: every address was tried and failed
             raise error
 
         def connect(self):
@@ -273,8 +279,8 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
-            new.zxl_budget = req.zxl_budget  # one budget for the request and all its hops
-            new.zxl_redirected = True
+            new.zxl_budget = req.zxl_budget  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request; one budget for the request and all its hops
+            new.zxl_redirected = True  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
         return new
 
 
@@ -300,7 +306,7 @@ class Guard:
 
     def __init__(
         self,
-        allowed_hosts: list[str] = (),
+        allowed_hosts: list[str] | tuple[str, ...] = (),
         allow_private: bool = False,
         response_deadline: float | None = None,
         max_bytes: int | None = None,
@@ -326,12 +332,12 @@ class Guard:
 
         class HTTPHandler(urllib.request.HTTPHandler):
             def http_open(self, req):
-                return self.do_open(functools.partial(http_conn, budget=req.zxl_budget), checked(req))
+                return self.do_open(functools.partial(http_conn, budget=req.zxl_budget), checked(req))  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
 
         class HTTPSHandler(urllib.request.HTTPSHandler):
             def https_open(self, req):
-                conn = functools.partial(https_conn, budget=req.zxl_budget)
-                return self.do_open(conn, checked(req), context=self._context)
+                conn = functools.partial(https_conn, budget=req.zxl_budget)  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
+                return self.do_open(conn, checked(req), context=self._context)  # pyright: ignore[reportAttributeAccessIssue] - HTTPSHandler's own SSL context, private in typeshed
 
         self.opener = urllib.request.OpenerDirector()
         for handler in (
@@ -355,7 +361,7 @@ class Guard:
         if refusal is not None:  # before any lookup or connection
             raise refusal
         req = url if isinstance(url, urllib.request.Request) else urllib.request.Request(url)
-        req.zxl_budget = _Budget(self.response_deadline, self.max_bytes)
+        req.zxl_budget = _Budget(self.response_deadline, self.max_bytes)  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
         return self.opener.open(req, timeout=float(timeout))
 
 

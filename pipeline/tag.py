@@ -76,7 +76,7 @@ def problem_kind(problem: str) -> str:
     return re.sub(r"'[^']*'|\d{4}", "…", problem)
 
 
-def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[list, Counter]:
+def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[pd.DataFrame, Counter]:
     """Run the taggers over a DataFrame; ``images_for()`` decodes the rows' images on demand."""
     taggers = get_taggers(cfg)
     images = images_for() if any(t.needs_images for t in taggers) else None

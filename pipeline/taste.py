@@ -331,7 +331,9 @@ def _scorer_name(run_dir: Path) -> str:
         return "scorer"
 
 
-def apply_taste(run_dir: str | Path, head: str | Path | None = None, overrides: list[str] = (), log=print):
+def apply_taste(
+    run_dir: str | Path, head: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), log=print
+):
     """Rerun the global step and what follows with ``taste.head`` (module docstring)."""
     from zxl.config import load_config
     from zxl.pipeline.config import CurateConfig

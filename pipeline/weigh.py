@@ -68,7 +68,7 @@ def repeats(status: np.ndarray, score: np.ndarray, cfg: WeighConfig) -> np.ndarr
 def _kmeans(k: int, seed: int):
     from sklearn.cluster import MiniBatchKMeans
 
-    return MiniBatchKMeans(k, random_state=seed, batch_size=min(CHUNK, 4096), n_init=1, max_no_improvement=None,
+    return MiniBatchKMeans(k, random_state=seed, batch_size=min(CHUNK, 4096), n_init=1, max_no_improvement=None,  # pyright: ignore[reportArgumentType] - sklearn is untyped: pyright takes the defaults' types
                            init_size=min(CHUNK, max(3 * k, 1024)), reassignment_ratio=0.01)  # fmt: skip
 
 
@@ -83,7 +83,7 @@ def _fit(x: np.ndarray, k: int, seed: int) -> np.ndarray:
             idx = np.sort(order[a : a + CHUNK])
             if len(idx) >= k:
                 km.partial_fit(np.asarray(x[idx], np.float32))
-    return km.cluster_centers_.astype(np.float32)
+    return km.cluster_centers_.astype(np.float32)  # pyright: ignore[reportAttributeAccessIssue] - sklearn's fitted attributes are untyped (an ndarray here)
 
 
 def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -154,7 +154,9 @@ def integer_repeats(weights: np.ndarray, base: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(base) > 0, np.maximum(1, np.rint(weights)), 0).astype(np.int16)
 
 
-def draw_report(weights: np.ndarray, labels: np.ndarray, score: np.ndarray, emb: np.ndarray, seed: int = 0) -> dict:
+def draw_report(
+    weights: np.ndarray, labels: np.ndarray, score: np.ndarray, emb: np.ndarray | _Rows, seed: int = 0
+) -> dict:
     """Effective clusters, Vendi score of ``DRAW_SAMPLE`` draws, mean score, and draws per epoch.
     ``emb`` is indexed only at the draws (an array, or a lazy view of one: nothing else is gathered)."""
     w = np.asarray(weights, np.float64)

@@ -39,8 +39,8 @@ def make_grid(
     ch = max(im.height for r in images for im in r)
     font = _font(max(14, cw // 24))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_h = probe.textbbox((0, 0), "Ag", font=font)[3] + PAD
-    left = max([probe.textbbox((0, 0), s, font=font)[2] for s in y_labels] + [0]) + 2 * PAD if any(y_labels) else 0
+    text_h = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + PAD  # Pillow types the box as floats
+    left = int(max([probe.textbbox((0, 0), s, font=font)[2] for s in y_labels] + [0])) + 2 * PAD if any(y_labels) else 0
     top = text_h * (2 if title else 1) + PAD
     grid = Image.new("RGB", (left + cols * (cw + PAD) + PAD, top + rows * (ch + PAD) + PAD), (255, 255, 255))
     draw = ImageDraw.Draw(grid)

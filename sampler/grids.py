@@ -43,7 +43,9 @@ def parse_axis(text: str | None, flag: str = "--x", prompts: int | None = None) 
         kind = int
         if prompts is not None:
             allowed, note = f"[0, {prompts - 1}]", f" (an index into the {prompts} prompts of the file)"
-    for v in vals if kind is not None else ():
+    if kind is None:
+        return name, vals
+    for v in vals:
         try:
             number = kind(v)
         except ValueError:
@@ -140,7 +142,10 @@ def render(
                         dyn.mimic_scale, dyn.mimic_scale_min = extra["mimic"], extra["mimic"] - 1
                 m = model(ref)
                 image = generate(m, p, sampling, dyn)
-                more = {"Schedule type": A1111_LABELS[sampling.schedule], "Sigma max": sampling.terminal}
+                more: dict[str, object] = {
+                    "Schedule type": A1111_LABELS[sampling.schedule],
+                    "Sigma max": sampling.terminal,
+                }
                 if sampling.cfg_rescale:
                     more["CFG rescale"] = sampling.cfg_rescale
                 if dyn is not None:

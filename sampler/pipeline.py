@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -25,15 +26,20 @@ from zxl.sampler.prompts import Prompt
 from zxl.sampler.samplers import SAMPLERS, VDenoiser, cfg
 from zxl.sampler.schedule import get_sigmas, sigmas_table
 
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
 
 @dataclass
 class SDXL:
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    text_encoder_2: torch.nn.Module
-    tokenizer: object
-    tokenizer_2: object
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer
     v_pred: bool
     ztsnr: bool
     name: str
@@ -59,17 +65,20 @@ class SDXL:
             parts, v_pred, ztsnr, name_hash = cls._file_parts(path, config, dtype, option)
         else:
             parts, v_pred, ztsnr, name_hash = cls._folder_parts(path, dtype, option)
-        parts = {k: m.to(dev).eval() if isinstance(m, torch.nn.Module) else m for k, m in parts.items()}
+        parts: dict[str, Any] = {k: m.to(dev).eval() if isinstance(m, torch.nn.Module) else m for k, m in parts.items()}
         model = cls(**parts, v_pred=v_pred, ztsnr=ztsnr, name=name_hash[0], hash=name_hash[1], device=dev, dtype=dtype)
         if dev.type == "cuda":  # diffusers' attention is SDPA already; channels-last helps the convolutions
-            model.unet.to(memory_format=torch.channels_last)
+            model.unet.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue] - @wraps(Module.to)
         if compile:
-            model.unet = torch.compile(model.unet)
+            model.unet = torch.compile(model.unet)  # pyright: ignore[reportAttributeAccessIssue] - gives a module
         return model
 
     @staticmethod
     def _folder_parts(folder: Path, dtype: torch.dtype, option: str):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import (
+            AutoencoderKL,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+            UNet2DConditionModel,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+        )
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         from zxl.sampler.tokenizer import load_tokenizer
@@ -83,14 +92,15 @@ class SDXL:
         if "StableDiffusionXL" not in json.loads(index.read_text()).get("_class_name", ""):
             raise ConfigError(f"{option} {folder}: model_index.json is not an SDXL pipeline")
         sched = _scheduler_config(folder)
-        load = {"torch_dtype": dtype}
         try:
             parts = {
-                "unet": UNet2DConditionModel.from_pretrained(folder / "unet", **load),
+                "unet": UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype),
                 # the SDXL VAE overflows in fp16: it always decodes in fp32
                 "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
-                "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", **load),
-                "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **load),
+                "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype),
+                "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
+                    folder / "text_encoder_2", torch_dtype=dtype
+                ),
                 "tokenizer": load_tokenizer(folder / "tokenizer"),
                 "tokenizer_2": load_tokenizer(folder / "tokenizer_2"),
             }
@@ -126,6 +136,7 @@ class SDXL:
             hidden.append(out.hidden_states[-2])
             if enc is self.text_encoder_2:
                 pooled = out.text_embeds
+        assert pooled is not None  # the loop always reaches text_encoder_2
         return torch.cat(hidden, dim=-1), pooled
 
     @torch.no_grad()
@@ -134,13 +145,14 @@ class SDXL:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        images = self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample
+        decoded = self.vae.decode(latents.float() / self.vae.config["scaling_factor"])
+        images = decoded.sample  # pyright: ignore[reportAttributeAccessIssue] - return_dict=True: a DecoderOutput
         images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in images]
 
     @property
     def latent_scale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
 
 
 def _scheduler_config(folder: Path) -> dict:

@@ -273,7 +273,10 @@ def check_sdxl(state_dict: Mapping[str, torch.Tensor]) -> None:
 
 def _expected(unet_config, vae_config, te_config, te2_config) -> dict[str, dict[str, torch.Size]]:
     """Each part's parameter names and shapes, from its config, on the meta device (no memory, no init)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+        UNet2DConditionModel,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def text(cfg):
@@ -410,7 +413,10 @@ def load_single_file(path, config=None, dtype: torch.dtype = torch.float32, opti
     tokenizer(_2). The configs come from ``config`` (a diffusers folder) or the shipped SDXL base
     skeleton; the tokenizers from that folder or, when it has none, sampler/tokenizer.py."""
     from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+        UNet2DConditionModel,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from zxl.models import read_safetensors, unreadable
@@ -436,6 +442,8 @@ def load_single_file(path, config=None, dtype: torch.dtype = torch.float32, opti
         vae = AutoencoderKL.from_config(configs[1])
         te = CLIPTextModel(CLIPTextConfig.from_dict(configs[2]))
         te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(configs[3]))
+    # from_config returns a (model, unused kwargs) pair only when asked to (return_unused_kwargs=True)
+    assert isinstance(unet, UNet2DConditionModel) and isinstance(vae, AutoencoderKL)
     for model, weights, dt in ((unet, unet_sd, dtype), (vae, vae_sd, torch.float32), (te, te_sd, dtype),
                                (te2, te2_sd, dtype)):  # fmt: skip
         try:

@@ -19,7 +19,7 @@ and to cluster. ``embedding_kind`` names them in the stored files.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -54,6 +54,13 @@ class Scorer(Member, ABC):
         if not images:
             return np.zeros(0, np.float32)
         return np.asarray(self.score(self.collate([self.prepare(im) for im in images])), np.float32)
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    """A scorer whose embeddings have a text side (a CLIP): ``zxl eval``'s prompt adherence."""
+
+    def embed_text(self, texts: list[str]) -> np.ndarray: ...
 
 
 class EmbeddingScorer(Scorer):

@@ -97,7 +97,7 @@ class ClipMlpScorer(EmbeddingScorer):
             path = resolve(cfg.head_weights, "score.head_weights", "aesthetic head", HOW_HEAD)
             head_state = load_state_dict(path, "score.head_weights")
         self.head = build_head(head_state, cfg.head_layout).to(self.device)
-        dim = self.model.visual.output_dim
+        dim = self.model.visual.output_dim  # pyright: ignore[reportAttributeAccessIssue] - untyped open_clip model
         if input_dim(self.head) != dim:
             raise ConfigError(
                 f"score.head_weights: the head takes {input_dim(self.head)}-d embeddings but {cfg.clip_model} "
@@ -117,7 +117,7 @@ class ClipMlpScorer(EmbeddingScorer):
     def prepare(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
             image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() else image.convert("RGB")
-        return self.preprocess(image)
+        return self.preprocess(image)  # pyright: ignore[reportCallIssue, reportReturnType] - open_clip's transforms are untyped
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)
@@ -133,7 +133,7 @@ class ClipMlpScorer(EmbeddingScorer):
         if self.device.type == "cuda":
             x = x.to(memory_format=torch.channels_last)
         with self._autocast():
-            emb = self.model.encode_image(x).float()
+            emb = self.model.encode_image(x).float()  # pyright: ignore[reportCallIssue] - untyped open_clip model
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
     @torch.inference_mode()
@@ -143,7 +143,7 @@ class ClipMlpScorer(EmbeddingScorer):
 
         tokens = open_clip.get_tokenizer(model_name(self.cfg))(texts).to(self.device)
         with self._autocast():
-            emb = self.model.encode_text(tokens).float()
+            emb = self.model.encode_text(tokens).float()  # pyright: ignore[reportCallIssue] - untyped open_clip model
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
     @torch.inference_mode()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from zxl.config import ConfigError
-from zxl.scorers.base import Scorer
+from zxl.scorers.base import Scorer, TextEmbedder
 
 LAYOUTS = ("auto", "laion", "waifu-v3")
 _PREFIXES = ("_orig_mod.", "module.", "model.", "mlp.")
@@ -61,19 +61,21 @@ def build_head(state: dict, layout: str = "auto", key: str = "score.head_weights
         else:
             modules.append(nn.ReLU() if layout == "waifu-v3" and previous_linear else nn.Dropout(0.0))
             previous_linear = False
+    layers = nn.Sequential(*modules)
     head = nn.Sequential()
-    head.add_module("layers", nn.Sequential(*modules))
+    head.add_module("layers", layers)
     try:
         head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
         raise ConfigError(f"{key}: the state dict does not fit a {layout} head: {e}") from None
-    if not isinstance(head.layers[-1], nn.Linear) or head.layers[-1].out_features != 1:
+    last_layer = layers[-1]
+    if not isinstance(last_layer, nn.Linear) or last_layer.out_features != 1:
         raise ConfigError(f"{key}: the head's last layer must be a Linear with one output")
     return head.eval()
 
 
 def input_dim(head: nn.Sequential) -> int:
-    return next(m for m in head.layers if isinstance(m, nn.Linear)).in_features
+    return next(m for m in head.get_submodule("layers").children() if isinstance(m, nn.Linear)).in_features
 
 
 def laion_state_dict(dim: int = 768, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -94,7 +96,7 @@ def load_head(path, key: str = "taste.head") -> nn.Sequential:
     return build_head(load_state_dict(path, key), key=key)
 
 
-def run_head(head: nn.Sequential, embeddings: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def run_head(head: nn.Module, embeddings: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """The head's output for every row of ``embeddings`` (any float dtype, [N, D]) as float64, in chunks."""
     out = np.empty(len(embeddings), np.float64)
     with torch.inference_mode():
@@ -112,9 +114,13 @@ class WithHead(Scorer):
         """``head``: a head file, or the head already built (``nn.Sequential``) as ``name``."""
         if not inner.embeds:
             raise ConfigError(f"{key}: the scorer {inner.name} stores no embeddings for a head to read")
-        built = head if isinstance(head, nn.Module) else load_head(head, key)
+        built: nn.Module = head if isinstance(head, nn.Module) else load_head(head, key)
         self.inner, self.head, self.cfg = inner, built, inner.cfg
-        self.name = f"{inner.name} + {name or head}"
+        self._name = f"{inner.name} + {name or head}"
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     @property
     def embeds(self) -> bool:
@@ -132,10 +138,13 @@ class WithHead(Scorer):
 
     def score_and_embed(self, batch):
         _, emb = self.inner.score_and_embed(batch)
+        assert emb is not None, "the inner scorer embeds (checked in __init__)"
         return run_head(self.head, emb).astype(np.float32), emb
 
     def score(self, batch) -> np.ndarray:
         return self.score_and_embed(batch)[0]
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
+        if not isinstance(self.inner, TextEmbedder):
+            raise AttributeError(f"the scorer {self.inner.name} makes no text embeddings")
         return self.inner.embed_text(texts)

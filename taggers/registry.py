@@ -7,6 +7,8 @@ with a value wins (metadata first: it is what the uploaders said; a model fills 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from zxl.config import ConfigError
@@ -35,7 +37,7 @@ def get_taggers(cfg: TagConfig) -> list[Tagger]:
 
 def merge(results: list[tuple[str, pd.DataFrame]], n: int) -> pd.DataFrame:
     """Combine (source, columns) per tagger, first value wins; adds ``rating_source``."""
-    out = {c: [None] * n for c in (*COLUMNS, "rating_source")}
+    out: dict[str, list[Any]] = {c: [None] * n for c in (*COLUMNS, "rating_source")}
     problems: list[list[str]] = [[] for _ in range(n)]
     for source, df in results:
         for field in ("rating", "year", "tags", "characters"):

@@ -132,7 +132,7 @@ class WDTagger(Tagger):
         return {"tag.wd_model": cfg.wd_model}
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return self.session.run([self.output_name], {self.input_name: batch})[0]  # pyright: ignore[reportReturnType] - onnxruntime types any output kind; this model's is a dense array
 
     def _select(self, probs: np.ndarray, idx: np.ndarray, threshold: float) -> list[str]:
         p = probs[idx]
@@ -140,13 +140,16 @@ class WDTagger(Tagger):
         return [self.names[idx[i]] for i in order if p[i] > threshold]
 
     def tag(self, images, rows: pd.DataFrame) -> pd.DataFrame:
+        assert images is not None, "needs_images: the stage hands this tagger the rows' images"
         out = empty(len(rows))
-        present = [i for i, im in enumerate(images) if im is not None]
-        ratings, tags, characters = [None] * len(rows), [None] * len(rows), [None] * len(rows)
+        present = [(i, im) for i, im in enumerate(images) if im is not None]
+        ratings: list[str | None] = [None] * len(rows)
+        tags: list[list[str] | None] = [None] * len(rows)
+        characters: list[list[str] | None] = [None] * len(rows)
         for start in range(0, len(present), self.cfg.batch_size):
             chunk = present[start : start + self.cfg.batch_size]
-            probs = self.predict(np.stack([prepare(images[i], self.size) for i in chunk]))
-            for i, p in zip(chunk, probs, strict=True):
+            probs = self.predict(np.stack([prepare(im, self.size) for _, im in chunk]))
+            for (i, _), p in zip(chunk, probs, strict=True):
                 ratings[i] = self.names[self.rating_idx[int(np.argmax(p[self.rating_idx]))]]
                 g_t, c_t = self.cfg.wd_general_threshold, self.cfg.wd_character_threshold
                 if self.cfg.wd_mcut:

@@ -135,3 +135,15 @@ def test_the_circle_finder_finds_circles():
     assert cycles({"a": {"b"}, "b": set()}) == []
     graph = file_graph()
     assert "zxl.scorers.taste" in graph["zxl.pipeline.reduce"] and "zxl.pipeline.curate" in graph["zxl.pipeline.taste"]
+
+
+def test_every_package_folder_is_linked_from_zxl():
+    """zxl/<folder> links to <folder>: an editor or type checker resolves ``zxl.<folder>`` by reading
+    files, without the editable install's import hook (docs/design.md, "Layers")."""
+    for folder in PACKAGES:
+        link = ROOT / "zxl" / folder
+        assert link.is_symlink() and link.resolve() == ROOT / folder, link
+        assert (link / "__init__.py").is_file()
+    import zxl.pipeline
+
+    assert Path(zxl.pipeline.__file__).resolve() == ROOT / "pipeline" / "__init__.py"

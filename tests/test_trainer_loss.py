@@ -63,6 +63,12 @@ def test_pseudo_huber_formula():
     assert per_sample_loss(pred, target, "l2").item() == pytest.approx((0 + 1 + 4 + 9) / 4)
 
 
+def test_pseudo_huber_without_c_is_a_clear_error():
+    pred = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="pseudo-Huber needs c"):
+        per_sample_loss(pred, pred, "huber")
+
+
 def test_huber_schedules(sched):
     t = torch.tensor([0, 10, 500, 999])
     snr = huber_c(t, "snr", 0.1, sched)

@@ -56,7 +56,7 @@ def _tensor(im) -> torch.Tensor:
 def train_autoencoder(images: list, steps: int = 1200, batch: int = 32, crop: int = 32, lr: float = 2e-3,
                       seed: int = 0, log=print):  # fmt: skip
     """(the trained AutoencoderKL in eval mode, figures) on ``images`` (PIL, RGB)."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -76,8 +76,10 @@ def train_autoencoder(images: list, steps: int = 1200, batch: int = 32, crop: in
             x = x[:, top : top + crop, left : left + crop]
             xs.append(x.flip(-1) if rng.random() < 0.5 else x)
         x = torch.stack(xs)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.mean).sample  # the mean: what the trainer caches and the sampler decodes
+        # the mean: what the trainer caches and the sampler decodes (diffusers types both calls' results
+        # as an output object or a tuple/tensor; return_dict=True, the default, gives the output object)
+        post = vae.encode(x).latent_dist  # pyright: ignore[reportAttributeAccessIssue] - an output object
+        rec = vae.decode(post.mean).sample  # pyright: ignore[reportAttributeAccessIssue] - an output object
         kl = post.kl().mean() / x[0].numel()
         loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
@@ -88,12 +90,15 @@ def train_autoencoder(images: list, steps: int = 1200, batch: int = 32, crop: in
             log(f"autoencoder: step {step + 1}/{steps}, loss {loss.item():.4f} ({time.time() - start:.0f} s)")
     vae.eval()
     with torch.no_grad():
-        lat = [vae.encode(_tensor(im)[None]).latent_dist.mean for im in test + train[:64]]
+        lat = [
+            vae.encode(_tensor(im)[None]).latent_dist.mean  # pyright: ignore[reportAttributeAccessIssue] - as above
+            for im in test + train[:64]
+        ]
         std = float(torch.cat([z.flatten() for z in lat]).std())
     vae.register_to_config(scaling_factor=round(1 / std, 5))
     figures = {"steps": steps, "batch": batch, "crop": crop, "train_images": len(train), "test_images": len(test),
                "psnr_db": round(psnr(vae, test), 2), "latent_std": round(std, 4),
-               "scaling_factor": vae.config.scaling_factor, "seconds": round(time.time() - start, 1)}  # fmt: skip
+               "scaling_factor": vae.config["scaling_factor"], "seconds": round(time.time() - start, 1)}  # fmt: skip
     return vae, figures
 
 

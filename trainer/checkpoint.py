@@ -103,7 +103,7 @@ def read_meta(folder: Path, option: str = "") -> dict:
         raise ConfigError(f"{where} has no 'config' ({written}); not a checkpoint of zxl train")
     model = config.get("model")
     missing = [k for k in ("v_pred", "ztsnr") if not isinstance(model, dict) or not isinstance(model.get(k), bool)]
-    if missing:
+    if missing or not isinstance(model, dict):  # not a dict: both are missing
         raise ConfigError(f"{where} has no {' or '.join(f'config.model.{k}' for k in missing)} (true or false, in "
                           f"{written})")  # fmt: skip
     if not isinstance(model.get("config") or "", str):

@@ -147,7 +147,8 @@ def epoch_plan(rows: pd.DataFrame, batch_size: int, seed: int, epoch: int, drop_
         items = np.repeat(group.index.to_numpy(), whole.astype(int)).tolist()
         rng.shuffle(items)
         stop = len(items) - len(items) % batch_size if drop_last else len(items)
-        batches += [Batch(int(b), tuple(items[i : i + batch_size])) for i in range(0, stop, batch_size)]
+        bucket = int(b)  # pyright: ignore[reportArgumentType] - pandas types a group key as Hashable
+        batches += [Batch(bucket, tuple(items[i : i + batch_size])) for i in range(0, stop, batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -158,7 +159,7 @@ def check_plan(rows: pd.DataFrame, batch_size: int, buckets: list[tuple[int, int
     for b, group in rows.groupby("bucket_index"):
         n = int(round((group.draws if "draws" in group else group.repeats).sum()))
         if n < batch_size:
-            w, h = buckets[b]
+            w, h = buckets[b]  # pyright: ignore[reportCallIssue, reportArgumentType] - a group key: an int
             notes.append(f"bucket {w}x{h}: {n} samples per epoch, fewer than a batch of {batch_size}; not trained on")
     return notes
 
@@ -174,7 +175,9 @@ def caption_fields(rows: pd.DataFrame) -> list[dict]:
         return int(v) if isinstance(v, np.integer | float) else v
 
     cols = ["score", "rating", "year", "tags", "characters", "caption"]
-    return [{c: clean(r[c]) for c in cols} for r in rows[cols].to_dict("records")]
+    table = rows[cols]
+    assert isinstance(table, pd.DataFrame)  # pandas infers df[columns] as DataFrame | Series
+    return [{c: clean(r[c]) for c in cols} for r in table.to_dict("records")]
 
 
 def caption(row: dict, seed: int, step: int, slot: int, styles, dropout: float, rating_format: str,

@@ -25,6 +25,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,9 @@ from zxl.config import ConfigError, num
 from zxl.files import write_text_atomic
 from zxl.trainer import metrics
 from zxl.trainer.data import buckets_for, caption_fields, held_out, load_rows, rng_for
+
+if TYPE_CHECKING:
+    from zxl.scorers.base import Scorer
 
 TAGS = tuple(range(1, 10))
 STYLE_WEIGHTS = {"tags": (1, 0, 0), "natural": (0, 1, 0), "mixed": (0, 0, 1)}
@@ -94,7 +98,7 @@ class EvalSet:
     rows: pd.DataFrame  # held-out trainable rows
     prompts: list[Prompt]
     train_tone: dict
-    scorer: object
+    scorer: Scorer
     edges: list[float]
     clip: str | None  # why prompt adherence is skipped, or None when it runs
     buckets: list[tuple[int, int]] = field(default_factory=list)
@@ -110,6 +114,7 @@ class EvalSet:
         rows = load_rows(catalog, cfg.resolution, option=option)  # the manifest and every part read, or one error
         mask = held_out(rows.key, cfg.holdout)
         test, train = rows[mask].reset_index(drop=True), rows[~mask].reset_index(drop=True)
+        assert isinstance(test, pd.DataFrame) and isinstance(train, pd.DataFrame)  # pandas infers maybe a Series
         if test.empty:
             raise ConfigError(f"--holdout {cfg.holdout}: no held-out rows in {catalog} ({len(rows)} trainable); "
                               "raise it (and data.holdout of the runs it evaluates)")  # fmt: skip
@@ -123,6 +128,7 @@ class EvalSet:
             from zxl.scorers.taste import check_head, verify_applied
 
             head = verify_applied(manifest, catalog / "_manifest.json")  # still the file that was applied
+            assert head is not None  # None only for a manifest without "taste"
             scorer = WithHead(scorer, check_head(head), name=str(head.path))
         clip = (
             None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
@@ -150,8 +156,9 @@ def _images(catalog: Path, rows: pd.DataFrame, buckets) -> list:
     store = ImageStore(catalog)
     out = []
     for r in rows.itertuples():
-        data, _ = store.get(r.shard, r.shard_key)
-        out.append(cover_crop(load_rgb(data), *buckets[int(r.bucket_index)])[0])
+        shard, key, b = r.shard, r.shard_key, r.bucket_index  # pyright: ignore[reportAttributeAccessIssue] - namedtuple
+        data, _ = store.get(shard, key)
+        out.append(cover_crop(load_rgb(data), *buckets[int(b)])[0])
     return out
 
 
@@ -266,6 +273,11 @@ def clip_adherence(es: EvalSet, samples: list[dict], emb: np.ndarray) -> dict:
     samples' image embeddings from ``score_samples`` (that model's)."""
     if es.clip is not None:
         return {"skipped": es.clip}
+    from zxl.scorers.clip_mlp import ClipMlpScorer
+    from zxl.scorers.heads import WithHead
+
+    # es.clip is None only for the clip-mlp scorer, or a taste head over it (EvalSet.build)
+    assert isinstance(es.scorer, ClipMlpScorer | WithHead)
     img = emb
     txt = es.scorer.embed_text([es.prompts[s["prompt"]].text(s["tag"]) for s in samples])
     sims = 100 * (np.asarray(img) * np.asarray(txt)).sum(axis=1)

@@ -25,7 +25,10 @@ from zxl.trainer import checkpoint
 
 def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True) -> Path:
     """A diffusers SDXL folder, written beside its final name and renamed."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import (
+        EulerDiscreteScheduler,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+        StableDiffusionXLPipeline,  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
+    )
 
     from zxl.sampler.tokenizer import write_slow_files
 
@@ -35,7 +38,8 @@ def write_diffusers(model, folder: Path, v_pred: bool = True, ztsnr: bool = True
     )  # fmt: skip
     pipe = StableDiffusionXLPipeline(
         vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
-        tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet, scheduler=scheduler,
+        tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+        scheduler=scheduler,  # pyright: ignore[reportArgumentType] - diffusers annotates it with an enum of names
     )  # fmt: skip
     folder = Path(folder)
     with replacing(folder, folder=True, umask=True) as tmp:
@@ -84,6 +88,7 @@ def merge_and_write(paths: list[Path], out: Path, weights: list[float] | None = 
             return _save_loaded(tmp, out, config, v_pred, ztsnr)
         finally:
             tmp.unlink(missing_ok=True)
+    assert meta is not None and base is not None  # a "checkpoint" merge: paths[0] is a checkpoint folder, read above
     config = config if config is not None else meta["config"]["model"].get("config") or ""
     parts = checkpoint.split(merged, ema=ema)
     model = checkpoint.base_with(parts, base, config)
@@ -110,7 +115,7 @@ def best_checkpoints(folder: Path, k: int, metric: str = "val_loss") -> list[tup
     if text and not text.endswith("\n"):  # a row a kill cut short is not a row
         text = text[: text.rfind("\n") + 1]
     by_step = {int(r["step"]): r for r in csv.DictReader(io.StringIO(text, newline=""))}  # a resumed run's re-eval wins
-    have = {int(checkpoint.STEP_DIR.match(p.name).group(1)): p for p in checkpoint.step_dirs(ckpt_dir)}
+    have = {int(m.group(1)): p for p in checkpoint.step_dirs(ckpt_dir) if (m := checkpoint.STEP_DIR.match(p.name))}
     scored = [
         (float(r[metric]), step) for step, r in by_step.items() if step in have and r.get(metric) not in (None, "")
     ]

@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ class LatentCache:
         self.id = hashlib.sha256(f"{vae_hash}|{resolution}|{flip}".encode()).hexdigest()[:12]
         self.folder = Path(run_dir) / "latents" / self.id
         self.flip, self.buckets = flip, buckets
-        self._open: OrderedDict[str, object] = OrderedDict()
+        self._open: OrderedDict[str, tuple[Any, dict[str, list[int]]]] = OrderedDict()  # (safe_open handle, crops)
 
     def _path(self, shard: str) -> Path:
         return self.folder / (Path(shard).stem + ".safetensors")
@@ -85,7 +86,7 @@ class LatentCache:
             return (f.metadata() or {}).get("rows") == rows_hash(rows)
 
     def missing(self, rows: pd.DataFrame) -> list[str]:
-        return [s for s, g in rows.groupby("shard", sort=True) if not self._fresh(s, g)]
+        return [str(s) for s, g in rows.groupby("shard", sort=True) if not self._fresh(str(s), g)]  # str: a shard
 
     @torch.no_grad()
     def build(self, rows: pd.DataFrame, vae, catalog_dir: Path, device: torch.device, batch_size: int = 8,
@@ -98,9 +99,10 @@ class LatentCache:
         encoded = 0
         for n, shard in enumerate(mine):
             group = rows[rows.shard == shard]
+            assert isinstance(group, pd.DataFrame)  # pandas infers df[mask] as DataFrame | Series
             tensors, crops = {}, {}
             for b, sub in group.groupby("bucket_index"):
-                w, h = self.buckets[b]
+                w, h = self.buckets[b]  # pyright: ignore[reportCallIssue, reportArgumentType] - a group key: an int
                 keys = sub.key.tolist()
                 for i in range(0, len(keys), batch_size):
                     pixels, names = [], []

@@ -62,6 +62,8 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, c: torc
     if kind == "l2":
         elem = (pred - target) ** 2
     else:
+        if c is None:
+            raise ValueError(f"loss {kind!r}: pseudo-Huber needs c, one per sample (or kind 'l2')")
         c = c.float().reshape(-1, 1, 1, 1)
         elem = 2 * c * (torch.sqrt((pred - target) ** 2 + c**2) - c)
     return elem.mean(dim=(1, 2, 3))
@@ -71,6 +73,10 @@ class AdaptiveWeighting(nn.Module):
     """u(t): EDM2's learned log-variance of the loss per noise level. Fixed random Fourier
     features (EDM2's MPFourier: √2·cos(2π(f·x + φ)), f ~ N(0, 1), φ ~ U(0, 1)) of the noise level
     √(1−ᾱ_t), then a linear layer. Its weights start at zero so the first steps see the plain loss."""
+
+    freqs: torch.Tensor  # the buffers registered below
+    phases: torch.Tensor
+    level: torch.Tensor
 
     def __init__(self, alphas_cumprod: torch.Tensor, channels: int = 128, seed: int = 0):
         super().__init__()

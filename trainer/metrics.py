@@ -62,7 +62,9 @@ def steering(per_tag: dict[int, list[float]]) -> dict:
 
     tags = sorted(per_tag)
     means = [float(np.mean(per_tag[t])) for t in tags]
-    rho = float(spearmanr(tags, means).statistic) if len(tags) > 1 and len(set(means)) > 1 else 0.0
+    rho = 0.0
+    if len(tags) > 1 and len(set(means)) > 1:
+        rho = float(spearmanr(tags, means).statistic)  # pyright: ignore[reportAttributeAccessIssue] - scipy types it `_`
     return {"mean": {f"score_{t}": m for t, m in zip(tags, means, strict=True)}, "spearman": rho}
 
 

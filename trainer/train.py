@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from zxl.config import ConfigError, config_hash, dump_yaml, to_dict
@@ -135,7 +136,7 @@ class Data:
     shards: list[str]
     keys: list[str]
     original: list[tuple[int, int]]
-    buckets: dict
+    buckets: list[tuple[int, int]]
     cache: LatentCache | None = None
 
     @classmethod
@@ -143,6 +144,7 @@ class Data:
         rows = load_rows(cfg.data.catalog, cfg.data.resolution, cfg.data.draw)
         if cfg.data.holdout:
             rows = rows[~held_out(rows.key, cfg.data.holdout)].reset_index(drop=True)
+            assert isinstance(rows, pd.DataFrame)  # pandas infers df[mask] as DataFrame | Series
             if rows.empty:
                 raise ConfigError(f"data.holdout: {cfg.data.holdout} holds out every trainable row")
         original = list(zip(rows.original_height.fillna(rows.height).astype(int).tolist(),
@@ -280,6 +282,7 @@ def get_batch(cfg: TrainConfig, data: Data, batch, micro_id: int, rank: int, dev
     mine = list(enumerate(batch.rows))[rank * local_bs : (rank + 1) * local_bs]
     w, h = data.buckets[batch.bucket]
     latents, noise, perturb, ts, texts, time_ids = [], [], [], [], [], []
+    assert data.cache is not None  # train() sets it up before the first batch
     for slot, i in mine:
         flip = cfg.data.flip and rng_for("flip", cfg.data.seed, micro_id, slot).random() < 0.5
         z, (top, left) = data.cache.get(data.shards[i], data.keys[i], flip)

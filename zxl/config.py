@@ -23,6 +23,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ def from_dict(cls: type, data: dict, root: type | None = None, prefix: str = "")
                 key = f"{key}.{sub}"
             raise _unknown_key(root, key)
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = from_dict(tp, value or {}, root, key + ".")
         else:
             kwargs[name] = _coerce(value, tp, key)
@@ -223,7 +224,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(
-    cls: type, presets: list[str | os.PathLike] = (), overrides: list[str] = (), extra: dict | None = None
+    cls: type, presets: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (), extra: dict | None = None
 ) -> Any:
     """Defaults, then each preset file in order, then ``extra`` (CLI flags), then ``--set`` overrides."""
     data: dict = {}

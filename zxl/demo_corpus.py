@@ -60,7 +60,7 @@ LADDER = ("clean", "noisy", "jpeg_crushed", "downscaled", "blurred")  # best fir
 CORPUS_VERSION = 4  # bump when the generator changes, so cached corpora are rebuilt
 SINGLE_FRACTION = 0.5  # of the pictures: served once, so dedup keeps them and the kept rows differ in quality
 BAD_KINDS = ("not_found", "server_error", "truncated_jpeg", "html", "zero_bytes", "bomb", "slow")
-EXPECTED_STATUS = {
+EXPECTED_STATUS: dict[str | None, str] = {
     "not_found": "failed_download",
     "server_error": "failed_download",
     "slow": "failed_download",
@@ -233,7 +233,7 @@ def encode(img: Image.Image, fmt: str, mode: str, quality: int) -> bytes:
     if mode == "P":
         img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=128)
     elif mode == "RGBA":
-        alpha = Image.linear_gradient("L").resize(img.size).point(lambda v: 96 + v * 159 // 255)
+        alpha = Image.linear_gradient("L").resize(img.size).point([96 + v * 159 // 255 for v in range(256)])
         img = img.convert("RGBA")
         img.putalpha(alpha)
     elif mode != "RGB":

@@ -99,22 +99,28 @@ class DemoServer:
         self.httpd = DemoHTTPServer(Path(corpus), host, port, slow_seconds)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="zxl-demo-server", daemon=True)
 
+    def _address(self) -> tuple[str, int]:
+        """The host and port it listens on (an AF_INET or AF_INET6 server's: the host is a str)."""
+        host, port = self.httpd.server_address[:2]
+        assert isinstance(host, str) and isinstance(port, int), self.httpd.server_address
+        return host, port
+
     @property
     def base_url(self) -> str:
         """Where the server listens."""
-        host, port = self.httpd.server_address[:2]
+        host, port = self._address()
         return f"http://{_url_host(host)}:{port}"
 
     @property
     def url_base(self) -> str:
         """What its URLs name: the preferred port, whichever port it listens on."""
-        host, port = self.httpd.server_address[:2]
+        host, port = self._address()
         return f"http://{_url_host(host)}:{self.preferred_port or port}"
 
     @property
     def connect_to(self) -> list[str]:
         """``fetch.connect_to`` for these URLs: [] when the server listens on the port they name."""
-        host, port = self.httpd.server_address[:2]
+        host, port = self._address()
         if not self.preferred_port or self.preferred_port == port:
             return []
         return [f"{_url_host(host)}:{self.preferred_port}:{_url_host(host)}:{port}"]
@@ -138,7 +144,7 @@ class DemoServer:
     def url_table(self) -> pa.Table:
         """The corpus's source table with ``file_url`` made absolute (on ``url_base``)."""
         src = pq.read_table(self.httpd.corpus / "source.parquet")
-        urls = pc.binary_join_element_wise(self.url_base, src["file_url"], "")
+        urls = pc.binary_join_element_wise(self.url_base, src["file_url"], "")  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute generates its functions at import
         return src.set_column(src.schema.get_field_index("file_url"), "file_url", urls)
 
     def write_urls(self, path: str | Path) -> Path:

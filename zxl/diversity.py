@@ -30,8 +30,8 @@ def vendi(embeddings: np.ndarray, p: np.ndarray | None = None) -> float:
     x = _unit(embeddings)
     if p is None:
         p = np.full(n, 1.0 / n)
-    p = np.asarray(p, np.float64) / np.sum(p)
-    x = x * np.sqrt(p)[:, None]
+    w = np.asarray(p, np.float64) / np.sum(p)
+    x = x * np.sqrt(w)[:, None]
     eig = np.linalg.eigvalsh(x @ x.T)
     eig = eig[eig > 1e-12]
     return float(np.exp(-(eig * np.log(eig)).sum()))

@@ -24,6 +24,11 @@ class Member:
     # pipeline/executor.py), instead of each worker importing them again (open_clip: ~12 s of CPU).
     imports: ClassVar[tuple[str, ...]] = ()
 
+    def __init__(self, cfg: Any = None) -> None:
+        """Every member is built from its family's config (``score``, ``tag``, ``caption``); the registries
+        call ``cls(cfg)``, and members with more to set up define their own ``__init__``."""
+        self.cfg = cfg
+
     @classmethod
     def check(cls, cfg) -> None:
         """Raise ConfigError for a config this member cannot run, before any work starts."""

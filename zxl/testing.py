@@ -175,7 +175,7 @@ def build_tiny_sdxl(folder, seed: int = 0):
     bigG-shaped text encoders with the real 49,408-token CLIP tokenizer), saved as a diffusers
     folder with a v-prediction ZTSNR scheduler config."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from zxl.sampler.tokenizer import clip_tokenizer
@@ -184,13 +184,13 @@ def build_tiny_sdxl(folder, seed: int = 0):
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",  # pyright: ignore[reportArgumentType] - diffusers hints tuple[int] for any length
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),  # pyright: ignore[reportArgumentType] - diffusers hints tuple[int] for any length
         projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8,
     )  # fmt: skip
     vae = AutoencoderKL(
-        block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, sample_size=64,
+        block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,  # pyright: ignore[reportArgumentType] - diffusers hints tuple[int] for any length
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, sample_size=64,  # pyright: ignore[reportArgumentType] - diffusers hints tuple[int] for any length
         scaling_factor=0.13025,
     )  # fmt: skip
     text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 3,
@@ -204,7 +204,7 @@ def build_tiny_sdxl(folder, seed: int = 0):
     )  # fmt: skip
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer(tok_dir),
-        tokenizer_2=clip_tokenizer(tok_dir, pad_token="!"), unet=unet, scheduler=scheduler,
+        tokenizer_2=clip_tokenizer(tok_dir, pad_token="!"), unet=unet, scheduler=scheduler,  # pyright: ignore[reportArgumentType] - diffusers hints an enum of names
     )  # fmt: skip
     pipe.save_pretrained(folder)
     return folder
@@ -220,7 +220,7 @@ def build_demo_model(folder: Path, catalog: Path, size: int = 128, steps: int = 
     import shutil
 
     import torch
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline  # pyright: ignore[reportPrivateImportUsage] - diffusers exports lazily
 
     from zxl.files import replacing
     from zxl.trainer.autoencoder import catalog_images, train_autoencoder
