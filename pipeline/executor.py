@@ -175,10 +175,10 @@ def validate(cfg: RunConfig) -> None:
             )
 
 
+@contextlib.contextmanager
 def forkserver(preload: list[str]):
-    """Dask's worker start method set to forkserver while the returned config is in force (its
-    ``__exit__`` restores the previous one), and the server started now, importing ``preload``.
-    None where the platform has no forkserver (Windows): workers are spawned as before.
+    """Within it, Dask starts workers with the forkserver, started here importing ``preload``.
+    Where the platform has none (Windows) it changes nothing: workers are spawned as before.
 
     The server starts with the environment a nanny gives a spawned worker (``distributed.nanny.
     pre-spawn-environ``: one OpenMP/MKL thread, the shared hash seed), since the libraries read it
@@ -191,26 +191,27 @@ def forkserver(preload: list[str]):
     import dask.config
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
-        return None
+        yield
+        return
     from distributed.utils import get_mp_context
 
-    config = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
-    ctx = get_mp_context()  # dask's own preload first (distributed and its packages), then ours
-    ctx.set_forkserver_preload(list(dict.fromkeys(["distributed", "numpy", "pandas", "pyarrow", *preload])))
-    env = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()}
-    if env.get("PYTHONHASHSEED") in (None, "0"):
-        env["PYTHONHASHSEED"] = "6640"  # what a nanny gives its workers, so that they hash alike
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return config
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        ctx = get_mp_context()  # dask's own preload first (distributed and its packages), then ours
+        ctx.set_forkserver_preload(list(dict.fromkeys(["distributed", "numpy", "pandas", "pyarrow", *preload])))
+        env = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()}
+        if env.get("PYTHONHASHSEED") in (None, "0"):
+            env["PYTHONHASHSEED"] = "6640"  # what a nanny gives its workers, so that they hash alike
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        yield
 
 
 class Executor:
@@ -222,7 +223,7 @@ class Executor:
         self.client = None
         self.cluster = None
         self.dashboard = None
-        self._start_method = None
+        self._exit = contextlib.ExitStack()
 
     def __enter__(self) -> Executor:
         scheduler = self.cfg.scheduler
@@ -231,7 +232,7 @@ class Executor:
         from dask.distributed import Client
 
         if scheduler == "local":
-            self._start_method = forkserver(self.preload)
+            self._exit.enter_context(forkserver(self.preload))
             self.cluster = self._local_cluster()
             self.client = Client(self.cluster)
             self.client.wait_for_workers(len(self.cluster.worker_spec), timeout=120)
@@ -274,8 +275,7 @@ class Executor:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
-        if self._start_method is not None:
-            self._start_method.__exit__(None, None, None)
+        self._exit.close()
 
     def workers(self) -> dict[str, dict[str, float]]:
         """Worker address → the resources it offers ({} on sync)."""

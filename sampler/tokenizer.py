@@ -8,6 +8,7 @@ transformers names them, so the two agree token for token without a download.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>"):
     )
 
 
-_LOADED: dict = {}
+_LOADED: dict[tuple, object] = {}
 
 
 def load_tokenizer(folder: str | Path):
@@ -51,22 +52,21 @@ def load_tokenizer(folder: str | Path):
     from transformers import CLIPTokenizer
 
     folder = Path(folder).resolve()
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    key = (str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    stats = sorted((p.name, p.stat()) for p in folder.iterdir() if p.is_file())
+    key = (str(folder), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     if key not in _LOADED:
         _LOADED[key] = CLIPTokenizer.from_pretrained(folder)
     return _LOADED[key]
 
 
+@functools.cache
 def derived_tokenizers():
     """The two SDXL tokenizers over the files derived from open_clip (CLIP-L pads with
     ``<|endoftext|>``, bigG with ``!``), made once per process and shared like ``load_tokenizer``'s."""
     import tempfile
 
-    if "derived" not in _LOADED:
-        with tempfile.TemporaryDirectory() as tmp:
-            _LOADED["derived"] = (clip_tokenizer(tmp), clip_tokenizer(tmp, pad_token="!"))
-    return _LOADED["derived"]
+    with tempfile.TemporaryDirectory() as tmp:
+        return clip_tokenizer(tmp), clip_tokenizer(tmp, pad_token="!")
 
 
 def write_slow_files(tokenizer, folder: str | Path) -> Path:

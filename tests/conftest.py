@@ -103,10 +103,8 @@ def forkserver():
     from zxl.pipeline.curate import WORKER_IMPORTS
     from zxl.pipeline.executor import forkserver as use_forkserver
 
-    config = use_forkserver([*WORKER_IMPORTS, "open_clip", "onnxruntime"])
-    yield
-    if config is not None:
-        config.__exit__(None, None, None)
+    with use_forkserver([*WORKER_IMPORTS, "open_clip", "onnxruntime"]):
+        yield
 
 
 @pytest.fixture(scope="session")

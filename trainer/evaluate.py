@@ -273,11 +273,10 @@ def clip_adherence(es: EvalSet, samples: list[dict], emb: np.ndarray) -> dict:
     samples' image embeddings from ``score_samples`` (that model's)."""
     if es.clip is not None:
         return {"skipped": es.clip}
-    from zxl.scorers.clip_mlp import ClipMlpScorer
-    from zxl.scorers.heads import WithHead
+    from zxl.scorers.base import TextEmbedder
 
     # es.clip is None only for the clip-mlp scorer, or a taste head over it (EvalSet.build)
-    assert isinstance(es.scorer, ClipMlpScorer | WithHead)
+    assert isinstance(es.scorer, TextEmbedder)
     img = emb
     txt = es.scorer.embed_text([es.prompts[s["prompt"]].text(s["tag"]) for s in samples])
     sims = 100 * (np.asarray(img) * np.asarray(txt)).sum(axis=1)
