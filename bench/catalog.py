@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zxl.catalog.schema import SCHEMA_V1, conform
+from zxl.catalog.schema import SCHEMA, conform
 from zxl.demo_corpus import CHARACTERS, GENERAL_TAGS
 
 RATINGS = ["general", "sensitive", "questionable", "explicit"]
@@ -54,7 +54,7 @@ def synthetic_catalog(folder: Path, n: int, part_rows: int = 50_000, seed: int =
         name = f"part-{p:05d}.parquet"
         pq.write_table(conform(cols, m), folder / name, row_group_size=64 * 1024)
         parts.append(name)
-    manifest = {"schema_version": 1, "rows": n, "parts": parts, "columns": SCHEMA_V1.names, "score_edges": None}
+    manifest = {"schema_version": 1, "rows": n, "parts": parts, "columns": SCHEMA.names, "score_edges": None}
     (folder / "_manifest.json").write_text(json.dumps(manifest))
     return folder
 

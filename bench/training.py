@@ -29,7 +29,7 @@ def synthetic_catalog(run_dir: Path, n: int, side: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from zxl.catalog.schema import SCHEMA_V1
+    from zxl.catalog.schema import SCHEMA
 
     (run_dir / "shards").mkdir(parents=True)
     (run_dir / "catalog").mkdir()
@@ -42,13 +42,13 @@ def synthetic_catalog(run_dir: Path, n: int, side: int) -> Path:
             info = tarfile.TarInfo(f"{i:09d}.png")
             info.size = len(buf.getvalue())
             tar.addfile(info, io.BytesIO(buf.getvalue()))
-            row = {f.name: None for f in SCHEMA_V1}
+            row = {f.name: None for f in SCHEMA}
             row.update(key=f"k{i}", url=f"http://x/{i}", status="ok", shard="00000.tar", shard_key=f"{i:09d}",
                        sha256=str(i), width=side, height=side, original_width=side, original_height=side,
                        score=9 - i % 9, rating="general", year=2020, tags=["1girl", "smile", "outdoors"],
                        characters=[], repeats=1)  # fmt: skip
             rows.append(row)
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA_V1), run_dir / "catalog" / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), run_dir / "catalog" / "part-00000.parquet")
     (run_dir / "catalog" / "_manifest.json").write_text(json.dumps({"schema_version": 1}))
     return run_dir / "catalog"
 

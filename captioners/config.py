@@ -20,3 +20,13 @@ class CaptionConfig:
     batch_size: int = num(8, "[1, 65536]")
     device: str = "auto"
     precision: str = "auto"  # auto (fp16 on cuda) | fp32 | fp16 | bf16
+    # Training captions (catalog/captions.py; the trainer and the kohya/json exports read these from the
+    # catalog's manifest): the tag categories that enter a caption, in order, after the score, rating and
+    # year tags; and those whose tags are shuffled (a contiguous run of tag_order: what comes before stays
+    # first, what comes after stays last, as kohya's keep_tokens_separator allows). meta is left out.
+    tag_order: list[str] = dataclasses.field(default_factory=lambda: ["characters", "copyrights", "artists", "general"])
+    shuffle: list[str] = dataclasses.field(default_factory=lambda: ["general"])
+
+
+# Read downstream from the manifest: not part of the caption stage's hash.
+LAYOUT_KEYS = frozenset({"tag_order", "shuffle"})

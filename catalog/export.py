@@ -3,7 +3,8 @@
 
 - ``kohya``: a kohya sd-scripts DreamBooth-style folder, ``<out>/<repeats>_<name>/<key>.<ext>``
   with ``<key>.txt`` beside each image, and ``kohya_args.txt``, the exact sd-scripts arguments it is
-  made for: captions keep score, rating and year in front through ``--keep_tokens_separator``, and
+  made for: captions keep score, rating and year (and the caption layout's fixed head: characters,
+  copyrights, artists) in front through ``--keep_tokens_separator``, and
   an image whose bucket kohya's rule would choose differently is fitted to zxl's bucket;
 - ``kohya-json``: kohya's fine-tuning metadata: ``images/``, ``meta.json`` ({file name: {"caption"}})
   and, for the repeats, ``meta_<r>x.json`` files with a ``dataset.toml`` (``--dataset_config``);
@@ -32,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zxl.buckets import BUCKETS
-from zxl.catalog.captions import KEEP_SEPARATOR, build_caption, kohya_caption
+from zxl.catalog.captions import DEFAULT_LAYOUT, KEEP_SEPARATOR, TagLayout, build_caption, kohya_caption
 from zxl.catalog.images import ImageStore
-from zxl.catalog.schema import SCHEMA_V1
+from zxl.catalog.schema import SCHEMA
 from zxl.config import ConfigError
 
 BUCKET_MIN, BUCKET_MAX, BUCKET_STEP = min(min(b) for b in BUCKETS), max(max(b) for b in BUCKETS), 64
@@ -63,12 +64,13 @@ def _images(rows, images: ImageStore, summary: dict):
 class Exporter(ABC):
     name: str
 
-    def __init__(self, seed: int = 0, folder_name: str = "zxl"):
+    def __init__(self, seed: int = 0, folder_name: str = "zxl", layout: TagLayout = DEFAULT_LAYOUT):
         self.rng = random.Random(seed)
         self.folder_name = folder_name
+        self.layout = layout  # the catalog's caption layout (catalog.captions.layout_of its manifest)
 
     def caption(self, row: dict) -> str:
-        return build_caption(row, self.rng)
+        return build_caption(row, self.rng, layout=self.layout)
 
     @abstractmethod
     def export(self, rows, images: ImageStore, out: Path) -> dict:
@@ -139,7 +141,7 @@ class KohyaFolder(Exporter):
             stem = _name(row["key"])
             data, ext = _kohya_image(row, data, ext, summary)
             (folder / f"{stem}.{ext}").write_bytes(data)
-            (folder / f"{stem}.txt").write_text(kohya_caption(row, self.rng) + "\n")
+            (folder / f"{stem}.txt").write_text(kohya_caption(row, self.rng, self.layout) + "\n")
             summary["folders"][folder.name] = summary["folders"].get(folder.name, 0) + 1
             summary["written"] += 1
         out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +176,7 @@ class KohyaJson(Exporter):
             data, ext = _kohya_image(row, data, ext, summary)
             name = f"{_name(row['key'])}.{ext}"
             (image_dir / name).write_bytes(data)
-            entry = {"caption": kohya_caption(row, self.rng)}
+            entry = {"caption": kohya_caption(row, self.rng, self.layout)}
             meta[name] = entry
             reps = int(row.get("repeats") or 0)
             if reps > 0:
@@ -242,13 +244,13 @@ class HFParquet(Exporter):
     FEATURES = {
         "image": {"_type": "Image"},
         "text": {"dtype": "string", "_type": "Value"},
-        **{f.name: _hf_feature(f.type) for f in SCHEMA_V1},
+        **{f.name: _hf_feature(f.type) for f in SCHEMA},
     }
     SCHEMA = pa.schema(
         [
             ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
             ("text", pa.string()),
-            *[(f.name, f.type) for f in SCHEMA_V1],
+            *[(f.name, f.type) for f in SCHEMA],
         ],
         metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})},
     )
@@ -268,7 +270,7 @@ class HFParquet(Exporter):
         for row, data, ext in _images(rows, images, summary):
             batch.append({
                 "image": {"bytes": data, "path": f"{_name(row['key'])}.{ext}"},
-                "text": self.caption(row), **{f.name: row.get(f.name) for f in SCHEMA_V1},
+                "text": self.caption(row), **{f.name: row.get(f.name) for f in SCHEMA},
             })  # fmt: skip
             summary["written"] += 1
             if len(batch) >= self.per_file:

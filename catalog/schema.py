@@ -1,5 +1,9 @@
-"""Catalog schema v1 (docs/design.md "The catalog"): one row per source item, failures included, and
-reading a catalog's files (its parts and ``_manifest.json``)."""
+"""Catalog schema v2 (docs/design.md "The catalog"): one row per source item, failures included, and
+reading a catalog's files (its parts and ``_manifest.json``).
+
+v2 adds the booru tag categories beside ``tags`` (general) and ``characters``: ``copyrights``,
+``artists`` and ``meta``. Every reader opens parts with ``SCHEMA``, so a v1 catalog reads with
+those columns null (as ``weight`` and ``cluster``, added within v1, read for older v1 catalogs)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_KEY = "zxl.manifest"  # the manifest, also in every part's key-value metadata
 STATUSES = ("ok", "failed_download", "failed_decode", "filtered", "duplicate")
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 
-SCHEMA_V1 = pa.schema(
+SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("url", pa.string(), nullable=False),
@@ -37,6 +41,9 @@ SCHEMA_V1 = pa.schema(
         pa.field("year", pa.int16()),
         pa.field("tags", pa.list_(pa.string())),
         pa.field("characters", pa.list_(pa.string())),
+        pa.field("copyrights", pa.list_(pa.string())),  # v2
+        pa.field("artists", pa.list_(pa.string())),  # v2
+        pa.field("meta", pa.list_(pa.string())),  # v2: highres, commentary_request …, out of captions by default
         pa.field("caption", pa.string()),
         pa.field("duplicate_of", pa.string()),
         pa.field("repeats", pa.int16(), nullable=False),
@@ -46,21 +53,24 @@ SCHEMA_V1 = pa.schema(
         pa.field("cluster", pa.int32()),
     ]
 )
+V1_COLUMNS = tuple(n for n in SCHEMA.names if n not in ("copyrights", "artists", "meta"))
+TAG_CATEGORIES = {"general": "tags", "characters": "characters", "copyrights": "copyrights", "artists": "artists",
+                  "meta": "meta"}  # fmt: skip  # category -> its column
 
 
 def conform(columns: dict[str, list | pa.Array], n_rows: int) -> pa.Table:
-    """A v1 table from the columns a stage has; every other column is present and null."""
-    unknown = set(columns) - set(SCHEMA_V1.names)
+    """A catalog table from the columns a stage has; every other column is present and null."""
+    unknown = set(columns) - set(SCHEMA.names)
     if unknown:
-        raise KeyError(f"not catalog v1 columns: {sorted(unknown)}")
+        raise KeyError(f"not catalog columns: {sorted(unknown)}")
     arrays = []
-    for field in SCHEMA_V1:
+    for field in SCHEMA:
         if field.name in columns:
             values = columns[field.name]
             arrays.append(pa.array(values, field.type) if isinstance(values, list) else values.cast(field.type))
         else:
             arrays.append(pa.nulls(n_rows, field.type))
-    return pa.Table.from_arrays(arrays, schema=SCHEMA_V1)
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def read_manifest(catalog_dir: str | Path) -> dict:
@@ -72,4 +82,4 @@ def read_manifest(catalog_dir: str | Path) -> dict:
 
 def read_catalog(catalog_dir: str | Path) -> pa.Table:
     """The whole catalog as one Arrow table (small catalogs and tests; use DuckDB for large ones)."""
-    return pq.read_table(Path(catalog_dir), schema=SCHEMA_V1)
+    return pq.read_table(Path(catalog_dir), schema=SCHEMA)

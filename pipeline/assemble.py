@@ -1,7 +1,7 @@
 """The last stage: assemble each shard's catalog rows, then write ``catalog/`` with its manifest.
 
-``assemble_shard`` (a Dask task per shard) joins the source, fetch, inspect, reduce, tag and
-caption outputs of one shard into a v1 table, ``stages/catalog/NNNNN.parquet``. ``write_catalog``
+``assemble_shard`` (a Dask task per shard) joins the source, fetch, inspect, reduce, tag, tagrules
+and caption outputs of one shard into a catalog table, ``stages/catalog/NNNNN.parquet``. ``write_catalog``
 (one global step) counts over all of them, then writes ``catalog/part-NNNNN.parquet`` with the
 manifest in each file's key-value metadata and ``_manifest.json`` last. The new catalog is built in
 a temporary folder and swapped in by rename, so a reader never sees half of one.
@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from zxl.catalog.schema import MANIFEST_KEY, SCHEMA_V1, SCHEMA_VERSION, conform
+from zxl.catalog.schema import MANIFEST_KEY, SCHEMA, SCHEMA_VERSION, conform
 from zxl.files import replacing, write_json_atomic, write_table_atomic
 from zxl.pipeline.stages import ShardJob, shard_name, stage_path
+from zxl.taggers.base import TAG_FIELDS
 
 
 def assemble_shard(job: ShardJob) -> pa.Table:
@@ -28,12 +29,14 @@ def assemble_shard(job: ShardJob) -> pa.Table:
     source = job.read("source", columns=["key", "url", "source_id"])
     fetch, inspect = job.read("fetch"), job.read("inspect")
     reduce, tag, caption = job.read("reduce"), job.read("tag"), job.read("caption")
+    ruled = job.read("tagrules")  # the tag columns after the curator's rules
     # All are in source order, one row per input: check it rather than trust it.
     stages = (
         ("fetch", fetch),
         ("inspect", inspect),
         ("reduce", reduce),
         ("tag", tag),
+        ("tagrules", ruled),
         ("caption", caption),
     )
     for name, t in stages:
@@ -63,8 +66,7 @@ def assemble_shard(job: ShardJob) -> pa.Table:
         "rating": tag["rating"],
         "rating_source": tag["rating_source"],
         "year": tag["year"],
-        "tags": tag["tags"],
-        "characters": tag["characters"],
+        **{f: ruled[f] for f in TAG_FIELDS},
         "caption": caption["caption"],
         "repeats": reduce["repeats"],
         "weight": reduce["weight"],
@@ -83,13 +85,20 @@ def summarize(run_dir: Path, n_shards: int) -> dict:
     the rest over the ok rows (the ones a trainer sees)."""
     cols = ["status", "score", "rating", "year", "bucket", "repeats"]
     table = pa.concat_tables(
-        pq.read_table(stage_path(run_dir, "catalog", s), columns=[*cols, "caption"]) for s in range(n_shards)
+        pq.read_table(stage_path(run_dir, "catalog", s), columns=[*cols, "caption", "error"]) for s in range(n_shards)
     )
+    mismatch = pc.match_substring_regex(table["error"].fill_null(""), r"^(md5|sha256|sha512) mismatch: ")  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
     ok = table.filter(pc.equal(table["status"], "ok"))  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
     counts = {"status": _counts(table["status"].to_pylist())}
     counts.update({c: _counts(ok[c].to_pylist()) for c in cols[1:]})
     captioned = table.num_rows - table["caption"].null_count
-    return {"rows": table.num_rows, "ok_rows": ok.num_rows, "captioned": captioned, "counts": counts}
+    return {
+        "rows": table.num_rows,
+        "ok_rows": ok.num_rows,
+        "captioned": captioned,
+        "counts": counts,
+        "hash_mismatches": int(pc.sum(mismatch).as_py() or 0),
+    }  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
 
 
 def _unchanged(run_dir: Path, n_shards: int, manifest: dict) -> dict | None:
@@ -118,13 +127,13 @@ def write_catalog(run_dir: Path, n_shards: int, manifest: dict) -> dict:
         **manifest,
         **summarize(run_dir, n_shards),
         "parts": [f"part-{shard_name(s)}.parquet" for s in range(n_shards)],
-        "columns": SCHEMA_V1.names,
+        "columns": SCHEMA.names,
     }
     blob = json.dumps(manifest, sort_keys=True, default=str)
     with replacing(run_dir / "catalog", folder=True) as tmp:  # swapped in whole: readers never see a mix
         for s in range(n_shards):
             table = pq.read_table(stage_path(run_dir, "catalog", s))
-            write_table_atomic(table.select(SCHEMA_V1.names), tmp / f"part-{shard_name(s)}.parquet",
+            write_table_atomic(table.select(SCHEMA.names), tmp / f"part-{shard_name(s)}.parquet",
                                {MANIFEST_KEY: blob})  # fmt: skip
         write_json_atomic(manifest, tmp / "_manifest.json")
     return manifest

@@ -1,7 +1,7 @@
 """caption: natural-language captions for the ok rows scored at least ``caption.min_score``.
 
-Runs after the global step (it needs the calibrated score) and the tag stage (the template
-captioner writes from the tags). A row the captioner returns nothing for keeps a null caption
+Runs after the global steps (it needs the calibrated score, and the template captioner writes from
+the tags as the curator's rules left them). A row the captioner returns nothing for keeps a null caption
 and its ``problem`` says so. Output: ``stages/caption/NNNNN.parquet`` (key, caption, problem).
 """
 
@@ -45,7 +45,7 @@ def caption_shard(job: ShardJob, cfg: CaptionConfig) -> pa.Table:
     idx = [i for i, w in enumerate(wanted.to_pylist()) if w]
     captioner = get_captioner(cfg) if idx else None
     if captioner is not None:
-        rows = job.read("tag").drop_columns(["key", "problem"]).take(idx).to_pandas()
+        rows = job.read("tagrules").drop_columns(["key"]).take(idx).to_pandas()  # the tags after the rules
         images = None
         if captioner.needs_images:
             shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()

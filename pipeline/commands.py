@@ -208,6 +208,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
             )
         corpus = _build_demo(cfg.demo)
         cfg.source.url_column, cfg.source.id_column, cfg.source.path = "file_url", "id", str(corpus / "source.parquet")
+        # the export's own rule tables, as a Danbooru dump comes with them (unless the config names others)
+        cfg.tag.aliases = cfg.tag.aliases or str(corpus / "tag_aliases.csv")
+        cfg.tag.implications = cfg.tag.implications or str(corpus / "tag_implications.parquet")
         if cfg.demo.host not in cfg.fetch.allowed_hosts:  # the demo server, and nothing else private
             cfg.fetch.allowed_hosts = [*cfg.fetch.allowed_hosts, cfg.demo.host]
         with DemoServer(corpus, cfg.demo.host, cfg.demo.port, cfg.demo.slow_seconds) as server:

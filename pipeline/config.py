@@ -45,6 +45,7 @@ class SourceConfig:
     url_column: str = "url"
     id_column: str = ""  # the source's own id (e.g. a booru post id); empty: key = hash of url
     keep_columns: list[str] = dataclasses.field(default_factory=lambda: ["*"])  # "*" = all
+    hash_column: str = ""  # the file's hash as the source gives it (a booru export: md5), for fetch.verify_hash
 
 
 @dataclasses.dataclass
@@ -80,6 +81,9 @@ class FetchConfig:
     # curl's --connect-to: "HOST:PORT:HOST2:PORT2" connects there for URLs naming HOST:PORT (the URL, its
     # key and the Host header stay; the address checks apply to HOST2). Not in the stage hash, like DNS.
     connect_to: list[str] = dataclasses.field(default_factory=list)
+    # Check each download against the source's hash (source.hash_column): md5 | sha256 | sha512 | "" (off).
+    # A mismatch is failed_download ("md5 mismatch: expected …, got …") and stores no image.
+    verify_hash: str = ""
 
 
 @dataclasses.dataclass
@@ -96,6 +100,10 @@ class CalibrateConfig:
     fractions: list[float] = dataclasses.field(default_factory=list)  # 8 cumulative fractions; [] = ninths
     edges: list[float] = dataclasses.field(default_factory=list)  # 8 raw-score edges for method=fixed
     edges_from: str = ""  # a catalog whose edges to reuse, so score_7 means the same in both
+    # Cut the quantiles within each stratum of these (year, rating) instead of over all rows, so that every
+    # year has the same share of each score tag; strata under min_stratum rows use the global edges.
+    within: list[str] = dataclasses.field(default_factory=list)
+    min_stratum: int = num(90, "[9, inf)")
 
 
 @dataclasses.dataclass

@@ -1,8 +1,9 @@
 """``zxl curate``: URL list → shards → the stages of ``zxl.pipeline.graph.STAGES`` → catalog.
 
 The stage table says what runs, in which order and with what hash; this module runs it: the split,
-the first phase of per-shard Dask tasks (fetch, inspect, score, tag), the global step (reduce), the
-second phase (caption, catalog), then the catalog's manifest. A stage's hash covers its config and
+the first phase of per-shard Dask tasks (fetch, inspect, score, tag), the global steps (reduce:
+dedup, calibrate, weigh; tagrules: the tag rules over the kept rows), the second phase (caption,
+catalog), then the catalog's manifest. A stage's hash covers its config and
 the hashes of what it reads, so a change to ``fetch.*`` redoes fetch and everything after it, and
 an unchanged run is all skips.
 """
@@ -17,9 +18,10 @@ import pyarrow as pa
 
 from zxl import __version__
 from zxl.captioners import registry as captioner_registry
+from zxl.catalog import captions
 from zxl.config import ConfigError, check_ranges, config_hash, dump_yaml, to_dict
 from zxl.files import write_text_atomic
-from zxl.pipeline import executor, fetch, graph, reduce, sources, tag
+from zxl.pipeline import executor, fetch, graph, reduce, sources, tag, tagrules
 from zxl.pipeline.assemble import write_catalog
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Executor, Progress, Task
@@ -110,6 +112,9 @@ def curate(cfg: CurateConfig, urls: pa.Table | None = None, log=print) -> Curate
     executor.validate(cfg.run)
     fetch.validate(cfg.fetch)
     reduce.validate(cfg)
+    tagrules.validate(cfg.tag)
+    captions.check_layout(cfg.caption.tag_order, cfg.caption.shuffle)
+    fetch.check_hash_source(cfg)
     scorer_class(cfg.score.scorer).check(cfg.score)
     tagger_registry.check(cfg.tag)
     captioner_registry.check(cfg.caption)
@@ -131,6 +136,8 @@ def rerun_from_reduce(cfg: CurateConfig, log=print) -> CurateResult:
 
     check_ranges(cfg)
     reduce.validate(cfg)
+    tagrules.validate(cfg.tag)
+    captions.check_layout(cfg.caption.tag_order, cfg.caption.shuffle)
     run_dir = Path(cfg.run.runs_dir) / cfg.run.name
     before = read_manifest(run_dir / "catalog")
     n_shards = len(before["parts"])
@@ -167,7 +174,6 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
     split_seconds = time.time() - t0
     hashes = graph.stage_hashes(cfg, source_hash)
     shared_dir = run_dir.absolute()  # what workers are told: a relative path means their own working folder
-    tasks = graph.tasks(0, shared_dir, n_shards, hashes, cfg, _resources(cfg)) if stored is None else []
     with Executor(cfg.run, preload=worker_imports(cfg)) as ex:
         log(f"zxl curate: {n_rows} URLs in {n_shards} shards, run folder {run_dir}")
         log(f"executing on {ex.description}" + (f"; Dask dashboard: {ex.dashboard}" if ex.dashboard else ""))
@@ -175,25 +181,31 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
             log(f"model stages ({', '.join(model_stages(cfg)) or 'none'}) ask for {cfg.run.model_resources}")
         ex.check_shared(shared_dir)
         progress = Progress(dict.fromkeys(STAGES, n_rows), cfg.run.progress)
+        all_tasks, results, globals_ = [], {}, {}
         try:
-            results = ex.run(tasks, progress)
-            t_reduce = time.time()
-            reduced = graph.run_global(run_dir, n_shards, hashes, cfg)
-            t_reduce = time.time() - t_reduce
-            catalog_tasks = graph.tasks(1, shared_dir, n_shards, hashes, cfg, _resources(cfg))
-            results.update(ex.run(catalog_tasks, progress))
+            for kind, which in graph.order():
+                if kind == "global":
+                    t = time.time()
+                    globals_[which] = graph.run_global(str(which), run_dir, n_shards, hashes, cfg)
+                    globals_[which]["wall"] = time.time() - t
+                elif which or stored is None:  # rerun_from_reduce: phase 0 is done
+                    phase_tasks = graph.tasks(int(which), shared_dir, n_shards, hashes, cfg, _resources(cfg))
+                    all_tasks += phase_tasks
+                    results.update(ex.run(phase_tasks, progress))
         finally:
             progress.close()
         description, dashboard, workers = ex.description, ex.dashboard, ex.workers()
+    reduced, ruled = globals_["reduce"], globals_["tagrules"]
     stats = {
         "split": {"rows": n_rows, "seconds": round(split_seconds, 3)},
-        **_stage_stats(tasks + catalog_tasks, results),
+        **_stage_stats(all_tasks, results),
         "reduce": {
             "rows": n_rows,
-            "seconds": round(t_reduce, 3),
+            "seconds": round(reduced["wall"], 3),
             "skipped": bool(reduced.get("skipped")),
             **reduced["seconds"],
         },  # fmt: skip
+        "tagrules": {"rows": n_rows, "seconds": round(ruled["wall"], 3), "skipped": bool(ruled.get("skipped"))},
     }
     t1 = time.time()
     manifest = write_catalog(
@@ -210,6 +222,8 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
             "dedup": reduced["dedup"],
             "embedding": reduced["embedding"],
             "diversity": reduced["diversity"],
+            "score_year": reduced["score_year"],
+            "tag_rules": {k: v for k, v in ruled.items() if k not in ("skipped", "seconds", "wall", "stage_hash")},
             **({"taste": reduced["taste"]} if "taste" in reduced else {}),
             "tag_problems": tag.problem_counts(run_dir, n_shards),
             "stages": stats,
@@ -217,6 +231,32 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
     )
     stats["write"] = {"seconds": round(time.time() - t1, 3)}
     return CurateResult(run_dir, run_dir / "catalog", manifest, stats, description, dashboard, workers)
+
+
+def tag_lines(m: dict) -> list[str]:
+    """What the tag rules, the hash check and calibrate.within did, from a manifest."""
+    lines = []
+    rules = m.get("tag_rules") or {}
+    if rules:
+        did = rules["rules"]
+        lines.append(
+            f"tag rules: {did['aliased']} tags aliased, {did['replaced']} replaced, {did['excluded']} excluded, "
+            f"{did['implied']} implied tags dropped, {did['merged']} duplicates merged, {did.get('moved_to_meta', 0)} "
+            f"meta tags moved out of other strings; {rules['rare_tags_dropped']} "
+            f"rare tags (on fewer than {rules['min_count']} trainable rows) dropped, {rules['rare_instances_dropped']} "
+            "instances"
+        )
+    if m["config"]["fetch"].get("verify_hash"):
+        lines.append(f"{m['config']['fetch']['verify_hash']} checked against source.hash_column: "
+                     f"{m.get('hash_mismatches', 0)} mismatches (failed_download, no image stored)")  # fmt: skip
+    sy = m.get("score_year") or {}
+    if sy.get("rows"):
+        within = m["score_edges"].get("within")
+        how = f"score tags cut within {'/'.join(within)}" if within else "global score edges"
+        rho = "n/a" if sy["rho"] is None else f"{sy['rho']:+.3f}"
+        glob = "n/a" if sy["rho_global_edges"] is None else f"{sy['rho_global_edges']:+.3f}"
+        lines.append(f"score-year Spearman rho over {sy['rows']} kept rows: {rho} ({how}; {glob} with global edges)")
+    return lines
 
 
 def summary(result: CurateResult) -> str:
@@ -237,6 +277,10 @@ def summary(result: CurateResult) -> str:
     r = result.stage_stats["reduce"]
     done = ", already done" if r.get("skipped") else ""
     lines.append(f"  {'reduce':<8} {r['rows']:>8} rows in {r['seconds']:>8.2f} s  (dedup, calibrate, weigh{done})")
+    r = result.stage_stats["tagrules"]
+    done = ", already done" if r.get("skipped") else ""
+    lines.append(f"  {'tagrules':<8} {r['rows']:>8} rows in {r['seconds']:>8.2f} s  (aliases, exclusions, "
+                 f"implied and rare tags{done})")  # fmt: skip
     scores = m["counts"]["score"]
     lines.append(
         f"{m['ok_rows']} rows to train on; score 1..9: "
@@ -252,6 +296,7 @@ def summary(result: CurateResult) -> str:
             f"{chosen['effective_clusters']:.2f}, mean score {chosen['mean_score']:.2f} at weigh.diversity "
             f"{d['setting']} ({zero['effective_clusters']:.2f}, {zero['mean_score']:.2f} at 0)"
         )
+    lines.extend(tag_lines(m))
     ratings = m["counts"]["rating"]
     lines.append(
         f"ratings: {', '.join(f'{k} {v}' for k, v in ratings.items())}; captions: {m['captioned']}"

@@ -24,6 +24,12 @@ zxl adds sits at the edges:
 - img2dataset gets only the URL, the key and the row's position: the source's other columns stay
   in ``stages/source/`` (img2dataset's writer JSON-encodes every column it is given, and loses
   the row when one does not encode), and rows are matched back by position, not by key;
+- with ``fetch.verify_hash`` each downloaded body is hashed and compared with the source's hash
+  (``source.hash_column``, a booru export's ``md5``) before anything decodes it: a mismatch is a
+  failed download, ``md5 mismatch: expected …, got …``, retried like one, and stores no image.
+  (img2dataset's own ``verify_hash`` does the same check at the same point, but says only "hash
+  mismatch" and fails rows whose expected hash is missing; zxl checks it in img2dataset's
+  ``download_image`` instead, where the bytes are at hand, and leaves a row without one unchecked);
 - every input row comes out as exactly one row, with img2dataset's status mapped onto ours
   (success → ok, failed_to_download → failed_download, failed_to_resize → failed_decode, or
   filtered for a size filter), and urllib's error text made to name the cause (``explain``) and
@@ -32,6 +38,7 @@ zxl adds sits at the edges:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -239,11 +246,59 @@ def parse_connect_to(rule: str) -> tuple[str, int, str, int]:
     return host.strip("[]"), ports[0], host2.strip("[]"), ports[1]
 
 
-def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str], shard_size: int):
+HASHES = ("md5", "sha256", "sha512")
+
+
+class HashCheck:
+    """The expected hash of each row of a shard (by its position), and the check of a body against it."""
+
+    def __init__(self, kind: str, expected: list[str | None]):
+        self.kind = kind
+        self.expected = [str(v).strip().lower() if v is not None and str(v).strip() else None for v in expected]
+
+    def __call__(self, row: int, data: bytes) -> str | None:
+        """Why these bytes are not the row's file, or None (also when the row has no expected hash)."""
+        want = self.expected[row] if 0 <= row < len(self.expected) else None
+        if want is None:
+            return None
+        got = hashlib.new(self.kind, data).hexdigest()
+        if got == want:
+            return None
+        what = sniff(data, 2**62)  # what came instead, when it is not an image at all (an HTML page, no bytes)
+        return f"{self.kind} mismatch: expected {want}, got {got}" + (f" ({what})" if what else "")
+
+
+def patch_hash_check() -> None:
+    """Wrap img2dataset's ``download_image`` (idempotent): when the timeout it is given carries a
+    ``hash_check``, a body that fails it becomes a failed download. The wrapper is module-wide, the
+    check is per shard (it travels with the shard's timeout, like its Guard)."""
+    import img2dataset.downloader as downloader
+
+    if getattr(downloader.download_image, "zxl_hash_check", False):
+        return
+    original = downloader.download_image
+
+    def download_image(row, timeout, *args, **kwargs):
+        key, stream, error = original(row, timeout, *args, **kwargs)
+        check = getattr(timeout, "hash_check", None)
+        if stream is not None and check is not None and (why := check(key, stream.getvalue())):
+            stream.close()
+            return key, None, why
+        return key, stream, error
+
+    download_image.zxl_hash_check = True  # pyright: ignore[reportFunctionMemberAccess] - a marker on our own function
+    downloader.download_image = download_image
+
+
+def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str], shard_size: int,
+                    hash_check: HashCheck | None = None):  # fmt: skip
     from img2dataset.downloader import Downloader
     from img2dataset.writer import WebDatasetSampleWriter
 
     netguard.patch_img2dataset()  # its requests go through the Guard that the timeout carries
+    patch_hash_check()
+    timeout = guard(cfg).timeout(cfg.timeout)
+    timeout.hash_check = hash_check  # pyright: ignore[reportAttributeAccessIssue] - read by patch_hash_check's wrapper
 
     # OpenCV reads its pixel limit once per process from the environment: set it before any decode.
     os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(cfg.max_image_pixels))
@@ -267,7 +322,7 @@ def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str
         extract_exif=cfg.extract_exif,
         output_folder=str(output_folder),
         column_list=column_list,
-        timeout=guard(cfg).timeout(cfg.timeout),
+        timeout=timeout,
         number_sample_per_shard=max(shard_size, 2),
         oom_shard_count=5,
         compute_hash=None,
@@ -294,6 +349,17 @@ def validate(cfg: FetchConfig) -> None:
         )
     for rule in cfg.connect_to:
         parse_connect_to(rule)
+    if cfg.verify_hash and cfg.verify_hash not in HASHES:
+        raise ConfigError(f"fetch.verify_hash must be one of {', '.join(HASHES)} or empty, got '{cfg.verify_hash}'")
+
+
+def check_hash_source(cfg) -> None:
+    """fetch.verify_hash needs the column that holds the hashes (``cfg``: a CurateConfig)."""
+    if cfg.fetch.verify_hash and not cfg.source.hash_column:
+        raise ConfigError(
+            f"fetch.verify_hash is {cfg.fetch.verify_hash}: set source.hash_column to the column holding each "
+            "file's hash (a Danbooru export: md5)"
+        )
 
 
 def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) -> pa.Table:
@@ -329,10 +395,16 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) 
     return pa.table(rows, schema=FETCH_SCHEMA)
 
 
-def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int) -> pa.Table:
+def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int, hash_column: str = "") -> pa.Table:
     """Download one shard: img2dataset writes its tar, parquet and stats into a temporary folder,
     which are renamed into ``shards/`` before the stage file is written."""
     source = job.read("source")
+    hash_check = None
+    if cfg.verify_hash:
+        column = hash_column if hash_column in source.column_names else f"src_{hash_column}"
+        if column not in source.column_names:
+            raise ConfigError(f"source.hash_column '{hash_column}' is not among the source's columns")
+        hash_check = HashCheck(cfg.verify_hash, source[column].to_pylist())
     shard = job.shard
     shards_dir = job.run_dir / "shards"
     for stale in shards_dir.glob(f".tmp-{shard_name(shard)}-*"):  # left by a task killed mid-shard
@@ -350,7 +422,7 @@ def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int) -> pa.Table:
         )
         with pa.OSFile(str(tmp / "input.arrow"), "wb") as sink, pa.ipc.new_file(sink, i2d_in.schema) as w:
             w.write_table(i2d_in)
-        downloader = make_downloader(cfg, tmp, i2d_in.column_names, shard_size)
+        downloader = make_downloader(cfg, tmp, i2d_in.column_names, shard_size, hash_check)
         downloader.download_shard((shard, str(tmp / "input.arrow")))
         name = shard_name(shard)
         i2d = pq.read_table(tmp / f"{name}.parquet")

@@ -5,10 +5,11 @@ sections it is given. From the table alone come:
 
 - the **order**: entries are listed so that every stage comes after what it reads (a test checks);
 - the **tasks**: one Dask task per shard for a ``shard`` stage, waiting on the tasks of the stages it
-  reads in the same phase; the ``global`` stage (reduce) runs once between the two phases, and the
-  stages after it form the second phase;
-- the **hashes**: a stage's hash covers its sections (less the ``speed_only`` settings), what
-  ``extra`` adds and the hashes of every stage it reads, so a change redoes exactly what it reaches;
+  reads in the same phase; a ``global`` stage (reduce, tagrules) runs once over every shard, and
+  the global stages cut the shard stages into phases: phase 0 before the first, phase n after the n-th;
+- the **hashes**: a stage's hash covers its sections (less the ``speed_only`` settings and the ones
+  ``later`` stages apply; only ``keys`` when it names some), what ``extra`` adds and the hashes of
+  every stage it reads, so a change redoes exactly what it reaches;
 - the **reads**: a stage function gets a ``ShardJob`` (or, for the global step, ``StageInputs``) that
   opens only the outputs its entry declares.
 
@@ -22,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zxl.captioners.config import LAYOUT_KEYS
 from zxl.catalog.schema import SCHEMA_VERSION
 from zxl.config import config_hash, to_dict
-from zxl.pipeline import caption, fetch, inspection, reduce, score, tag
+from zxl.files import file_hash
+from zxl.pipeline import caption, fetch, inspection, reduce, score, tag, tagrules
 from zxl.pipeline.assemble import assemble_shard
 from zxl.pipeline.calibrate import edges_from_catalog
 from zxl.pipeline.config import CurateConfig
@@ -32,6 +35,7 @@ from zxl.pipeline.executor import Task
 from zxl.pipeline.stages import ShardJob, StageInputs, run_job
 from zxl.scorers.registry import scorer_class
 from zxl.scorers.taste import head_hash
+from zxl.taggers.config import RULE_KEYS
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Stage:
     sections: tuple[str, ...] = ()  # config it is given, in order: "fetch" (a section) or "run.shard_size"
     scope: str = "shard"  # "shard": a task per shard; "global": one step over every shard
     speed_only: frozenset[str] = field(default_factory=frozenset)  # settings that change speed, not output
+    later: frozenset[str] = field(default_factory=frozenset)  # settings of its sections a later stage applies
+    keys: frozenset[str] = field(default_factory=frozenset)  # if set: the only settings of its sections it uses
     extra: Callable[[CurateConfig], Any] | None = None  # more its hash covers
 
 
@@ -51,29 +57,36 @@ def _edges_and_head(cfg: CurateConfig):
     return [edges, head_hash(cfg.taste.head)] if cfg.taste.head else edges
 
 
+def _rule_tables(cfg: CurateConfig):
+    """The content of the alias and implication tables the rules name (a file edited in place is a change)."""
+    return [file_hash(p) if p else None for p in (cfg.tag.aliases, cfg.tag.implications)]
+
+
 def _embedding(cfg: CurateConfig):
     """The version of what the scorer stores beside its scores (the technical scorer's pixel embedding)."""
     return getattr(scorer_class(cfg.score.scorer), "embedding_version", None)
 
 
 STAGES = (
-    Stage("fetch", fetch.fetch_shard, ("source",), ("fetch", "run.shard_size"),
+    Stage("fetch", fetch.fetch_shard, ("source",), ("fetch", "run.shard_size", "source.hash_column"),
           speed_only=frozenset({"thread_count", "connect_to"})),
     Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",)),
     Stage("score", score.score_shard, ("fetch", "inspect"), ("score",),
           speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_embedding),
     Stage("tag", tag.tag_shard, ("source", "fetch", "inspect"), ("tag",),
-          speed_only=frozenset({"batch_size", "device"})),
-    Stage("reduce", reduce.reduce_all, ("score", "inspect"), ("taste", "calibrate", "dedup", "weigh"),
+          speed_only=frozenset({"batch_size", "device"}), later=RULE_KEYS),
+    Stage("reduce", reduce.reduce_all, ("score", "inspect", "tag"), ("taste", "calibrate", "dedup", "weigh"),
           scope="global", extra=_edges_and_head),
-    Stage("caption", caption.caption_shard, ("fetch", "reduce", "tag"), ("caption",),
-          speed_only=frozenset({"batch_size", "device"})),
-    Stage("catalog", assemble_shard, ("source", "fetch", "inspect", "reduce", "tag", "caption"),
+    Stage("tagrules", tagrules.tagrules_all, ("tag", "reduce"), ("tag",), scope="global", keys=RULE_KEYS,
+          extra=_rule_tables),
+    Stage("caption", caption.caption_shard, ("fetch", "reduce", "tagrules"), ("caption",),
+          speed_only=frozenset({"batch_size", "device"}), later=LAYOUT_KEYS),
+    Stage("catalog", assemble_shard, ("source", "fetch", "inspect", "reduce", "tag", "tagrules", "caption"),
           extra=lambda cfg: SCHEMA_VERSION),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in STAGES}
 SHARD_STAGES = tuple(s.name for s in STAGES if s.scope == "shard")
-GLOBAL = next(s for s in STAGES if s.scope == "global")
+GLOBALS = tuple(s for s in STAGES if s.scope == "global")
 
 
 def section(cfg: CurateConfig, name: str):
@@ -89,7 +102,9 @@ def _hashed(stage: Stage, cfg: CurateConfig) -> list:
     for name in stage.sections:
         value = section(cfg, name)
         if hasattr(value, "__dataclass_fields__"):
-            value = {k: v for k, v in to_dict(value).items() if k not in stage.speed_only}
+            value = {k: v for k, v in to_dict(value).items() if k not in stage.speed_only | stage.later}
+            if stage.keys:
+                value = {k: v for k, v in value.items() if k in stage.keys}
         out.append({name: value})
     return out
 
@@ -115,16 +130,25 @@ def run_shard(run_dir: str, name: str, shard: int, stage_hash: str, *sections) -
     return run_job(ShardJob(run_dir, name, shard, stage_hash, stage.reads), stage.run, *sections)
 
 
-def run_global(run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> dict:
-    """The global step (reduce) over every shard."""
-    inputs = StageInputs(run_dir, GLOBAL.name, GLOBAL.reads)
-    return GLOBAL.run(inputs, n_shards, hashes[GLOBAL.name], *(section(cfg, n) for n in GLOBAL.sections))
+def run_global(name: str, run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> dict:
+    """The global step ``name`` over every shard."""
+    stage = BY_NAME[name]
+    inputs = StageInputs(run_dir, stage.name, stage.reads)
+    return stage.run(inputs, n_shards, hashes[stage.name], *(section(cfg, n) for n in stage.sections))
 
 
 def phase(n: int) -> tuple[Stage, ...]:
-    """The shard stages before (0) or after (1) the global step."""
-    at = STAGES.index(GLOBAL)
-    return tuple(s for s in (STAGES[:at] if n == 0 else STAGES[at + 1 :]) if s.scope == "shard")
+    """The shard stages after the n-th global step and before the next (phase 0: before the first)."""
+    bounds = [-1, *(STAGES.index(g) for g in GLOBALS), len(STAGES)]
+    return tuple(s for s in STAGES[bounds[n] + 1 : bounds[n + 1]] if s.scope == "shard")
+
+
+def order() -> list[tuple[str, int | str]]:
+    """What a run does, in order: ("phase", n) for a phase's shard tasks, ("global", name) for a global step."""
+    out: list[tuple[str, int | str]] = [("phase", 0)]
+    for n, g in enumerate(GLOBALS, 1):
+        out += [("global", g.name), ("phase", n)]
+    return out
 
 
 def tasks(

@@ -1,11 +1,12 @@
 """The global step between the per-shard stages and the catalog: (taste) → dedup → calibrate → weigh.
 
 It reads only the few columns it needs from every shard (key, status, aesthetic, sha256, phash,
-size, and the embeddings when the scorer made them), decides for all rows at once, and writes
-``stages/reduce/NNNNN.parquet`` per shard (key, status, aesthetic, score, duplicate_of, repeats,
-weight, cluster) and ``stages/reduce/_report.json`` (what the manifest records: score edges, dedup,
-diversity, the taste head), all stamped with the step's hash. Like every stage it is skipped when
-its outputs carry the hash of its inputs and settings: an unchanged rerun reads the report alone.
+size, year and rating, and the embeddings when the scorer made them), decides for all rows at
+once, and writes ``stages/reduce/NNNNN.parquet`` per shard (key, status, aesthetic, score,
+duplicate_of, repeats, weight, cluster) and ``stages/reduce/_report.json`` (what the manifest
+records: score edges, dedup, diversity, the score-year correlation, the taste head), all stamped
+with the step's hash. Like every stage it is skipped when its outputs carry the hash of its inputs
+and settings: an unchanged rerun reads the report alone.
 
 With ``taste.head`` set (``zxl taste apply``), the raw aesthetic of every row is that head's output
 on the row's stored embedding instead of the scorer's, so everything after — the copy dedup keeps,
@@ -20,7 +21,6 @@ a score from the same edges, for the record; their repeats are 0.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from zxl.config import ConfigError
 from zxl.files import write_json_atomic, write_table_atomic
 from zxl.pipeline import calibrate, dedup, weigh
 from zxl.pipeline.config import CalibrateConfig, CurateConfig, DedupConfig, TasteConfig, WeighConfig
-from zxl.pipeline.stages import HASH_KEY, StageInputs, is_done, stage_path
+from zxl.pipeline.stages import HASH_KEY, StageInputs, report_path, stage_path, stored_report
 from zxl.scorers import taste
 
 REDUCE_SCHEMA = pa.schema(
@@ -54,28 +54,6 @@ PIXEL_DEDUP = (
 )
 
 
-REPORT = "_report.json"  # the global step's report, beside its parts, stamped with its hash
-
-
-def report_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "stages" / "reduce" / REPORT
-
-
-def stored_report(run_dir: Path, n_shards: int, stage_hash: str) -> dict | None:
-    """The report of a global step already done with this hash (every part and the report stamped
-    with it), or None: then it runs. An unchanged rerun reads ~100 bytes instead of every embedding."""
-    path = report_path(run_dir)
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if report.get("stage_hash") != stage_hash:
-        return None
-    if not all(is_done(stage_path(run_dir, "reduce", s), stage_hash) for s in range(n_shards)):
-        return None
-    return report
-
-
 def reduce_all(
     inputs: StageInputs,
     n_shards: int,
@@ -88,7 +66,7 @@ def reduce_all(
     """Decide dedup, scores and draws for every row (module docstring); returns the report the
     manifest records. Skipped, returning the stored report, when it was done with this hash."""
     run_dir = inputs.run_dir
-    if (done := stored_report(run_dir, n_shards, stage_hash)) is not None:
+    if (done := stored_report(run_dir, "reduce", n_shards, stage_hash)) is not None:
         return {**done, "skipped": True, "seconds": {"dedup": 0.0, "calibrate_weigh": 0.0, "write": 0.0}}
     t0 = time.time()
     rows, sizes = _load(inputs, n_shards)
@@ -99,15 +77,17 @@ def reduce_all(
     dedup_report = _dedup(rows, dedup_cfg, emb, has_emb, kind)
     t1 = time.time()
     kept = (rows["status"] == "ok") & np.isfinite(rows["aesthetic"])
-    edges = calibrate.choose_edges(calibrate_cfg, rows["aesthetic"][kept])
-    rows["score"] = calibrate.apply_edges(rows["aesthetic"], edges["edges"])
+    labels = calibrate.stratum_labels(calibrate_cfg.within, {"year": rows["year"], "rating": rows["rating"]})
+    rows["score"], edges = calibrate.calibrate_rows(calibrate_cfg, rows["aesthetic"], kept, labels)
+    global_scores = calibrate.apply_edges(rows["aesthetic"], edges["edges"])
     rows["repeats"], rows["weight"], rows["cluster"], diversity = weigh.weigh(
         rows["status"], rows["score"], weigh_cfg, emb, has_emb
     )
     t2 = time.time()
     _write(run_dir, rows, sizes, stage_hash)
-    report.update({"embedding": kind, "score_edges": edges, "dedup": dedup_report, "diversity": diversity})
-    write_json_atomic({"stage_hash": stage_hash, **report}, report_path(run_dir))
+    report.update({"embedding": kind, "score_edges": edges, "dedup": dedup_report, "diversity": diversity,
+                   "score_year": calibrate.score_year(rows["score"], global_scores, rows["year"], kept)})  # fmt: skip
+    write_json_atomic({"stage_hash": stage_hash, **report}, report_path(run_dir, "reduce"))
     seconds = {"dedup": round(t1 - t0, 3), "calibrate_weigh": round(t2 - t1, 3), "write": round(time.time() - t2, 3)}
     return {**report, "seconds": seconds}
 
@@ -118,7 +98,9 @@ def _load(inputs: StageInputs, n_shards: int) -> tuple[dict[str, np.ndarray], li
     for s in range(n_shards):
         score = inputs.read("score", s, columns=["key", "status", "error", "aesthetic"])
         inspect = inputs.read("inspect", s, columns=["sha256", "phash", "width", "height"])
-        parts.append(pa.Table.from_arrays(score.columns + inspect.columns, score.column_names + inspect.column_names))
+        tag = inputs.read("tag", s, columns=["year", "rating"])  # for calibrate.within and the score-year report
+        both = score.columns + inspect.columns + tag.columns
+        parts.append(pa.Table.from_arrays(both, score.column_names + inspect.column_names + tag.column_names))
         sizes.append(score.num_rows)
     table = pa.concat_tables(parts)
     rows = {
@@ -128,6 +110,8 @@ def _load(inputs: StageInputs, n_shards: int) -> tuple[dict[str, np.ndarray], li
         "aesthetic": table["aesthetic"].to_numpy(zero_copy_only=False).astype(np.float64),
         "sha256": np.asarray(table["sha256"].to_pylist(), object),
         "phash": table["phash"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+        "year": np.asarray(table["year"].to_pylist(), object),
+        "rating": np.asarray(table["rating"].to_pylist(), object),
         "pixels": (table["width"].fill_null(0).to_numpy() * table["height"].fill_null(0).to_numpy()).astype(np.int64),
     }
     return rows, sizes

@@ -148,6 +148,10 @@ def kept_columns(table: pa.Table, cfg: SourceConfig) -> list[str]:
     for name in keep:
         if name not in table.column_names:
             raise ConfigError(f"source.keep_columns names '{name}', which the URL list does not have")
+    if cfg.hash_column:  # fetch.verify_hash reads it from the source stage, whatever keep_columns says
+        if cfg.hash_column not in table.column_names:
+            raise ConfigError(f"source.hash_column names '{cfg.hash_column}', which the URL list does not have")
+        keep = list(dict.fromkeys([*keep, cfg.hash_column]))
     return [name for name in keep if name != cfg.url_column]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
 import os
 import re
 import shutil
@@ -63,6 +64,27 @@ def skipped(path: Path, stage_hash: str) -> dict | None:
     if is_done(path, stage_hash):
         return {"rows": pq.read_metadata(path).num_rows, "skipped": True}
     return None
+
+
+REPORT = "_report.json"  # a global step's report, beside its parts, stamped with its hash
+
+
+def report_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / "stages" / stage / REPORT
+
+
+def stored_report(run_dir: Path, stage: str, n_shards: int, stage_hash: str) -> dict | None:
+    """The report of a global step already done with this hash (every part and the report stamped
+    with it), or None: then it runs. An unchanged rerun reads ~100 bytes instead of every input."""
+    try:
+        report = json.loads(report_path(run_dir, stage).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("stage_hash") != stage_hash:
+        return None
+    if not all(is_done(stage_path(run_dir, stage, s), stage_hash) for s in range(n_shards)):
+        return None
+    return report
 
 
 class UndeclaredReadError(RuntimeError):

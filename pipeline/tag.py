@@ -1,4 +1,6 @@
-"""tag: rating, year, general and character tags for every row of a shard.
+"""tag: rating, year and the tags of each category (general, character, copyright, artist, meta) for
+every row of a shard, as the source and the taggers give them: the curator's rules (aliases,
+exclusions …) are applied later, by the global ``tagrules`` step (pipeline/tagrules.py).
 
 The configured taggers run in priority order (``taggers.registry.merge``); model taggers see the
 shard's stored images (ok rows only), the metadata tagger every row's source columns. A row with
@@ -32,6 +34,9 @@ TAG_SCHEMA = pa.schema(
         ("year", pa.int16()),
         ("tags", pa.list_(pa.string())),
         ("characters", pa.list_(pa.string())),
+        ("copyrights", pa.list_(pa.string())),
+        ("artists", pa.list_(pa.string())),
+        ("meta", pa.list_(pa.string())),
         ("problem", pa.string()),
     ]
 )

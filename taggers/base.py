@@ -8,6 +8,7 @@ none), and returns the columns it fills, one row per input row, same order:
     year        int or None
     tags        list of general tags, or None
     characters  list of character tags, or None
+    copyrights, artists, meta   lists of those categories' tags, or None (a booru export's own strings)
     problem     why a value is missing although the row had one to give (None when all is well)
 
 ``source`` names the tagger in ``rating_source`` (a model tagger names its model).
@@ -23,7 +24,8 @@ from PIL import Image
 
 from zxl.registry import Member
 
-COLUMNS = ("rating", "year", "tags", "characters", "problem")
+TAG_FIELDS = ("tags", "characters", "copyrights", "artists", "meta")  # the catalog's tag columns
+COLUMNS = ("rating", "year", *TAG_FIELDS, "problem")
 RATINGS = ("general", "sensitive", "questionable", "explicit")
 
 

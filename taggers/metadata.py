@@ -5,7 +5,7 @@
 - year: from ``created_at`` in the source's own offset (2011-01-01T00:30+09:00 is 2011; a timestamp
   column arrives as ISO text in its own offset, pipeline/sources.py), a date, or a Unix timestamp
   (UTC); years outside 1990 … next year are rejected as clock errors;
-- tags: the general and character tag strings split on ``tag.separator``. A string that uses
+- tags: the general, character, copyright, artist and meta tag strings split on ``tag.separator``. A string that uses
   another separator (commas, semicolons, pipes where spaces were configured) is not guessed at:
   its tags stay null and the row's problem says why.
 
@@ -90,6 +90,9 @@ class MetadataTagger(Tagger):
             ("year", cfg.created_at_column, parse_year),
             ("tags", cfg.general_column, lambda v: split_tags(v, cfg.separator)),
             ("characters", cfg.character_column, lambda v: split_tags(v, cfg.separator)),
+            ("copyrights", cfg.copyright_column, lambda v: split_tags(v, cfg.separator)),
+            ("artists", cfg.artist_column, lambda v: split_tags(v, cfg.separator)),
+            ("meta", cfg.meta_column, lambda v: split_tags(v, cfg.separator)),
         ):
             values = []
             for i, raw in enumerate(column(col)):

@@ -13,7 +13,7 @@ import pandas as pd
 
 from zxl.config import ConfigError
 from zxl.registry import load_class, per_process
-from zxl.taggers.base import COLUMNS, Tagger
+from zxl.taggers.base import COLUMNS, TAG_FIELDS, Tagger
 from zxl.taggers.config import TagConfig
 
 TAGGERS = {"metadata": "zxl.taggers.metadata:MetadataTagger", "wd": "zxl.taggers.wd:WDTagger"}
@@ -40,7 +40,9 @@ def merge(results: list[tuple[str, pd.DataFrame]], n: int) -> pd.DataFrame:
     out: dict[str, list[Any]] = {c: [None] * n for c in (*COLUMNS, "rating_source")}
     problems: list[list[str]] = [[] for _ in range(n)]
     for source, df in results:
-        for field in ("rating", "year", "tags", "characters"):
+        for field in ("rating", "year", *TAG_FIELDS):
+            if field not in df.columns:  # a tagger that has nothing of a category may leave its column out
+                continue
             values = df[field].tolist()
             for i in range(n):
                 if out[field][i] is None and values[i] is not None:

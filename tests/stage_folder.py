@@ -66,11 +66,11 @@ def build(run_dir: Path, blobs: list[bytes | None], *overrides: str) -> tuple[Cu
 
 
 def run(run_dir: Path, cfg: CurateConfig, hashes: dict, *stages: str) -> dict:
-    """Run these stages (names from the table; "reduce" is the global step) on shard 0, in order."""
+    """Run these stages (names from the table; "reduce" and "tagrules" are global steps) on shard 0, in order."""
     results = {}
     for name in stages:
-        if name == "reduce":
-            results[name] = graph.run_global(run_dir, 1, hashes, cfg)
+        if graph.BY_NAME[name].scope == "global":
+            results[name] = graph.run_global(name, run_dir, 1, hashes, cfg)
             continue
         stage = graph.BY_NAME[name]
         results[name] = graph.run_shard(str(run_dir), name, 0, hashes[name],

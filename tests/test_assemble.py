@@ -6,20 +6,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests import stage_folder
-from zxl.catalog.schema import SCHEMA_V1, read_catalog, read_manifest
+from zxl.catalog.schema import SCHEMA, read_catalog, read_manifest
 from zxl.files import write_table_atomic
 from zxl.pipeline.assemble import write_catalog
 from zxl.pipeline.stages import stage_path
 
-ALL = ("inspect", "score", "tag", "reduce", "caption", "catalog")
+ALL = ("inspect", "score", "tag", "reduce", "tagrules", "caption", "catalog")
 
 
-def test_a_shard_assembles_to_the_v1_schema_in_source_order(tmp_path):
+def test_a_shard_assembles_to_the_catalog_schema_in_source_order(tmp_path):
     pics = [stage_folder.picture(i, noise=3 * i) for i in range(6)]
     cfg, hashes = stage_folder.build(tmp_path, [*pics, None])
     stage_folder.run(tmp_path, cfg, hashes, *ALL)
     part = pq.read_table(stage_path(tmp_path, "catalog", 0))
-    assert part.schema.remove_metadata() == SCHEMA_V1
+    assert part.schema.remove_metadata() == SCHEMA
     rows = part.to_pandas()
     assert rows["key"].tolist() == [str(1000 + i) for i in range(7)]
     ok = rows[rows["status"] == "ok"]

@@ -62,3 +62,57 @@ def test_edges_from_a_folder_that_is_no_catalog(tmp_path):
 def test_no_rows_no_edges():
     assert quantile_edges(np.array([np.nan]), [0.5] * 8) == []
     assert apply_edges(np.array([1.0]), []).tolist() == [0]
+
+
+def _era_corpus(n=20_000, seed=3):
+    """Raw scores that rise with the year (a scorer that prefers recent styles), years 2010..2024."""
+    rng = np.random.default_rng(seed)
+    years = rng.integers(2010, 2025, n)
+    raw = rng.normal(0, 1, n) + 0.25 * (years - 2010)
+    return raw, years
+
+
+def test_within_year_removes_the_year_from_the_score_tags_and_keeps_ninths():
+    from zxl.pipeline.calibrate import calibrate_rows, score_year, stratum_labels
+
+    raw, years = _era_corpus()
+    kept = np.ones(len(raw), bool)
+    kept[::10] = False  # duplicates: scored by their stratum's edges, not counted
+    labels = stratum_labels(["year"], {"year": years.astype(object)})
+    glob, _ = calibrate_rows(CalibrateConfig(), raw, kept, labels)
+    within, report = calibrate_rows(CalibrateConfig(within=["year"]), raw, kept, labels)
+    sy = score_year(within, glob, years.astype(object), kept)
+    assert sy["rho_global_edges"] > 0.5 and abs(sy["rho"]) < 0.02, sy
+    share = np.bincount(within[kept], minlength=10)[1:] / kept.sum()
+    assert np.all(np.abs(share - 1 / 9) < 0.01), share  # equal ninths overall
+    for y in (2010, 2017, 2024):  # and within every year
+        s = np.bincount(within[kept & (years == y)], minlength=10)[1:] / (kept & (years == y)).sum()
+        assert np.all(np.abs(s - 1 / 9) < 0.03), (y, s)
+    assert set(report["strata"]) == {str(y) for y in range(2010, 2025)} and report["fallback"]["rows"] == 0
+
+
+def test_small_strata_and_rows_without_a_year_fall_back_to_the_global_edges():
+    from zxl.pipeline.calibrate import calibrate_rows, stratum_labels
+
+    raw, years = _era_corpus(3000)
+    years = years.astype(object)
+    years[:50] = None
+    years[50:80] = 1999  # 30 rows: under min_stratum
+    kept = np.ones(len(raw), bool)
+    labels = stratum_labels(["year", "rating"], {"year": years, "rating": np.array(["general"] * len(raw), object)})
+    assert labels[0] is None and labels[60] == "1999/general"
+    cfg = CalibrateConfig(within=["year", "rating"], min_stratum=90)
+    scores, report = calibrate_rows(cfg, raw, kept, labels)
+    glob = apply_edges(raw, report["edges"])
+    np.testing.assert_array_equal(scores[:80], glob[:80])
+    assert report["fallback"] == {"rows": 80, "small_strata": ["1999/general"], "rows_without_stratum": 50}
+    assert "1999/general" not in report["strata"] and report["within"] == ["year", "rating"]
+
+
+def test_within_is_checked():
+    with pytest.raises(ConfigError, match="calibrate.within names year, rating"):
+        validate(CalibrateConfig(within=["month"]))
+    with pytest.raises(ConfigError, match="at most once"):
+        validate(CalibrateConfig(within=["year", "year"]))
+    with pytest.raises(ConfigError, match="needs calibrate.method quantile"):
+        validate(CalibrateConfig(within=["year"], method="fixed", edges=[1, 2, 3, 4, 5, 6, 7, 8]))

@@ -32,7 +32,7 @@ def test_only_ok_rows_at_or_above_min_score_are_captioned(tmp_path):
     cfg, hashes = stage_folder.build(
         tmp_path, [*pics, None], "caption.captioner=template", "caption.min_score=7", "dedup.phash_distance=-1"
     )
-    stage_folder.run(tmp_path, cfg, hashes, "inspect", "score", "tag", "reduce", "caption")
+    stage_folder.run(tmp_path, cfg, hashes, "inspect", "score", "tag", "reduce", "tagrules", "caption")
     reduce = pq.read_table(stage_path(tmp_path, "reduce", 0)).to_pandas()
     out = pq.read_table(stage_path(tmp_path, "caption", 0)).to_pandas()
     assert out["key"].tolist() == reduce["key"].tolist()

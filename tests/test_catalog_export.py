@@ -139,9 +139,9 @@ def test_hf_parquet_loads_with_datasets(sync_run, tmp_path, trained):
     assert isinstance(ds.features["image"], datasets.Image)
     first = ds[0]
     assert first["image"].size[0] > 0 and first["text"].startswith("score_")
-    from zxl.catalog.schema import SCHEMA_V1
+    from zxl.catalog.schema import SCHEMA
 
-    assert set(SCHEMA_V1.names) <= set(ds.column_names)  # every catalog column comes along
+    assert set(SCHEMA.names) <= set(ds.column_names)  # every catalog column comes along
     by_key = trained.set_index("key")
     for row in ds.select(range(min(5, len(ds)))):
         want = by_key.loc[row["key"]]

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import make_config
-from zxl.catalog.schema import SCHEMA_V1, read_catalog, read_manifest
+from tests.conftest import make_config, rule_overrides
+from zxl.catalog.schema import SCHEMA, read_catalog, read_manifest
 from zxl.pipeline.curate import curate, summary
 from zxl.pipeline.stages import stage_path
 
@@ -93,9 +93,9 @@ def test_dedup_keeps_one_copy_per_picture_and_never_merges_two(sync_run, truth):
 def test_catalog_is_plain_parquet_for_every_reader(sync_run):
     cfg, result = sync_run
     d = result.catalog_dir
-    assert pq.read_table(d).schema.names == SCHEMA_V1.names
-    assert pq.read_table(d).schema.field("score").type == SCHEMA_V1.field("score").type
-    assert list(pd.read_parquet(d).columns) == SCHEMA_V1.names
+    assert pq.read_table(d).schema.names == SCHEMA.names
+    assert pq.read_table(d).schema.field("score").type == SCHEMA.field("score").type
+    assert list(pd.read_parquet(d).columns) == SCHEMA.names
     n = duckdb.sql(f"select count(*) from read_parquet('{d}/*.parquet')").fetchall()[0][0]
     assert n == result.manifest["rows"]
     q = f"select count(*) from read_parquet('{d}/*.parquet') where status = 'ok' and score between 1 and 9"
@@ -324,3 +324,71 @@ def test_a_worker_killed_mid_stage_changes_nothing(sync_run, tmp_path):
         worker.join(timeout=300)
     assert not errors, errors
     assert_same_catalog(result["r"].catalog_dir, first.catalog_dir)
+
+
+def test_tag_rules_apply_once_the_copies_are_known_and_redo_nothing_fetched(sync_run, corpus, truth, tmp_path):
+    """The demo export's rules (its own alias and implication tables, exclusions, drop_implied,
+    min_count) over a copy of the run: only the rules step, the captions and the catalog run again;
+    the catalog holds one spelling per tag, no excluded, implied or rare tag, the copyright, artist
+    and meta columns, and the md5 mismatches failed with their reason. Taking the rules away
+    gives back the first catalog, again without a fetch."""
+    import fnmatch
+    import json
+    import random
+    import shutil
+
+    from zxl.catalog.captions import build_caption, layout_of, tag_text
+    from zxl.catalog.export import exporter
+    from zxl.catalog.images import ImageStore
+    from zxl.demo_corpus import ALIASES, IMPLICATIONS
+
+    cfg, first = sync_run
+    shutil.copytree(first.run_dir, tmp_path / "rules")
+    cfg2 = make_config(tmp_path, "rules", cfg.source.path, *rule_overrides(corpus))
+    res = curate(cfg2, log=lambda *_: None)
+    for stage in ("fetch", "inspect", "score", "tag"):
+        assert res.stage_stats[stage]["shards_run"] == 0, stage
+    assert res.stage_stats["reduce"]["skipped"] and not res.stage_stats["tagrules"]["skipped"]
+    assert res.stage_stats["caption"]["shards_run"] == 4
+
+    cat = read_catalog(res.catalog_dir).to_pandas().merge(truth, on="key")
+    ok = cat[cat["status"] == "ok"]
+    columns = ("tags", "characters", "copyrights", "artists", "meta")
+    rows = [{c: set(r[c]) if r[c] is not None else set() for c in columns} for _, r in ok.iterrows()]
+    every = [t for r in rows for c in columns for t in r[c]]
+    old = {a for a, _, status in ALIASES if status == "active"}
+    assert not old & set(every)  # one spelling per aliased tag
+    assert not [t for t in every for p in cfg2.tag.exclude if fnmatch.fnmatchcase(t, p)]
+    implied = [(child, parent) for child, parent, status in IMPLICATIONS if status == "active"]
+    assert not [(r, c, p) for r in rows for col in columns for c, p in implied if c in r[col] and p in r[col]]
+    for col in columns:  # no tag under min_count among the trainable rows
+        counts = pd.Series([t for r in rows for t in r[col]]).value_counts()
+        assert counts.empty or counts.min() >= cfg2.tag.min_count, (col, counts.tail(3))
+    assert ok["copyrights"].map(len).gt(0).any() and ok["artists"].map(len).gt(0).any()
+    assert {"highres"} <= {t for r in rows for t in r["meta"]}  # meta stays in its column …
+    layout = layout_of(res.manifest)
+    trainable = [r for r in read_catalog(res.catalog_dir).to_pylist() if r["status"] == "ok" and r["repeats"] > 0]
+    for r in trainable:  # … and out of captions
+        text = build_caption(r, random.Random(0), (1, 0, 0), layout=layout)
+        assert not {tag_text(m) for m in r["meta"] or []} & set(text.split(", ")), text
+    mismatch = cat[cat["bad"] == "md5_mismatch"]
+    assert len(mismatch) >= 2 and (mismatch["status"] == "failed_download").all()
+    assert mismatch["error"].str.fullmatch(r"md5 mismatch: expected [0-9a-f]{32}, got [0-9a-f]{32}").all()
+    m = res.manifest
+    assert m["hash_mismatches"] == len(mismatch)
+    did = m["tag_rules"]
+    assert min(did["rules"]["aliased"], did["rules"]["excluded"], did["rules"]["implied"], did["rare_tags_dropped"]) > 0
+    text = summary(res)
+    assert "tags aliased" in text and "md5 checked" in text and "score-year Spearman rho" in text
+
+    # the kohya folder and the kohya json carry the same captions
+    store = ImageStore(res.catalog_dir)
+    exporter("kohya", seed=3, layout=layout).export(trainable, store, tmp_path / "k")
+    exporter("kohya-json", seed=3, layout=layout).export(trainable, store, tmp_path / "kj")
+    folder = {p.stem: p.read_text().strip() for p in (tmp_path / "k").glob("*/*.txt")}
+    meta_json = {Path(n).stem: e["caption"] for n, e in json.loads((tmp_path / "kj" / "meta.json").read_text()).items()}
+    assert folder == meta_json and len(folder) == len(trainable)
+
+    back = curate(make_config(tmp_path, "rules", cfg.source.path), log=lambda *_: None)
+    assert back.stage_stats["fetch"]["shards_run"] == 0 and back.stage_stats["score"]["shards_run"] == 0
+    assert_same_catalog(back.catalog_dir, first.catalog_dir)

@@ -45,7 +45,7 @@ def test_fetch_one_shard(urls_file, tmp_path, truth):
     run_dir = tmp_path / "one"
     n, h = sources.split(sources.read_url_list(cfg.source), cfg.source, run_dir, cfg.run.shard_size)
     assert n == 2
-    result = run_shard(str(run_dir), "fetch", 1, "h1", cfg.fetch, cfg.run.shard_size)
+    result = run_shard(str(run_dir), "fetch", 1, "h1", cfg.fetch, cfg.run.shard_size, cfg.source.hash_column)
     assert result["rows"] == 70 and not result["skipped"]
     out = pq.read_table(stage_path(run_dir, "fetch", 1)).to_pandas()
     src = pq.read_table(stage_path(run_dir, "source", 1)).to_pandas()
@@ -63,7 +63,8 @@ def test_fetch_one_shard(urls_file, tmp_path, truth):
         stored = {m.name.split(".")[0] for m in tar if m.name.endswith(".jpg")}
     assert set(ok["shard_key"]) == stored
     merged = out.merge(truth, on="key")
-    assert (merged["status"] == merged["expected_status"]).all()
+    wrong = merged[merged["status"] != merged["expected_status"]]
+    assert wrong.empty, wrong[["key", "status", "expected_status", "bad", "error"]].to_string()
     assert merged.loc[merged["status"] != "ok", "error"].str.len().gt(0).all()
     # no upscaling, and nothing downscaled below the cap
     assert (ok["width"] <= ok["original_width"]).all()
@@ -79,3 +80,68 @@ def test_bad_fetch_settings_are_config_errors(urls_file, tmp_path):
         validate(FetchConfig(resize_mode="stretch"))
     with pytest.raises(ConfigError, match="fetch.timeout"):
         validate(FetchConfig(timeout=0))
+    with pytest.raises(ConfigError, match="fetch.verify_hash must be one of md5, sha256, sha512"):
+        validate(FetchConfig(verify_hash="crc32"))
+
+
+def test_hash_check_names_both_hashes_and_leaves_rows_without_one_unchecked():
+    import hashlib
+
+    from zxl.pipeline.fetch import HashCheck
+
+    data = _png()
+    good = hashlib.md5(data).hexdigest()
+    check = HashCheck("md5", [good.upper(), "0" * 32, None, "  "])
+    assert check(0, data) is None  # compared in lower case, as exports differ
+    assert check(1, data) == f"md5 mismatch: expected {'0' * 32}, got {good}"
+    assert check(2, data) is None and check(3, data) is None and check(9, data) is None
+    empty = hashlib.md5(b"").hexdigest()
+    assert check(1, b"") == f"md5 mismatch: expected {'0' * 32}, got {empty} (empty response body (0 bytes))"
+
+
+def test_a_download_that_is_not_the_posts_file_fails_and_stores_nothing(tmp_path):
+    """fetch.verify_hash through img2dataset's own downloader, against a real server on 127.0.0.1:
+    a file replaced on the server since the export (its md5 differs) is failed_download, named."""
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pyarrow as pa
+
+    files = {f"/{i}.png": _png((16 + i, 16)) for i in range(4)}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = files[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        md5 = [hashlib.md5(files[f"/{i}.png"]).hexdigest() for i in range(4)]
+        md5[2] = hashlib.md5(b"the file as it was").hexdigest()  # replaced since the export
+        md5[3] = None  # no hash given: not checked
+        urls = tmp_path / "posts.parquet"
+        pq.write_table(pa.table({"id": [1, 2, 3, 4], "file_url": [f"{base}/{i}.png" for i in range(4)], "md5": md5}),
+                       urls)  # fmt: skip
+        cfg = make_config(tmp_path, "md5", urls, "fetch.verify_hash=md5", "source.hash_column=md5")
+        run_dir = tmp_path / "md5"
+        sources.split(sources.read_url_list(cfg.source), cfg.source, run_dir, cfg.run.shard_size)
+        run_shard(str(run_dir), "fetch", 0, "h", cfg.fetch, cfg.run.shard_size, cfg.source.hash_column)
+    finally:
+        server.shutdown()
+    out = pq.read_table(stage_path(run_dir, "fetch", 0)).to_pandas()
+    assert out["status"].tolist() == ["ok", "ok", "failed_download", "ok"]
+    got = hashlib.md5(files["/2.png"]).hexdigest()
+    assert out["error"][2] == f"md5 mismatch: expected {md5[2]}, got {got}"
+    with tarfile.open(run_dir / "shards" / "00000.tar") as tar:
+        stored = {m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".jpg") or m.name.endswith(".png")}
+    assert out["shard_key"][2] not in stored and out["shard_key"][0] in stored

@@ -18,7 +18,7 @@ def test_every_stage_comes_after_what_it_reads():
     for stage in graph.STAGES:
         assert set(stage.reads) <= seen, f"{stage.name} reads {set(stage.reads) - seen} before it is made"
         seen.add(stage.name)
-    assert [s.name for s in graph.STAGES if s.scope == "global"] == ["reduce"]
+    assert [s.name for s in graph.STAGES if s.scope == "global"] == ["reduce", "tagrules"]
     assert graph.SHARD_STAGES == ("fetch", "inspect", "score", "tag", "caption", "catalog")
 
 
@@ -27,8 +27,15 @@ def test_sections_name_real_config():
     for stage in graph.STAGES:
         for name in stage.sections:
             graph.section(cfg, name)  # raises AttributeError on a typo
-        for key in stage.speed_only:
+        for key in stage.speed_only | stage.later | stage.keys:
             assert any(key in vars(graph.section(cfg, n)) for n in stage.sections), (stage.name, key)
+
+
+def test_the_run_order_alternates_phases_and_global_steps():
+    assert graph.order() == [("phase", 0), ("global", "reduce"), ("phase", 1), ("global", "tagrules"), ("phase", 2)]
+    assert [s.name for s in graph.phase(0)] == ["fetch", "inspect", "score", "tag"]
+    assert graph.phase(1) == ()  # tagrules follows reduce at once
+    assert [s.name for s in graph.phase(2)] == ["caption", "catalog"]
 
 
 def test_tasks_wait_on_what_they_read_in_their_phase():
@@ -39,8 +46,8 @@ def test_tasks_wait_on_what_they_read_in_their_phase():
     assert deps[("inspect", 1)] == [("fetch", 1)]
     assert deps[("score", 0)] == [("fetch", 0), ("inspect", 0)]
     assert deps[("tag", 0)] == [("fetch", 0), ("inspect", 0)]
-    second = {t.id: t.deps for t in graph.tasks(1, "/r", 2, hashes, _cfg())}
-    assert second[("caption", 1)] == []  # fetch, reduce and tag are done before phase 1
+    second = {t.id: t.deps for t in graph.tasks(2, "/r", 2, hashes, _cfg())}
+    assert second[("caption", 1)] == []  # fetch, reduce and tagrules are done before phase 2
     assert second[("catalog", 1)] == [("caption", 1)]
     assert {t.stage for t in first} == {"fetch", "inspect", "score", "tag"}
 
@@ -53,10 +60,16 @@ def test_a_change_redoes_what_it_reaches_and_nothing_else():
         new = graph.stage_hashes(_cfg(*overrides), source)
         return {k for k in base if base[k] != new[k]}
 
-    assert changed("fetch.timeout=7") == {"fetch", "inspect", "score", "tag", "reduce", "caption", "catalog"}
-    assert changed("tag.exif_year=false") == {"tag", "caption", "catalog"}
-    assert changed("weigh.default=2") == {"reduce", "caption", "catalog"}
+    every = {"fetch", "inspect", "score", "tag", "reduce", "tagrules", "caption", "catalog"}
+    assert changed("fetch.timeout=7") == every
+    assert changed("tag.exif_year=false") == {"tag", "reduce", "tagrules", "caption", "catalog"}  # years: calibrate
+    assert changed("weigh.default=2") == {"reduce", "tagrules", "caption", "catalog"}
     assert changed("caption.min_score=3") == {"caption", "catalog"}
+    # the tag rules redo the rules step, the captions and the catalog: nothing fetched, scored or tagged again
+    for rule in ("tag.min_count=5", "tag.drop_implied=true", "tag.exclude=[x*]", "tag.replace={a: b}"):
+        assert changed(rule) == {"tagrules", "caption", "catalog"}, rule
+    assert changed("caption.tag_order=[general]", "caption.shuffle=[general]") == set()  # read from the manifest
+    assert changed("fetch.verify_hash=md5", "source.hash_column=md5") == every
     assert changed("run.shard_size=77") == changed("fetch.timeout=7")  # fetch is given run.shard_size
     assert changed("fetch.thread_count=3", "score.batch_size=3", "tag.device=cpu") == set()  # speed only
     assert changed(source="other") == set(base)

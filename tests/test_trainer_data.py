@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from zxl.buckets import BUCKETS
-from zxl.catalog.schema import SCHEMA_V1
+from zxl.catalog.schema import SCHEMA
 from zxl.config import ConfigError
 from zxl.trainer.data import buckets_for, caption, check_plan, epoch_plan, load_rows, nearest
 
@@ -30,11 +30,11 @@ def frame(n_per_bucket: dict[int, int], repeats=1) -> pd.DataFrame:
 
 def write_catalog(folder, rows: list[dict]):
     folder.mkdir(parents=True)
-    full = [{f.name: r.get(f.name) for f in SCHEMA_V1} for r in rows]
+    full = [{f.name: r.get(f.name) for f in SCHEMA} for r in rows]
     for r in full:
         r["tags"] = r["tags"] or []
         r["characters"] = r["characters"] or []
-    pq.write_table(pa.Table.from_pylist(full, schema=SCHEMA_V1), folder / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(full, schema=SCHEMA), folder / "part-00000.parquet")
     (folder / "_manifest.json").write_text(json.dumps({"schema_version": 1}))
     return folder
 

@@ -23,12 +23,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from zxl.buckets import recipe_buckets
-from zxl.catalog.captions import build_caption
-from zxl.catalog.schema import SCHEMA_V1
+from zxl.catalog.captions import DEFAULT_LAYOUT, TagLayout, build_caption
+from zxl.catalog.schema import SCHEMA
 from zxl.config import ConfigError
 
 COLUMNS = ["key", "status", "shard", "shard_key", "sha256", "width", "height", "original_width", "original_height",
-           "score", "rating", "year", "tags", "characters", "caption", "repeats", "weight"]  # fmt: skip
+           "score", "rating", "year", "tags", "characters", "copyrights", "artists", "meta", "caption", "repeats",
+           "weight"]  # fmt: skip
 
 
 def buckets_for(resolution: int) -> list[tuple[int, int]]:
@@ -71,18 +72,18 @@ def read_parts(catalog: Path, columns: list[str], option: str = "data.catalog") 
     reads), one part at a time so that a damaged one is named: a part that does not read is an error,
     never left out (zxl.catalog.query's ``open_catalog`` reports and skips one for browsing; a
     training run must not quietly train on less than its catalog)."""
-    files = ds.dataset(catalog, format="parquet", schema=SCHEMA_V1).files  # discovery opens no file
+    files = ds.dataset(catalog, format="parquet", schema=SCHEMA).files  # discovery opens no file
     tables = []
     for f in sorted(files):
         try:  # a catalog from before `weight`: nulls there
-            tables.append(pq.read_table(f, columns=columns, schema=SCHEMA_V1))
+            tables.append(pq.read_table(f, columns=columns, schema=SCHEMA))
         except (pa.ArrowException, OSError) as e:
             raise ConfigError(
                 f"{option}: part {f} cannot be read ({_one_line(e, Path(f))}); the catalog is damaged: "
                 "run zxl curate again to rewrite it"
             ) from None
     if not tables:
-        return SCHEMA_V1.empty_table().select(columns)
+        return SCHEMA.empty_table().select(columns)
     return pa.concat_tables(tables)
 
 
@@ -174,17 +175,17 @@ def caption_fields(rows: pd.DataFrame) -> list[dict]:
             return None
         return int(v) if isinstance(v, np.integer | float) else v
 
-    cols = ["score", "rating", "year", "tags", "characters", "caption"]
+    cols = ["score", "rating", "year", "tags", "characters", "copyrights", "artists", "meta", "caption"]
     table = rows[cols]
     assert isinstance(table, pd.DataFrame)  # pandas infers df[columns] as DataFrame | Series
     return [{c: clean(r[c]) for c in cols} for r in table.to_dict("records")]
 
 
 def caption(row: dict, seed: int, step: int, slot: int, styles, dropout: float, rating_format: str,
-            year_format: str) -> str:  # fmt: skip
+            year_format: str, layout: TagLayout = DEFAULT_LAYOUT) -> str:  # fmt: skip
     """The caption of one sample (docs/recipe.md "Captions for training"), drawn fresh each step:
     score tag first, tags shuffled, one style of three for captioned rows, and dropout to ''."""
     rng = rng_for("caption", seed, step, slot)
     if rng.random() < dropout:
         return ""
-    return build_caption(row, rng, styles, rating_format, year_format)
+    return build_caption(row, rng, styles, rating_format, year_format, layout)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zxl.catalog.captions import build_caption
+from zxl.catalog.captions import DEFAULT_LAYOUT, TagLayout, build_caption, layout_of
 from zxl.config import ConfigError, num
 from zxl.files import write_text_atomic
 from zxl.trainer import metrics
@@ -103,6 +103,7 @@ class EvalSet:
     clip: str | None  # why prompt adherence is skipped, or None when it runs
     buckets: list[tuple[int, int]] = field(default_factory=list)
     val_images: list | None = None  # the validation-loss rows' images, decoded at first use
+    layout: TagLayout = DEFAULT_LAYOUT  # the catalog's caption layout
 
     @classmethod
     def build(cls, catalog: str | Path, cfg: EvalConfig, option: str = "--catalog") -> EvalSet:
@@ -134,17 +135,18 @@ class EvalSet:
             None if score_cfg.scorer == "clip-mlp" else f"no CLIP model configured (score.scorer is {score_cfg.scorer})"
         )
         order = sorted(range(len(test)), key=lambda i: rng_for("prompt", cfg.seed, test.key[i]).random())
-        prompts = [_prompt(test.iloc[i], n, cfg, buckets) for n, i in enumerate(order[: cfg.prompts])]
+        layout = layout_of(manifest)
+        prompts = [_prompt(test.iloc[i], n, cfg, buckets, layout) for n, i in enumerate(order[: cfg.prompts])]
         images = _images(catalog, train.sample(n=min(64, len(train)), random_state=cfg.seed) if len(train) else test,
                          buckets)  # fmt: skip
         return cls(catalog, cfg, test, prompts, metrics.tone_summary(images), scorer,
-                   manifest.get("score_edges", {}).get("edges", []), clip, buckets)  # fmt: skip
+                   manifest.get("score_edges", {}).get("edges", []), clip, buckets, layout=layout)  # fmt: skip
 
 
-def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets) -> Prompt:
+def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets, layout: TagLayout = DEFAULT_LAYOUT) -> Prompt:
     fields = caption_fields(row.to_frame().T)[0] | {"score": None}
     style = ("tags", "natural", "mixed")[n % 3] if fields.get("caption") else "tags"
-    body = build_caption(fields, rng_for("eval-caption", cfg.seed, row.key), STYLE_WEIGHTS[style])
+    body = build_caption(fields, rng_for("eval-caption", cfg.seed, row.key), STYLE_WEIGHTS[style], layout=layout)
     w, h = buckets[int(row.bucket_index)]  # the sampler takes multiples of 8 (small resolutions' buckets are not)
     return Prompt(style, body, max(8, w // 8 * 8), max(8, h // 8 * 8), row.key)
 
@@ -252,7 +254,7 @@ def validation_loss(model, es: EvalSet) -> dict:
         g = torch.Generator().manual_seed(int.from_bytes(rng_for("val-noise", cfg.seed, r.key).randbytes(4), "little"))
         noise = torch.randn((len(ts), *z0.shape[1:]), generator=g)
         x_t, target = schedule.noisy_and_target(z0.expand(len(ts), -1, -1, -1), noise, ts, None)
-        text = build_caption(fields[i], random.Random(0), STYLE_WEIGHTS["tags"])
+        text = build_caption(fields[i], random.Random(0), STYLE_WEIGHTS["tags"], layout=es.layout)
         emb, pooled = model.encode([text])
         w, h = es.buckets[int(r.bucket_index)]
         oh = int(r.original_height) if not pd.isna(r.original_height) else int(r.height)

@@ -25,6 +25,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from zxl.catalog.captions import DEFAULT_LAYOUT, TagLayout, layout_of
+from zxl.catalog.schema import read_manifest
 from zxl.config import ConfigError, config_hash, dump_yaml, to_dict
 from zxl.files import write_text_atomic
 from zxl.trainer import checkpoint
@@ -138,6 +140,7 @@ class Data:
     original: list[tuple[int, int]]
     buckets: list[tuple[int, int]]
     cache: LatentCache | None = None
+    layout: TagLayout = DEFAULT_LAYOUT  # the catalog's caption layout (its curate run's caption.tag_order …)
 
     @classmethod
     def load(cls, cfg: TrainConfig) -> Data:
@@ -150,7 +153,7 @@ class Data:
         original = list(zip(rows.original_height.fillna(rows.height).astype(int).tolist(),
                             rows.original_width.fillna(rows.width).astype(int).tolist(), strict=True))  # fmt: skip
         return cls(rows, caption_fields(rows), rows.shard.tolist(), rows.key.tolist(), original,
-                   buckets_for(cfg.data.resolution))  # fmt: skip
+                   buckets_for(cfg.data.resolution), layout=layout_of(read_manifest(cfg.data.catalog)))  # fmt: skip
 
 
 def load_model(cfg: TrainConfig, device: torch.device, model=None):
@@ -294,7 +297,8 @@ def get_batch(cfg: TrainConfig, data: Data, batch, micro_id: int, rank: int, dev
         perturb.append(xi * cfg.loss.ip_noise_gamma)
         ts.append(t)
         texts.append(caption(data.fields[i], cfg.data.seed, micro_id, slot, cfg.data.caption_styles,
-                             cfg.data.caption_dropout, cfg.data.rating_format, cfg.data.year_format))  # fmt: skip
+                             cfg.data.caption_dropout, cfg.data.rating_format, cfg.data.year_format,
+                             data.layout))  # fmt: skip
         time_ids.append([*data.original[i], top, left, h, w])
     return {
         "x0": torch.stack(latents).to(device),

@@ -15,6 +15,7 @@ plain ``open()`` would have given it (0644 and 0755 with the usual umask 022).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -123,3 +124,15 @@ def write_text_atomic(text: str, path: Path) -> Path:
 
 def write_json_atomic(obj, path: Path) -> Path:
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
+
+
+def file_hash(path: str | os.PathLike) -> str | None:
+    """sha256 of a file's content (read in 1 MiB blocks), or None when there is no such file."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
