@@ -103,17 +103,23 @@ def apply_edges(raw: ArrayLike, edges: list[float]) -> np.ndarray:
     return np.where(np.isfinite(raw), scores, 0).astype(np.int8)
 
 
-def stratum_labels(within: list[str], columns: dict[str, np.ndarray]) -> np.ndarray:
-    """Each row's stratum, e.g. "2019" or "2019/general" (None where one of its values is missing)."""
+def stratum_labels(within: list[str], columns: dict[str, np.ndarray], year_span: int = 1) -> np.ndarray:
+    """Each row's stratum, e.g. "2019", "2015-2019" (``year_span`` 5) or "2019/general" (None where one
+    of its values is missing)."""
     n = len(next(iter(columns.values())))
     labels = np.full(n, None, object)
     if not within:
         return labels
-    parts = [columns[name] for name in within]
+
+    def year(y) -> str:
+        lo = int(y) // year_span * year_span
+        return str(lo) if year_span == 1 else f"{lo}-{lo + year_span - 1}"
+
+    parts = [(columns[name], year if name == "year" else str) for name in within]
     for i in range(n):
-        values = [p[i] for p in parts]
-        if all(v is not None for v in values):
-            labels[i] = "/".join(str(v) for v in values)
+        values = [(p[i], show) for p, show in parts]
+        if all(v is not None for v, _ in values):
+            labels[i] = "/".join(show(v) for v, show in values)
     return labels
 
 

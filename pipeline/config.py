@@ -104,6 +104,7 @@ class CalibrateConfig:
     # year has the same share of each score tag; strata under min_stratum rows use the global edges.
     within: list[str] = dataclasses.field(default_factory=list)
     min_stratum: int = num(90, "[9, inf)")
+    year_span: int = num(1, "[1, 100]")  # years per year stratum (5: 2005-2009, 2010-2014 …), for small corpora
 
 
 @dataclasses.dataclass

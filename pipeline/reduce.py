@@ -77,7 +77,8 @@ def reduce_all(
     dedup_report = _dedup(rows, dedup_cfg, emb, has_emb, kind)
     t1 = time.time()
     kept = (rows["status"] == "ok") & np.isfinite(rows["aesthetic"])
-    labels = calibrate.stratum_labels(calibrate_cfg.within, {"year": rows["year"], "rating": rows["rating"]})
+    labels = calibrate.stratum_labels(calibrate_cfg.within, {"year": rows["year"], "rating": rows["rating"]},
+                                      calibrate_cfg.year_span)  # fmt: skip
     rows["score"], edges = calibrate.calibrate_rows(calibrate_cfg, rows["aesthetic"], kept, labels)
     global_scores = calibrate.apply_edges(rows["aesthetic"], edges["edges"])
     rows["repeats"], rows["weight"], rows["cluster"], diversity = weigh.weigh(

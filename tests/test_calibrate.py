@@ -107,6 +107,8 @@ def test_small_strata_and_rows_without_a_year_fall_back_to_the_global_edges():
     np.testing.assert_array_equal(scores[:80], glob[:80])
     assert report["fallback"] == {"rows": 80, "small_strata": ["1999/general"], "rows_without_stratum": 50}
     assert "1999/general" not in report["strata"] and report["within"] == ["year", "rating"]
+    spans = stratum_labels(["year"], {"year": np.array([2005, 2009, 2010, None], object)}, year_span=5)
+    assert spans.tolist() == ["2005-2009", "2005-2009", "2010-2014", None]
 
 
 def test_within_is_checked():
