@@ -97,8 +97,8 @@ def summarize(run_dir: Path, n_shards: int) -> dict:
         "ok_rows": ok.num_rows,
         "captioned": captioned,
         "counts": counts,
-        "hash_mismatches": int(pc.sum(mismatch).as_py() or 0),
-    }  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
+        "hash_mismatches": sum(mismatch.to_pylist()),  # downloads that were not the source's file
+    }
 
 
 def _unchanged(run_dir: Path, n_shards: int, manifest: dict) -> dict | None:

@@ -155,12 +155,12 @@ def calibrate_rows(cfg: CalibrateConfig, raw: np.ndarray, kept: np.ndarray, labe
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman's rank correlation (ties averaged), or None with under 3 pairs or a constant side."""
-    from scipy.stats import spearmanr
+    from scipy.stats import rankdata
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    return round(float(spearmanr(a, b).statistic), 4)
+    return round(float(np.corrcoef(rankdata(a), rankdata(b))[0, 1]), 4)  # Pearson of the ranks
 
 
 def score_year(scores: np.ndarray, global_scores: np.ndarray, years: np.ndarray, kept: np.ndarray) -> dict:

@@ -202,6 +202,24 @@ def test_a_bad_url_list_stops_before_any_work(tmp_path, urls_file):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_rule_table_with_a_cycle_stops_before_any_work(tmp_path, urls_file):
+    from zxl.config import ConfigError
+
+    table = tmp_path / "tag_aliases.csv"
+    table.write_text("id,antecedent_name,consequent_name,status\n1,a,b,active\n2,b,a,active\n3,c,d,deleted\n")
+    cfg = make_config(tmp_path, "cycle", urls_file, f"tag.aliases={table}")
+    with pytest.raises(ConfigError, match="tag.aliases.*cycle"):
+        curate(cfg, log=lambda *_: None)
+    assert not (tmp_path / "cycle").exists()
+    cfg = make_config(tmp_path, "shuffle", urls_file, "caption.shuffle=[meta]")
+    with pytest.raises(ConfigError, match="caption.shuffle"):
+        curate(cfg, log=lambda *_: None)
+    cfg = make_config(tmp_path, "hash", urls_file, "source.hash_column=")
+    with pytest.raises(ConfigError, match="fetch.verify_hash is md5: set source.hash_column"):
+        curate(cfg, log=lambda *_: None)
+    assert not (tmp_path / "shuffle").exists() and not (tmp_path / "hash").exists()
+
+
 def test_an_existing_cluster_by_address(sync_run, tmp_path):
     from dask.distributed import LocalCluster
 

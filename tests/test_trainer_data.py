@@ -203,3 +203,23 @@ def test_a_missing_or_unreadable_catalog_is_named(tmp_path):
     (cat / "_manifest.json").write_text('{"schema_version": 1,')
     with pytest.raises(ConfigError, match=rf"^data.catalog: {cat / '_manifest.json'} does not load \(JSONDecodeError"):
         load_rows(cat, 1024)
+
+
+def test_a_v1_catalog_trains_with_the_new_tag_columns_null(tmp_path):
+    """A catalog written before schema v2 has no copyrights, artists or meta: read as null."""
+    from zxl.catalog.schema import V1_COLUMNS
+
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    row = {f.name: None for f in SCHEMA if f.name in V1_COLUMNS}
+    row.update(key="a", url="u", status="ok", width=800, height=1200, repeats=1, shard="00000.tar", tags=["smile"],
+               characters=[], score=5)  # fmt: skip
+    v1 = pa.schema([f for f in SCHEMA if f.name in V1_COLUMNS])
+    pq.write_table(pa.Table.from_pylist([row], schema=v1), folder / "part-00000.parquet")
+    (folder / "_manifest.json").write_text(json.dumps({"schema_version": 1}))
+    df = load_rows(folder, 1024)
+    assert df.key.tolist() == ["a"] and df.copyrights.isna().all() and df.meta.isna().all()
+    from zxl.trainer.data import caption_fields
+
+    text = caption(caption_fields(df)[0], 0, 0, 0, (1, 0, 0), 0.0, "rating:{}", "year {}")
+    assert text == "score_5, smile"
