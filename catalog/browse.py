@@ -11,7 +11,10 @@ The catalog itself is never written. What the user enters — choices between tw
 goes to ``runs/<name>/taste/choices.sqlite`` (catalog/choices.py) through JSON POSTs that a page of
 another origin cannot make (a JSON content type is required, which a cross-site form cannot send,
 and a foreign ``Origin`` is refused). The **clusters** view shows the k-means clusters of the
-diversity-aware repeats (pipeline/weigh.py): sizes, mean scores, a grid of each.
+diversity-aware repeats (pipeline/weigh.py): sizes, mean scores, a grid of each. The index page's
+**overview** (also ``/api/overview``) shows what a curator reads about the trainable rows
+(catalog/tagstats.py): the top tags of each category, the captions' CLIP token lengths and the
+score–year ρ, made once per server.
 
 Hostile requests (docs/reliability.md):
 
@@ -56,6 +59,7 @@ from zxl.catalog.choices import ChoicesError, ChoiceStore, PairPicker, choices_p
 from zxl.catalog.embeddings import read_embeddings
 from zxl.catalog.images import ImageStore
 from zxl.catalog.query import Catalog, open_catalog
+from zxl.catalog.tagstats import curation
 from zxl.images import decode
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
@@ -165,6 +169,8 @@ class Browser:
         self._thumbs: OrderedDict[str, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._max_thumbs = thumbs
+        self._overview: dict | None = None
+        self._overview_lock = threading.Lock()
 
     def con(self):
         if not hasattr(self._local, "con"):
@@ -213,6 +219,19 @@ class Browser:
             top = max((n for _, n in bars), default=1)
             charts[name] = [("—" if k is None else k, n, round(100 * n / top)) for k, n in bars]
         return total, charts
+
+    def overview(self) -> dict:
+        """Tags per category, the captions' CLIP token lengths and the score–year ρ of the trainable
+        rows (catalog/tagstats.py), with the token-length histogram as the page's bars. The same for
+        every view: made once (``serve`` makes it before answering; counting tokens takes seconds)."""
+        with self._overview_lock:
+            if self._overview is None:
+                ov = curation(self.con(), self.catalog.manifest)
+                bins = ov["token_lengths"].get("histogram") or []
+                top = max((n for _, n in bins), default=1) or 1
+                ov["token_bars"] = [(k, n, round(100 * n / top)) for k, n in bins]
+                self._overview = ov
+        return self._overview
 
     def row(self, key: str) -> dict | None:
         rows = self.rows("SELECT * FROM catalog WHERE key = ?", [key])
@@ -537,8 +556,13 @@ def create_app(catalog_dir: str | Path, hosts: set[str] | None = None, port: int
         return render_template(
             "index.html", rows=rows, total=total, f=f, pages=pages, charts=charts,
             manifest=catalog.manifest, problems=catalog.problems, sorts=SORTS, statuses=STATUSES,
-            ratings=RATINGS, per_page=PER_PAGE, page_url=page_url,
+            ratings=RATINGS, per_page=PER_PAGE, page_url=page_url, ov=browser.overview(),
         )  # fmt: skip
+
+    @app.get("/api/overview")
+    def api_overview():
+        """The index page's overview as JSON: tags per category, caption token lengths, score–year ρ."""
+        return jsonify({k: v for k, v in browser.overview().items() if k != "token_bars"})
 
     @app.get("/row/<path:key>")  # a key may hold "/"
     def detail(key: str):
@@ -703,4 +727,5 @@ def serve(catalog_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, al
     app = create_app(catalog_dir, allowed_names(host, allow))
     server = make_server(host, port, app, threaded=True, request_handler=_Handler)
     app.config["PORT"] = server.server_port
+    app.config["BROWSER"].overview()  # counted before the first page is asked for, not while it waits
     return server

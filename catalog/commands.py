@@ -14,9 +14,14 @@ def add_commands(sub) -> None:
     top = sub.add_parser("catalog", help="stats, queries, rows and exports of a catalog")
     top.set_defaults(run=cmd_catalog)
     cat = top.add_subparsers(dest="catalog_command", metavar="ACTION")
-    st = cat.add_parser("stats", help="rows per status, score, rating, year, bucket; top tags; captions")
+    st = cat.add_parser("stats", help="rows per status, score, rating, year, bucket; tags per category; "
+                        "caption token lengths; score-year rho; tag rules")  # fmt: skip
     st.add_argument("catalog", metavar="CATALOG", help="a catalog folder (runs/<name>/catalog)")
-    st.add_argument("--top-tags", type=int, default=20)
+    st.add_argument("--top-tags", type=int, default=20, help="general tags over the ok rows (default 20)")
+    st.add_argument("--per-category", type=int, default=15,
+                    help="top tags of each category over the trainable rows (default 15)")  # fmt: skip
+    st.add_argument("--no-tokens", action="store_true",
+                    help="skip the captions' CLIP token lengths (loading the tokenizer takes seconds)")  # fmt: skip
     st.add_argument("--json", action="store_true", help="one JSON object on stdout, for machines")
     qu = cat.add_parser(
         "query",
@@ -75,8 +80,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 def _catalog_stats(cat, args, json) -> int:
     from zxl.catalog.query import stats
+    from zxl.catalog.tagstats import category_lines, score_year_line, tag_rules_lines, token_lines
 
-    st = stats(cat, args.top_tags)
+    st = stats(cat, args.top_tags, args.per_category, tokens=not args.no_tokens)
     if args.json:
         print(json.dumps(st, indent=1))
         return 0
@@ -87,10 +93,16 @@ def _catalog_stats(cat, args, json) -> int:
         for k, n in st[section].items():
             print(f"  {k:<16} {n:>9}  {100 * n / total:5.1f}%  {'#' * round(30 * n / total)}")
     print("\ntop tags: " + ", ".join(f"{t} ({n})" for t, n in st["top_tags"].items()))
+    print("\n" + "\n".join(category_lines(st["tag_categories"])))
     cov = st["caption_coverage"]
-    print(f"captions: {cov['captioned']} of {cov['ok_rows']} ok rows ({100 * cov['share']:.1f}%)")
+    print(f"\ncaptions: {cov['captioned']} of {cov['ok_rows']} ok rows ({100 * cov['share']:.1f}%)")
+    if "token_lengths" in st:
+        print("\n".join(token_lines(st["token_lengths"])))
     if st["score_edges"]:
         print("score edges: " + " ".join(f"{e:.4g}" for e in st["score_edges"]))
+    print(score_year_line(st["score_year"]))
+    for line in tag_rules_lines(cat.manifest):
+        print(line)
     if st["taste"]:
         t = st["taste"]
         raters = ", ".join(t.get("raters") or ["?"])
@@ -173,13 +185,15 @@ def _catalog_show(cat, args, json) -> int:
 
 
 def _catalog_export(cat, args, json) -> int:
+    from zxl.catalog.captions import layout_of
     from zxl.catalog.export import exporter
     from zxl.catalog.images import ImageStore
     from zxl.catalog.query import query
 
     con, rel = query(cat, args.where, limit=None, order="key")
     rows = (r for batch in rel.to_arrow_reader(batch_size=2048) for r in batch.to_pylist())
-    summary = exporter(args.format, seed=args.seed, folder_name=args.name).export(
+    layout = layout_of(cat.manifest)  # the captions the curate run chose, as the trainer writes them
+    summary = exporter(args.format, seed=args.seed, folder_name=args.name, layout=layout).export(
         rows, ImageStore(cat.path), Path(args.out)
     )
     missing = summary.pop("missing")

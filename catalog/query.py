@@ -1,8 +1,8 @@
 """Stats and queries over a catalog with DuckDB, straight from the Parquet parts (no full load).
 
 ``open_catalog`` checks what it is given: a folder with ``_manifest.json`` of a schema version
-this zxl reads, and parts that open. A missing or corrupt part is reported by name and left out,
-so the rest of the catalog still answers.
+this zxl reads (v2, and v1 with the columns v2 added read as null), and parts that open. A
+missing or corrupt part is reported by name and left out, so the rest of the catalog still answers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from zxl.catalog.schema import SCHEMA_V1, SCHEMA_VERSION
+from zxl.catalog.schema import SCHEMA, SCHEMA_VERSION
+from zxl.catalog.tagstats import TOP_PER_CATEGORY, score_year, tag_counts, token_lengths_safe
+
+READS = (1, SCHEMA_VERSION)  # a v1 catalog reads with v2's tag columns null
 
 
 class CatalogError(ValueError):
@@ -34,10 +37,10 @@ class Catalog:
         if self.parts:
             files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in self.parts)
             have = set(pq.read_schema(self.parts[0]).names)  # a catalog from before a column was added
-            extra = "".join(f', NULL::{_duck_type(f.type)} AS "{f.name}"' for f in SCHEMA_V1 if f.name not in have)
+            extra = "".join(f', NULL::{_duck_type(f.type)} AS "{f.name}"' for f in SCHEMA if f.name not in have)
             con.execute(f"CREATE VIEW catalog AS SELECT *{extra} FROM read_parquet([{files}])")
         else:
-            cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in SCHEMA_V1)
+            cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in SCHEMA)
             con.execute(f"CREATE VIEW catalog AS SELECT {cols} WHERE false")
         return con
 
@@ -60,10 +63,12 @@ def open_catalog(path: str | Path) -> Catalog:
     except ValueError as e:
         raise CatalogError(f"{manifest_path} is not valid JSON: {e}") from None
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READS:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         hint = "upgrade zxl to read it" if newer else "recreate it with this zxl"
-        raise CatalogError(f"{path} has catalog schema v{version}; this zxl reads v{SCHEMA_VERSION}: {hint}")
+        raise CatalogError(
+            f"{path} has catalog schema v{version}; this zxl reads {' and '.join(f'v{v}' for v in READS)}: {hint}"
+        )
     parts, problems = [], []
     for name in manifest.get("parts", []):
         p = path / name
@@ -86,17 +91,16 @@ def _counts(con, expr: str, where: str = "status = 'ok'") -> dict[str, int]:
     return {("null" if k is None else str(k)): n for k, n in rows}
 
 
-def stats(cat: Catalog, top_tags: int = 20) -> dict:
-    """Everything ``zxl catalog stats`` prints, as a dict."""
+def stats(cat: Catalog, top_tags: int = 20, per_category: int = TOP_PER_CATEGORY, tokens: bool = False) -> dict:
+    """Everything ``zxl catalog stats`` prints, as a dict. ``tokens``: also count the captions' CLIP
+    tokens (catalog/tagstats.py: loads the tokenizer, seconds; the rest takes well under one)."""
     con = cat.connect()
     total, ok, captioned, repeats = con.execute(
         "SELECT count(*), count(*) FILTER (status = 'ok'), count(caption) FILTER (status = 'ok'), "
         "coalesce(sum(repeats), 0) FROM catalog"
     ).fetchall()[0]
-    tags = con.execute(
-        "SELECT t, count(*) FROM (SELECT unnest(tags) AS t FROM catalog WHERE status = 'ok') "
-        f"GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(top_tags)}"
-    ).fetchall()
+    categories, tags = tag_counts(con, per_category, top_ok=top_tags)
+    extra = {"token_lengths": token_lengths_safe(con, cat.manifest)} if tokens else {}
     return {
         "catalog": str(cat.path),
         "rows": total,
@@ -112,6 +116,11 @@ def stats(cat: Catalog, top_tags: int = 20) -> dict:
         "score_edges": (cat.manifest.get("score_edges") or {}).get("edges"),
         "diversity": cat.manifest.get("diversity"),
         "taste": cat.manifest.get("taste"),
+        "tag_categories": categories,
+        "score_year": score_year(con, cat.manifest),
+        **extra,
+        "tag_rules": cat.manifest.get("tag_rules"),
+        "hash_mismatches": cat.manifest.get("hash_mismatches"),
         "problems": cat.problems,
     }
 

@@ -240,3 +240,45 @@ def test_browsing_alone_writes_nothing(sync_run, tmp_path):
     ok = [k for k, s in zip(first["key"].to_pylist(), first["status"].to_pylist(), strict=True) if s == "ok"]
     assert client.get(f"/row/{ok[0]}").status_code == 200
     assert not (run / "taste").exists()
+
+
+def test_the_index_overview_of_tags_and_caption_tokens(tmp_path):
+    """The index page's overview (tags per category, caption tokens, score-year rho) and its JSON,
+    on a catalog written here: tag names are text, never markup."""
+    import html
+    import json
+
+    from zxl.catalog.browse import create_app
+    from zxl.catalog.schema import SCHEMA
+
+    folder = tmp_path / "run" / "catalog"
+    folder.mkdir(parents=True)
+    rows = [{"key": f"k{i}", "url": f"http://x/{i}", "status": "ok", "repeats": 1, "score": 1 + i % 9,
+             "year": 2010 + i, "rating": "general", "tags": [HOSTILE_TAG, "solo"] if i < 3 else ["solo"],
+             "characters": ["hatsune_miku"], "artists": ['<b>"artist"</b>'] if i % 2 else None}
+            for i in range(6)]  # fmt: skip
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
+    pq.write_table(table, folder / "part-00000.parquet")
+    manifest = {
+        "schema_version": 2,
+        "rows": 6,
+        "parts": ["part-00000.parquet"],
+        "score_year": {"rows": 6, "rho": 0.5, "rho_global_edges": 0.75},
+        "score_edges": {"within": ["year"]},
+    }
+    (folder / "_manifest.json").write_text(json.dumps(manifest))  # fmt: skip
+    client = create_app(folder).test_client()
+    page = client.get("/")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert 'id="overview"' in body and 'id="tags-general"' in body and 'id="chart-tokens"' in body
+    assert HOSTILE_TAG not in body and html.escape(HOSTILE_TAG) in body  # the top general tag, escaped
+    assert "<b>" not in body and "&lt;b&gt;&#34;artist&#34;&lt;/b&gt;" in body
+    assert "score–year ρ +1.000" in body and "score tags cut within year" in body and "+0.750 with global edges" in body
+    ov = client.get("/api/overview").get_json()
+    assert ov["tag_categories"]["general"]["top"] == [["solo", 6], [HOSTILE_TAG, 3]]
+    assert ov["tag_categories"]["artists"] == {"distinct": 1, "instances": 3, "top": [['<b>"artist"</b>', 3]]}
+    assert ov["tag_categories"]["meta"]["distinct"] == 0 and ov["score_year"]["rows"] == 6
+    tl = ov["token_lengths"]
+    assert tl["rows"] == 6 and not tl["sampled"] and f"max {tl['max']} · over 75: 0" in body
+    assert not (tmp_path / "run" / "taste").exists()  # browsing alone writes nothing

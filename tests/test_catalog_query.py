@@ -24,6 +24,13 @@ def test_stats(sync_run, capsys):
     assert main(["catalog", "stats", str(result.catalog_dir)]) == 0
     out = capsys.readouterr().out
     assert "score (ok rows)" in out and "top tags:" in out and "captions:" in out
+    assert "tags per category (trainable rows)" in out and "caption tokens (CLIP ViT-L/14 BPE" in out
+    assert "score-year Spearman rho:" in out
+    cats = st["tag_categories"]
+    assert list(cats) == ["general", "characters", "copyrights", "artists", "meta"]
+    assert cats["general"]["distinct"] > 0 and len(cats["general"]["top"]) <= 15
+    if m.get("score_year"):
+        assert st["score_year"]["manifest"] == m["score_year"]
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
@@ -78,8 +85,8 @@ def test_newer_schema_missing_and_corrupt_parts(sync_run, tmp_path, capsys):
     assert stats(cat)["rows"] > 0  # the rest still answers
     assert main(["catalog", "stats", str(d)]) == 0
     assert "the rest of the catalog is used" in capsys.readouterr().err
-    manifest["schema_version"] = 2
+    manifest["schema_version"] = 3
     (d / "_manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CatalogError, match="schema v2; this zxl reads v1: upgrade zxl"):
+    with pytest.raises(CatalogError, match="schema v3; this zxl reads v1 and v2: upgrade zxl"):
         open_catalog(d)
     assert main(["catalog", "stats", str(tmp_path)]) == 2
