@@ -174,8 +174,8 @@ class Implications:
 def _close(
     parents: dict[str, dict[str, None]], written: dict[tuple[str, str], tuple[str, str]], key: str
 ) -> dict[str, frozenset[str]]:
-    """Depth-first, iteratively (Danbooru's chains are deep enough to matter to recursion): a tag's closure is
-    its parents and theirs, built once its parents are done; a parent still on the path closes a cycle."""
+    """Depth-first, iteratively (no chain is too deep for it): a tag's closure is its parents and theirs, built
+    once its parents are done; a parent still on the path closes a cycle."""
     closure: dict[str, frozenset[str]] = {}
     for root in parents:
         if root in closure:
@@ -259,16 +259,20 @@ class TagRules:
         self.drop_implied = drop_implied
         alias = aliases if aliases is not None else _same
         self.replace = _replace_table(replace or {}, alias)
-        self._names, self._pattern = _exclude_matchers(exclude, alias)
-        self._cache: dict[str, tuple[str | None, bool, bool, bool]] = {}  # tag -> _resolve(tag)
+        self._exclude, self._pattern = _exclude_matchers(exclude, alias)
+        self._names = _Names(self._resolve)  # tag -> its name after the rules, None if dropped
+        self._changed: dict[str, tuple[bool, bool, bool]] = {}  # tag -> aliased, replaced, excluded (any of them)
+        self._dropped: set[str] = set()
         self._parents_cache: frozenset[str] | None = None
 
     @classmethod
     def from_config(cls, cfg: RuleSettings) -> TagRules:
-        aliases = Aliases(read_rule_table(cfg.aliases, "tag.aliases")) if cfg.aliases.strip() else None
+        """The rules of the ``tag.*`` settings; a path "" means no table."""
+        aliases_path, implications_path = cfg.aliases.strip(), cfg.implications.strip()
+        aliases = Aliases(read_rule_table(aliases_path, "tag.aliases")) if aliases_path else None
         implications = None
-        if cfg.implications.strip():
-            implications = Implications(read_rule_table(cfg.implications, "tag.implications"), aliases)
+        if implications_path:  # written in any spelling: the aliases apply to the implications first
+            implications = Implications(read_rule_table(implications_path, "tag.implications"), aliases)
         return cls(aliases, implications, cfg.exclude, cfg.replace, cfg.drop_implied)
 
     @property
@@ -277,7 +281,7 @@ class TagRules:
         return bool(
             (self.aliases is not None and self.aliases.mapping)
             or self.replace
-            or self._names
+            or self._exclude
             or self._pattern is not None
             or (self.drop_implied and self.implications is not None and self.implications.closure)
         )
@@ -290,32 +294,23 @@ class TagRules:
         return out[0]
 
     def apply_many(self, lists: Sequence[list[str] | None]) -> tuple[list[list[str] | None], RuleCounts]:
-        """Many lists through the rules. Each distinct tag is resolved once and counted by its occurrences;
-        per row only set operations run in Python, and implied sets only for rows with a tag that has parents."""
+        """Many lists through the rules. Each distinct tag is resolved once (and kept for later calls); per row
+        the work is lookups and set tests in C, with Python loops only for rows a rule changes."""
         counts = RuleCounts()
         if not self.active:
             return [None if tags is None else list(tags) for tags in lists], counts
-        occurrences: Counter[str] = Counter()
-        for tags in lists:
-            if tags is not None:
-                occurrences.update(tags)
-        resolved: dict[str, str | None] = {}
-        for tag, n in occurrences.items():
-            name, aliased, replaced, excluded = self._resolve(tag)
-            resolved[tag] = name
-            counts.aliased += n * aliased
-            counts.replaced += n * replaced
-            counts.excluded += n * excluded
-        dropped = {tag for tag, name in resolved.items() if name is None}
+        lookup, changed, dropped = self._names.__getitem__, self._changed, self._dropped
+        touched: Counter[str] = Counter()  # instances of tags a rule rewrote or dropped
         closure = self.implications.closure if self.drop_implied and self.implications is not None else {}
-        children, parents = closure.keys(), self._parents() if closure else _NOTHING
-        lookup = resolved.__getitem__
+        parents = self._parents() if closure else _NOTHING
         out: list[list[str] | None] = []
         for tags in lists:
             if tags is None:
                 out.append(None)
                 continue
-            mapped = list(map(lookup, tags))
+            mapped = list(map(lookup, tags))  # resolves a tag on first sight: changed and dropped grow here
+            if changed and not changed.keys().isdisjoint(tags):
+                touched.update([t for t in tags if t in changed])
             if dropped and not dropped.isdisjoint(tags):
                 row = [t for t in mapped if t is not None]
             else:
@@ -325,14 +320,21 @@ class TagRules:
                 unique = list(dict.fromkeys(row))
                 counts.merged += len(row) - len(unique)
                 row = unique
-            # only a row with a tag that implies something and a tag that something implies can lose one
-            if closure and not parents.isdisjoint(present) and not children.isdisjoint(present):
-                implied = present.intersection(set().union(*[closure[t] for t in row if t in closure]))
-                if implied:
-                    kept = [t for t in row if t not in implied]
-                    counts.implied += len(row) - len(kept)
-                    row = kept
+            # only a row with a tag that something implies and a tag that implies something can lose one
+            if closure and not parents.isdisjoint(present):
+                implying = closure.keys() & present
+                if implying:
+                    implied = present.intersection(set().union(*[closure[t] for t in implying]))
+                    if implied:
+                        kept = [t for t in row if t not in implied]
+                        counts.implied += len(row) - len(kept)
+                        row = kept
             out.append(row)
+        for tag, n in touched.items():
+            aliased, replaced, excluded = changed[tag]
+            counts.aliased += n * aliased
+            counts.replaced += n * replaced
+            counts.excluded += n * excluded
         return out, counts
 
     def _parents(self) -> frozenset[str]:
@@ -342,23 +344,35 @@ class TagRules:
             self._parents_cache = _NOTHING.union(*closure.values())
         return self._parents_cache
 
-    def _resolve(self, tag: str) -> tuple[str | None, bool, bool, bool]:
-        """The tag's new name (None: dropped) and whether it was aliased, replaced, excluded."""
-        cached = self._cache.get(tag)
-        if cached is not None:
-            return cached
+    def _resolve(self, tag: str) -> str | None:
+        """The tag's name after alias, replace and exclude (None: dropped); what they did goes to _changed."""
         name = self.aliases(tag) if self.aliases is not None else tag
         aliased = name != tag
         replacement = self.replace.get(name)
         if replacement == "":
-            result = (None, aliased, False, True)
+            name, replaced, excluded = None, False, True
         else:
             replaced = replacement is not None and replacement != name
             name = replacement if replacement is not None else name
-            excluded = name in self._names or (self._pattern is not None and self._pattern.match(name) is not None)
-            result = (None if excluded else name, aliased, replaced, excluded)
-        self._cache[tag] = result
-        return result
+            excluded = name in self._exclude or (self._pattern is not None and self._pattern.match(name) is not None)
+        if aliased or replaced or excluded:
+            self._changed[tag] = (aliased, replaced, excluded)
+        if excluded:
+            self._dropped.add(tag)
+            return None
+        return name
+
+
+class _Names(dict[str, "str | None"]):
+    """tag -> its name after the rules: a dict lookup in C, the rules run once per tag, on first sight."""
+
+    def __init__(self, resolve: Callable[[str], str | None]):
+        super().__init__()
+        self.resolve = resolve
+
+    def __missing__(self, tag: str) -> str | None:
+        name = self[tag] = self.resolve(tag)
+        return name
 
 
 def _replace_table(replace: dict[str, str], alias: Callable[[str], str]) -> dict[str, str]:
