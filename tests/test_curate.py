@@ -105,7 +105,7 @@ def test_catalog_is_plain_parquet_for_every_reader(sync_run):
 def test_manifest_and_file_metadata(sync_run):
     cfg, result = sync_run
     m = read_manifest(result.catalog_dir)
-    assert m["schema_version"] == 1 and m["rows"] == sum(m["counts"]["status"].values())
+    assert m["schema_version"] == 2 and m["rows"] == sum(m["counts"]["status"].values())
     assert m["config"]["run"]["name"] == "sync" and len(m["config_hash"]) == 16
     assert set(m["stages"]) >= {"fetch", "inspect", "catalog"}
     assert m["stages"]["fetch"]["images_per_s"] > 0
@@ -168,7 +168,8 @@ def test_kill_mid_fetch_then_resume(sync_run, tmp_path):
     args = [sys.executable, "-m", "zxl", "curate", "--no-progress", "--urls", cfg.source.path,
             "--url-column", "file_url", "--id-column", "id", "--runs-dir", str(tmp_path), "--name", name,
             "--scheduler", "sync", "--shard-size", "40", "--set", f"fetch.timeout={cfg.fetch.timeout}",
-            "--set", "fetch.allowed_hosts=[127.0.0.1]"]  # fmt: skip
+            "--set", "fetch.allowed_hosts=[127.0.0.1]", "--set", "fetch.verify_hash=md5",
+            "--set", "source.hash_column=md5"]  # fmt: skip
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_shard = stage_path(tmp_path / name, "fetch", 0)
     deadline = time.monotonic() + 120
