@@ -51,9 +51,10 @@ SCHEMA = pa.schema(
         # (zxl's trainer draws with it; equal to repeats at weigh.diversity 0) and the k-means cluster.
         pa.field("weight", pa.float32()),
         pa.field("cluster", pa.int32()),
+        pa.field("attempts", pa.int16()),  # v2: requests made for the row's URL, retries included
     ]
 )
-V1_COLUMNS = tuple(n for n in SCHEMA.names if n not in ("copyrights", "artists", "meta"))
+V1_COLUMNS = tuple(n for n in SCHEMA.names if n not in ("copyrights", "artists", "meta", "attempts"))
 TAG_CATEGORIES = {"general": "tags", "characters": "characters", "copyrights": "copyrights", "artists": "artists",
                   "meta": "meta"}  # fmt: skip  # category -> its column
 

@@ -71,6 +71,7 @@ def assemble_shard(job: ShardJob) -> pa.Table:
         "repeats": reduce["repeats"],
         "weight": reduce["weight"],
         "cluster": reduce["cluster"],
+        "attempts": fetch["attempts"],
     }
     return conform({k: v.combine_chunks() for k, v in columns.items()}, source.num_rows)
 

@@ -55,6 +55,12 @@ def add_commands(sub) -> None:
     )
     run.add_argument("--shard-size", type=int, help="URLs per shard (run.shard_size)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on a finished run: refetch only its transient failures (timeouts, resets, 429, 5xx), redo the "
+        "stages of their shards and the global steps; nothing else is fetched again",
+    )
     cur.add_argument(
         "--score-edges-from",
         metavar="CATALOG",
@@ -191,11 +197,11 @@ def _build_demo(cfg: DemoConfig) -> Path:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from zxl.pipeline.curate import curate, summary
+    from zxl.pipeline.curate import curate, retry_failed, summary
 
     cfg: CurateConfig = load_config(CurateConfig, args.config, args.overrides, _flags_to_config(args))
     if not args.demo:
-        result = curate(cfg)
+        result = retry_failed(cfg) if args.retry_failed else curate(cfg)
     else:
         from zxl.demo_server import DemoServer
 
@@ -217,7 +223,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
             moved = f" (its URLs name {server.url_base}: demo.port is taken)" if server.connect_to else ""
             print(f"demo corpus {corpus} served on {server.base_url}{moved}", flush=True)
             cfg.fetch.connect_to = [*cfg.fetch.connect_to, *server.connect_to]
-            result = curate(cfg, urls=server.url_table())
+            result = retry_failed(cfg) if args.retry_failed else curate(cfg, urls=server.url_table())
     print(summary(result), flush=True)
     return 0
 

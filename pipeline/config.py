@@ -54,7 +54,11 @@ class FetchConfig:
 
     thread_count: int = num(32, "[1, 1024]")
     timeout: float = num(10.0, "(0, 3600]")  # seconds per read of a response
-    retries: int = num(0, "[0, 100]")
+    retries: int = num(0, "[0, 100]")  # more tries of a transient failure (timeout, reset, 429, 5xx), with backoff
+    # Politeness to each host, across the whole run whatever the workers and threads (pipeline/polite.py):
+    per_host_concurrency: int = num(0, "[0, 100000]")  # requests in flight to one host; 0 = no limit
+    per_host_rate: float = num(0.0, "[0, 1000000]")  # requests per second to one host; 0 = no limit
+    max_retry_wait: float = num(60.0, "[0, 86400]")  # seconds one URL may wait on Retry-After in all
     user_agent_token: str = "zxl"
     disallowed_header_directives: list[str] = dataclasses.field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]

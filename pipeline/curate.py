@@ -10,22 +10,24 @@ an unchanged run is all skips.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from zxl import __version__
 from zxl.captioners import registry as captioner_registry
 from zxl.catalog import captions
 from zxl.config import ConfigError, check_ranges, config_hash, dump_yaml, to_dict
-from zxl.files import write_text_atomic
-from zxl.pipeline import executor, fetch, graph, reduce, sources, tag, tagrules
+from zxl.files import file_hash, write_text_atomic
+from zxl.pipeline import executor, fetch, graph, polite, reduce, sources, tag, tagrules
 from zxl.pipeline.assemble import write_catalog
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Executor, Progress, Task
-from zxl.pipeline.stages import remove_temporaries, run_lock
+from zxl.pipeline.stages import is_done, remove_temporaries, report_path, run_lock, stage_path
 from zxl.scorers.registry import scorer_class
 from zxl.taggers import registry as tagger_registry
 
@@ -132,7 +134,6 @@ def rerun_from_reduce(cfg: CurateConfig, log=print) -> CurateResult:
     apply``): nothing is fetched, inspected, embedded or tagged again. Refused when ``cfg`` would
     redo any of those (its config differs from the run's for them)."""
     from zxl.catalog.schema import read_manifest
-    from zxl.pipeline.stages import is_done, stage_path
 
     check_ranges(cfg)
     reduce.validate(cfg)
@@ -153,7 +154,57 @@ def rerun_from_reduce(cfg: CurateConfig, log=print) -> CurateResult:
         return _curate(cfg, None, run_dir, log, (n_shards, before["stage_hashes"]["source"], before["source"]))
 
 
-def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, stored=None) -> CurateResult:
+def _part_digests(run_dir: Path, stage: str, n_shards: int) -> list[str | None]:
+    return [file_hash(stage_path(run_dir, stage, s)) for s in range(n_shards)]
+
+
+def _clear_after(run_dir: Path, stage: str, n_shards: int, before: list[str | None]) -> None:
+    """A global step's part that changed while its hash did not (``--retry-failed`` brought rows back
+    to a shard) makes that shard's later outputs stale although their hashes match: remove them, so
+    the next phase redoes exactly those shards. (When its hash changed, theirs did too.)"""
+    later = [s.name for s in graph.STAGES[graph.STAGES.index(graph.BY_NAME[stage]) + 1 :] if s.scope == "shard"]
+    for s, (old, new) in enumerate(zip(before, _part_digests(run_dir, stage, n_shards), strict=True)):
+        if old is not None and old != new:
+            for name in later:
+                stage_path(run_dir, name, s).unlink(missing_ok=True)
+
+
+def retry_failed(cfg: CurateConfig, log=print) -> CurateResult:
+    """``zxl curate --retry-failed``: refetch the transient failures (timeouts, resets, 429, 5xx) of a
+    finished run's shards, redo the shard stages of those shards and the global steps, and write the
+    catalog; every other shard's stage files stay as they are."""
+    from zxl.catalog.schema import read_manifest
+    from zxl.pipeline.stages import ShardJob
+
+    check_ranges(cfg)
+    fetch.validate(cfg.fetch)
+    run_dir = Path(cfg.run.runs_dir) / cfg.run.name
+    before = read_manifest(run_dir / "catalog")
+    n_shards, source_hash = len(before["parts"]), before["stage_hashes"]["source"]
+    hashes = graph.stage_hashes(cfg, source_hash)
+    first = [s.name for s in graph.phase(0)]
+    with run_lock(run_dir):
+        tried = 0
+        for s in range(n_shards):
+            job = ShardJob(run_dir, "fetch", s, hashes["fetch"], graph.BY_NAME["fetch"].reads)
+            if not is_done(job.out, hashes["fetch"]):
+                raise ConfigError(f"{run_dir}: shard {s:05d} was fetched with other settings; run `zxl curate` with "
+                                  "this config first (--retry-failed retries a finished run's failures)")  # fmt: skip
+            n = fetch.retry_failed(job, cfg.fetch, cfg.run.shard_size, cfg.source.hash_column)
+            if n:
+                tried += n
+                for name in first[1:]:  # what was built on this shard's fetch
+                    stage_path(run_dir, name, s).unlink(missing_ok=True)
+        log(f"retried {tried} transient failures of {run_dir}")
+        if tried:  # the global steps and the catalog were made from other rows: made again
+            for g in graph.GLOBALS:
+                report_path(run_dir, g.name).unlink(missing_ok=True)
+            (run_dir / "catalog" / "_manifest.json").unlink(missing_ok=True)
+        return _curate(cfg, None, run_dir, log, (n_shards, source_hash, before["source"]), redo_first=True)
+
+
+def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, stored=None,
+            redo_first: bool = False) -> CurateResult:  # fmt: skip
     removed = remove_temporaries(run_dir)  # what a killed run left; this run holds the lock, so none is live
     if removed:
         log(f"removed {removed} temporary files left by an earlier, interrupted run")
@@ -186,9 +237,11 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
             for kind, which in graph.order():
                 if kind == "global":
                     t = time.time()
+                    before = _part_digests(run_dir, str(which), n_shards)
                     globals_[which] = graph.run_global(str(which), run_dir, n_shards, hashes, cfg)
                     globals_[which]["wall"] = time.time() - t
-                elif which or stored is None:  # rerun_from_reduce: phase 0 is done
+                    _clear_after(run_dir, str(which), n_shards, before)
+                elif which or stored is None or redo_first:  # rerun_from_reduce: phase 0 is done
                     phase_tasks = graph.tasks(int(which), shared_dir, n_shards, hashes, cfg, _resources(cfg))
                     all_tasks += phase_tasks
                     results.update(ex.run(phase_tasks, progress))
@@ -226,11 +279,21 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
             "tag_rules": {k: v for k, v in ruled.items() if k not in ("skipped", "seconds", "wall", "stage_hash")},
             **({"taste": reduced["taste"]} if "taste" in reduced else {}),
             "tag_problems": tag.problem_counts(run_dir, n_shards),
+            "fetch_hosts": fetch_hosts(run_dir, n_shards),
             "stages": stats,
         },
     )
     stats["write"] = {"seconds": round(time.time() - t1, 3)}
     return CurateResult(run_dir, run_dir / "catalog", manifest, stats, description, dashboard, workers)
+
+
+def fetch_hosts(run_dir: Path, n_shards: int) -> dict[str, dict]:
+    """Per host: requests, 429/503 answers, waits, retries, over every shard's fetch."""
+    parts = []
+    for s in range(n_shards):
+        meta = pq.read_schema(stage_path(run_dir, "fetch", s)).metadata or {}
+        parts.append(json.loads(meta.get(b"zxl.fetch_hosts", b"{}")))
+    return polite.merge_host_stats(parts)
 
 
 def tag_lines(m: dict) -> list[str]:
@@ -296,6 +359,10 @@ def summary(result: CurateResult) -> str:
             f"{chosen['effective_clusters']:.2f}, mean score {chosen['mean_score']:.2f} at weigh.diversity "
             f"{d['setting']} ({zero['effective_clusters']:.2f}, {zero['mean_score']:.2f} at 0)"
         )
+    for host, h in (m.get("fetch_hosts") or {}).items():
+        if h.get("throttled") or h.get("retries"):
+            lines.append(f"host {host}: {h['requests']} requests, {h['throttled']} answered 429/503, "
+                         f"{h['waits']} waits ({h['wait_seconds']:.1f} s), {h['retries']} retries")  # fmt: skip
     lines.extend(tag_lines(m))
     ratings = m["counts"]["rating"]
     lines.append(

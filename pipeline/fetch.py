@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -51,12 +52,13 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from zxl.config import ConfigError, check_ranges  # noqa: E402
 from zxl.files import move_into_place
-from zxl.pipeline import netguard  # noqa: E402
+from zxl.pipeline import netguard, polite  # noqa: E402
 from zxl.pipeline.config import FetchConfig  # noqa: E402
 from zxl.pipeline.stages import ShardJob, plain_error, shard_name  # noqa: E402
 
@@ -80,6 +82,7 @@ FETCH_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("original_width", pa.int32()),
         ("original_height", pa.int32()),
+        ("attempts", pa.int16()),  # requests made for the row, retries included
     ]
 )
 
@@ -268,37 +271,15 @@ class HashCheck:
         return f"{self.kind} mismatch: expected {want}, got {got}" + (f" ({what})" if what else "")
 
 
-def patch_hash_check() -> None:
-    """Wrap img2dataset's ``download_image`` (idempotent): when the timeout it is given carries a
-    ``hash_check``, a body that fails it becomes a failed download. The wrapper is module-wide, the
-    check is per shard (it travels with the shard's timeout, like its Guard)."""
-    import img2dataset.downloader as downloader
-
-    if getattr(downloader.download_image, "zxl_hash_check", False):
-        return
-    original = downloader.download_image
-
-    def download_image(row, timeout, *args, **kwargs):
-        key, stream, error = original(row, timeout, *args, **kwargs)
-        check = getattr(timeout, "hash_check", None)
-        if stream is not None and check is not None and (why := check(key, stream.getvalue())):
-            stream.close()
-            return key, None, why
-        return key, stream, error
-
-    download_image.zxl_hash_check = True  # pyright: ignore[reportFunctionMemberAccess] - a marker on our own function
-    downloader.download_image = download_image
-
-
 def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str], shard_size: int,
-                    hash_check: HashCheck | None = None):  # fmt: skip
+                    politeness: polite.Politeness):  # fmt: skip
     from img2dataset.downloader import Downloader
     from img2dataset.writer import WebDatasetSampleWriter
 
     netguard.patch_img2dataset()  # its requests go through the Guard that the timeout carries
-    patch_hash_check()
+    polite.patch_img2dataset()  # … and its downloads through the shard's Politeness
     timeout = guard(cfg).timeout(cfg.timeout)
-    timeout.hash_check = hash_check  # pyright: ignore[reportAttributeAccessIssue] - read by patch_hash_check's wrapper
+    timeout.politeness = politeness  # pyright: ignore[reportAttributeAccessIssue] - read by polite's download_image
 
     # OpenCV reads its pixel limit once per process from the environment: set it before any decode.
     os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(cfg.max_image_pixels))
@@ -328,7 +309,7 @@ def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str
         compute_hash=None,
         verify_hash_type=None,
         encode_format=cfg.encode_format,
-        retries=cfg.retries,
+        retries=0,  # polite.Politeness retries, with backoff and Retry-After
         user_agent_token=cfg.user_agent_token or None,
         disallowed_header_directives=cfg.disallowed_header_directives or None,
     )
@@ -349,6 +330,10 @@ def validate(cfg: FetchConfig) -> None:
         )
     for rule in cfg.connect_to:
         parse_connect_to(rule)
+    if cfg.per_host_rate and not cfg.per_host_concurrency:
+        raise ConfigError(
+            "fetch.per_host_rate is shared across the run through fetch.per_host_concurrency's leases: set that too"
+        )
     if cfg.verify_hash and cfg.verify_hash not in HASHES:
         raise ConfigError(f"fetch.verify_hash must be one of {', '.join(HASHES)} or empty, got '{cfg.verify_hash}'")
 
@@ -362,7 +347,8 @@ def check_hash_source(cfg) -> None:
         )
 
 
-def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) -> pa.Table:
+def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float,
+                   attempts: dict[int, int] | None = None) -> pa.Table:  # fmt: skip
     """img2dataset's per-shard parquet → our fetch table, in source order, one row per input
     (matched by the row's position in the shard, which no source id can make ambiguous)."""
     by_row = {r: i for i, r in enumerate(i2d["zxl_row"].to_pylist())}
@@ -373,6 +359,7 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) 
         i = by_row.get(row)
         rows["key"].append(key)
         rows["shard"].append(f"{shard_name(shard)}.tar")
+        rows["attempts"].append((attempts or {}).get(row, 1))
         if i is None:  # img2dataset drops a sample only when its writer raised; keep the row
             for name in ("shard_key", "width", "height", "original_width", "original_height"):
                 rows[name].append(None)
@@ -395,39 +382,140 @@ def _to_stage_rows(i2d: pa.Table, source: pa.Table, shard: int, timeout: float) 
     return pa.table(rows, schema=FETCH_SCHEMA)
 
 
-def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int, hash_column: str = "") -> pa.Table:
+def _politeness(job_hash: str, cfg: FetchConfig, hash_check: HashCheck | None) -> polite.Politeness:
+    return polite.Politeness(job_hash[:16], cfg.per_host_concurrency, cfg.per_host_rate, cfg.retries,
+                             cfg.max_retry_wait, cfg.thread_count, hash_check)  # fmt: skip
+
+
+def _hash_check(cfg: FetchConfig, source: pa.Table, hash_column: str) -> HashCheck | None:
+    if not cfg.verify_hash:
+        return None
+    column = hash_column if hash_column in source.column_names else f"src_{hash_column}"
+    if column not in source.column_names:
+        raise ConfigError(f"source.hash_column '{hash_column}' is not among the source's columns")
+    return HashCheck(cfg.verify_hash, source[column].to_pylist())
+
+
+def _download(cfg: FetchConfig, shard: int, shard_size: int, folder: Path, source: pa.Table, rows: list[int],
+              politeness: polite.Politeness) -> pa.Table:  # fmt: skip
+    """These rows of the shard through img2dataset into ``folder`` (NNNNN.tar, .parquet, _stats.json);
+    returns img2dataset's parquet. img2dataset gets the URL, our key and the row's position only."""
+    i2d_in = pa.table(
+        {
+            "url": source["url"].take(rows),
+            "zxl_key": source["key"].take(rows),
+            "zxl_row": pa.array(rows, pa.int64()),
+        }
+    )
+    with pa.OSFile(str(folder / "input.arrow"), "wb") as sink, pa.ipc.new_file(sink, i2d_in.schema) as w:
+        w.write_table(i2d_in)
+    downloader = make_downloader(cfg, folder, i2d_in.column_names, shard_size, politeness)
+    downloader.download_shard((shard, str(folder / "input.arrow")))
+    return pq.read_table(folder / f"{shard_name(shard)}.parquet")
+
+
+def refetch(run_dir: Path, shard: int, cfg: FetchConfig, shard_size: int, source: pa.Table, rows: list[int],
+            politeness: polite.Politeness, attempts: dict[int, int]) -> pa.Table:  # fmt: skip
+    """Download these rows of a fetched shard again and fold what arrives into its tar and parquet
+    (``shards/NNNNN.*``, replaced whole): a row that now arrives gets its image under the key
+    img2dataset gave it the first time, so nothing else in the shard moves. ``attempts`` (row →
+    tries so far) grows by this pass's tries. Returns the merged img2dataset parquet."""
+    import tarfile
+
+    name = shard_name(shard)
+    shards_dir = Path(run_dir) / "shards"
+    old = pq.read_table(shards_dir / f"{name}.parquet")
+    first_key = dict(zip(old["zxl_row"].to_pylist(), old["key"].to_pylist(), strict=True))
+    tmp = shards_dir / f".tmp-{name}-retry-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        check = politeness.hash_check
+        if isinstance(check, HashCheck):  # its rows are positions in this pass's input
+            politeness.hash_check = HashCheck(check.kind, [check.expected[r] for r in rows])
+        politeness.attempts = {}
+        new = _download(cfg, shard, shard_size, tmp, source, rows, politeness)
+        for j, r in enumerate(rows):
+            attempts[r] = attempts.get(r, 0) + politeness.attempts.get(j, 1)
+        rename = {k: first_key[r] for k, r in zip(new["key"].to_pylist(), new["zxl_row"].to_pylist(), strict=True)}
+        merged_tar = tmp / "merged.tar"
+        shutil.copyfile(shards_dir / f"{name}.tar", merged_tar)
+        with tarfile.open(tmp / f"{name}.tar") as src, tarfile.open(merged_tar, "a") as dst:
+            for member in src.getmembers():
+                stem, _, ext = member.name.partition(".")
+                data = src.extractfile(member)
+                if stem in rename and data is not None:
+                    member.name = f"{rename[stem]}.{ext}"
+                    dst.addfile(member, data)
+        new = new.set_column(new.schema.get_field_index("key"), "key",
+                             pa.array([rename[k] for k in new["key"].to_pylist()], pa.string()))  # fmt: skip
+        redone = set(rows)
+        keep = [i for i, r in enumerate(old["zxl_row"].to_pylist()) if r not in redone]
+        merged = pa.concat_tables([old.take(keep), new.select(old.column_names).cast(old.schema)])
+        merged = merged.take(pc.sort_indices(merged["zxl_row"]))  # pyright: ignore[reportAttributeAccessIssue] - pyarrow.compute makes its functions at import
+        pq.write_table(merged, tmp / "merged.parquet")
+        move_into_place(merged_tar, shards_dir / f"{name}.tar")
+        move_into_place(tmp / "merged.parquet", shards_dir / f"{name}.parquet")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return merged
+
+
+def transient_rows(table: pa.Table) -> list[int]:
+    """Rows of a fetch stage table that failed for a reason worth another try (polite.transient)."""
+    return [i for i, (s, e) in enumerate(zip(table["status"].to_pylist(), table["error"].to_pylist(), strict=True))
+            if s == "failed_download" and polite.transient(e)]  # fmt: skip
+
+
+def fetch_shard(job: ShardJob, cfg: FetchConfig, shard_size: int, hash_column: str = "") -> tuple[pa.Table, dict]:
     """Download one shard: img2dataset writes its tar, parquet and stats into a temporary folder,
-    which are renamed into ``shards/`` before the stage file is written."""
+    which are renamed into ``shards/`` before the stage file is written; then the rows that failed
+    for a transient reason are tried once more (``refetch``), after the shard's other URLs."""
     source = job.read("source")
-    hash_check = None
-    if cfg.verify_hash:
-        column = hash_column if hash_column in source.column_names else f"src_{hash_column}"
-        if column not in source.column_names:
-            raise ConfigError(f"source.hash_column '{hash_column}' is not among the source's columns")
-        hash_check = HashCheck(cfg.verify_hash, source[column].to_pylist())
     shard = job.shard
     shards_dir = job.run_dir / "shards"
     for stale in shards_dir.glob(f".tmp-{shard_name(shard)}-*"):  # left by a task killed mid-shard
         shutil.rmtree(stale, ignore_errors=True)
+    politeness = _politeness(job.stage_hash, cfg, _hash_check(cfg, source, hash_column))
     tmp = shards_dir / f".tmp-{shard_name(shard)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        # img2dataset's input: an Arrow IPC file with the URL, our key and the row's position only.
-        i2d_in = pa.table(
-            {
-                "url": source["url"],
-                "zxl_key": source["key"],
-                "zxl_row": pa.array(range(source.num_rows), pa.int64()),
-            }
-        )
-        with pa.OSFile(str(tmp / "input.arrow"), "wb") as sink, pa.ipc.new_file(sink, i2d_in.schema) as w:
-            w.write_table(i2d_in)
-        downloader = make_downloader(cfg, tmp, i2d_in.column_names, shard_size, hash_check)
-        downloader.download_shard((shard, str(tmp / "input.arrow")))
-        name = shard_name(shard)
-        i2d = pq.read_table(tmp / f"{name}.parquet")
-        for suffix in (".tar", "_stats.json", ".parquet"):
-            move_into_place(tmp / f"{name}{suffix}", shards_dir / f"{name}{suffix}")
+        try:
+            i2d = _download(cfg, shard, shard_size, tmp, source, list(range(source.num_rows)), politeness)
+            name = shard_name(shard)
+            for suffix in (".tar", "_stats.json", ".parquet"):
+                move_into_place(tmp / f"{name}{suffix}", shards_dir / f"{name}{suffix}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        attempts = dict(politeness.attempts)
+        table = _to_stage_rows(i2d, source, shard, cfg.timeout, attempts)
+        if again := transient_rows(table):  # the retry pass
+            i2d = refetch(job.run_dir, shard, cfg, shard_size, source, again, politeness, attempts)
+            table = _to_stage_rows(i2d, source, shard, cfg.timeout, attempts)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _to_stage_rows(i2d, source, shard, cfg.timeout)
+        politeness.close()
+    return table, {"zxl.fetch_hosts": polite.dumps(politeness.host_stats())}
+
+
+def retry_failed(job: ShardJob, cfg: FetchConfig, shard_size: int, hash_column: str = "") -> int:
+    """``zxl curate --retry-failed``: refetch the transient failures of a fetched shard and rewrite
+    its stage file (same hash; the caller clears what was built on it). Returns the rows tried."""
+    from zxl.files import write_table_atomic
+    from zxl.pipeline.stages import HASH_KEY
+
+    old = pq.read_table(job.out)
+    rows = transient_rows(old)
+    if not rows:
+        return 0
+    source = job.read("source")
+    politeness = _politeness(job.stage_hash, cfg, _hash_check(cfg, source, hash_column))
+    attempts = {i: a for i, a in enumerate(old["attempts"].to_pylist()) if a is not None} \
+        if "attempts" in old.column_names else {}  # fmt: skip
+    try:
+        i2d = refetch(job.run_dir, job.shard, cfg, shard_size, source, rows, politeness, attempts)
+    finally:
+        politeness.close()
+    table = _to_stage_rows(i2d, source, job.shard, cfg.timeout, attempts)
+    meta = pq.read_schema(job.out).metadata or {}
+    hosts = polite.merge_host_stats([json.loads(meta.get(b"zxl.fetch_hosts", b"{}")), politeness.host_stats()])
+    write_table_atomic(table, job.out, {HASH_KEY.decode(): job.stage_hash, "zxl.fetch_hosts": polite.dumps(hosts)})
+    return len(rows)

@@ -69,7 +69,7 @@ def _embedding(cfg: CurateConfig):
 
 STAGES = (
     Stage("fetch", fetch.fetch_shard, ("source",), ("fetch", "run.shard_size", "source.hash_column"),
-          speed_only=frozenset({"thread_count", "connect_to"})),
+          speed_only=frozenset({"thread_count", "connect_to", "per_host_concurrency", "per_host_rate"})),
     Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",)),
     Stage("score", score.score_shard, ("fetch", "inspect"), ("score",),
           speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_embedding),

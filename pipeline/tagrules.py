@@ -2,9 +2,10 @@
 
 A global step after reduce (docs/tagging.md). For each row it takes the tags the tag stage read
 (every category as the source and the taggers gave them) and applies, in order: aliases, replace,
-exclude, duplicates merged, ``drop_implied`` (taggers/rules.py); then ``move_meta`` (a tag the meta column holds anywhere is moved
-out of the other categories of every row) and ``min_count``, which needs the whole catalog: a tag carried by fewer than ``tag.min_count`` trainable rows (status ok after dedup;
-counted per category, after the other rules) is dropped from every row.
+exclude, duplicates merged, ``drop_implied`` (taggers/rules.py); then ``move_meta`` (a tag the meta
+column holds anywhere is moved out of the other categories of every row) and ``min_count``, which
+needs the whole catalog: a tag carried by fewer than ``tag.min_count`` trainable rows (status ok
+after dedup; counted per category, after the other rules) is dropped from every row.
 
 It writes ``stages/tagrules/NNNNN.parquet`` per shard (key and the five tag columns: what captions
 and the catalog are made of) and ``stages/tagrules/_report.json`` (what each rule did, for the

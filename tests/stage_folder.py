@@ -56,7 +56,7 @@ def build(run_dir: Path, blobs: list[bytes | None], *overrides: str) -> tuple[Cu
             row = {"key": key, "shard": "00000.tar", "shard_key": f"{i:09d}", "status": "ok" if ok else
                    "failed_download", "error": None if ok else "HTTP 404", "width": w if ok else None,
                    "height": h if ok else None, "original_width": w if ok else None,
-                   "original_height": h if ok else None}  # fmt: skip
+                   "original_height": h if ok else None, "attempts": 1}  # fmt: skip
             for name in FETCH_SCHEMA.names:
                 rows[name].append(row[name])
     hashes = graph.stage_hashes(cfg, "test-source")
