@@ -19,7 +19,8 @@ may have just used it), so the N leases together never carry more than R request
 download of this task to that host for as long as the host asks (the whole host, not one thread),
 then the URL is tried again, while the URL's waits stay within ``fetch.max_retry_wait``. Without
 ``Retry-After`` a transient failure (a timeout, a reset or refused connection, 429, 5xx) is retried
-``fetch.retries`` times after an exponential backoff with jitter. A host that always throttles ends
+``fetch.retries`` times after an exponential backoff with jitter (the whole host's for a 429, the
+URL's alone otherwise). A host that always throttles ends
 as rows ``failed_download`` with ``HTTP Error 429: Too Many Requests (retried N times over T s)``.
 
 What a 404, a 403, an address refused by netguard or an undecodable image says is final: never
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 THROTTLE_STATUS = (429, 503)
+IDLE_LEASE_S = 0.5  # a lease no download of the task wanted for this long goes back to the run
 RATE_MARGIN = 1.05  # requests leave 5% further apart than the rate allows: the network's jitter moves arrivals
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0  # seconds: 0.5, 1, 2, 4 … with jitter of ±50%
 USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"  # img2dataset's
@@ -158,7 +160,9 @@ class HostGate:
         self.cond = threading.Condition()
         self.ready: list[float] = []  # per held lease: when it may carry its next request
         self.free: list[int] = []  # the held leases not carrying a request now
-        self.busy = 0
+        self.returned: list[int] = []  # slots whose lease went back to the run (``_give_back_idle``)
+        self.busy = self.waiting = 0
+        self.idle_since: dict[int, float] = {}  # free leases: since when no download wanted them
         self.paused_until = 0.0
         self.acquiring = False
         self.spacing = RATE_MARGIN * limit / rate if rate and limit else 0.0
@@ -167,34 +171,49 @@ class HostGate:
     def enter(self) -> int:
         """Wait for a slot (a free lease, ready, the host not paused); returns it, for ``leave``."""
         with self.cond:
-            while True:
-                now = time.monotonic()
-                if now < self.paused_until:
-                    self.cond.wait(self.paused_until - now)
-                    continue
-                if self.leases is None:  # no limit on this host
-                    return self._take(-1)
-                ready = [i for i in self.free if self.ready[i] <= now]
-                if ready:
-                    slot = ready[0]
-                    self.free.remove(slot)
-                    self.ready[slot] = now + self.spacing
-                    return self._take(slot)
-                if not self.free and len(self.ready) < self.want and not self.acquiring:
-                    self.acquiring = True  # one thread at a time asks for another lease, outside the lock
-                    self.cond.release()
-                    try:  # the first lease: wait for it (a second at a time); more: only if free now
-                        got = self.leases.acquire(0 if self.ready else 1.0)
-                    finally:
-                        self.cond.acquire()
-                        self.acquiring = False
-                    if got:
-                        self.ready.append(time.monotonic() + self.spacing)
-                        self.free.append(len(self.ready) - 1)
-                        self.cond.notify_all()
-                    continue
-                soonest = min((self.ready[i] for i in self.free), default=now + 0.25)
-                self.cond.wait(min(0.25, max(soonest - now, 0.001)))
+            self.waiting += 1
+            try:
+                return self._enter()
+            finally:
+                self.waiting -= 1
+
+    def held(self) -> int:
+        return len(self.ready) - len(self.returned)
+
+    def _enter(self) -> int:
+        while True:
+            now = time.monotonic()
+            self._give_back_idle(now)
+            if now < self.paused_until:
+                self.cond.wait(self.paused_until - now)
+                continue
+            if self.leases is None:  # no limit on this host
+                return self._take(-1)
+            ready = [i for i in self.free if self.ready[i] <= now]
+            if ready:
+                slot = ready[0]
+                self.free.remove(slot)
+                self.idle_since.pop(slot, None)
+                self.ready[slot] = now + self.spacing
+                return self._take(slot)
+            if not self.free and self.held() < self.want and not self.acquiring:
+                self.acquiring = True  # one thread at a time asks for another lease, outside the lock
+                self.cond.release()
+                try:  # the first lease: wait for it (a second at a time); more: only if free now
+                    got = self.leases.acquire(0 if self.held() else 1.0)
+                finally:
+                    self.cond.acquire()
+                    self.acquiring = False
+                if got:
+                    slot = self.returned.pop() if self.returned else len(self.ready)
+                    if slot == len(self.ready):
+                        self.ready.append(0.0)
+                    self.ready[slot] = time.monotonic() + self.spacing
+                    self.free.append(slot)
+                    self.cond.notify_all()
+                continue
+            soonest = min((self.ready[i] for i in self.free), default=now + 0.25)
+            self.cond.wait(min(0.25, max(soonest - now, 0.001)))
 
     def _take(self, slot: int) -> int:
         self.busy += 1
@@ -206,22 +225,39 @@ class HostGate:
             self.busy -= 1
             if slot >= 0:
                 self.free.append(slot)
+                self.idle_since[slot] = time.monotonic()
+            self._give_back_idle(time.monotonic())
             self.cond.notify_all()
+
+    def _give_back_idle(self, now: float) -> None:
+        """A lease no download of this task has wanted for IDLE_LEASE_S goes back to the run, so a task
+        draining the end of its shard (or retrying a few rows) does not keep other tasks waiting. The
+        last lease is kept while the task runs; each lease keeps its slot number (``ready``)."""
+        if self.leases is None or self.waiting:
+            return
+        for slot in [i for i in self.free if now - self.idle_since.get(i, now) > IDLE_LEASE_S]:
+            if len(self.free) + self.busy <= 1:
+                break
+            self.free.remove(slot)
+            self.idle_since.pop(slot, None)
+            self.ready[slot] = float("inf")  # no longer held
+            self.returned.append(slot)
+            self.leases.release()
 
     def pause(self, seconds: float, why: str) -> None:
         """Every download of this task to the host waits ``seconds`` (the host asked for it)."""
         with self.cond:
             until = time.monotonic() + seconds
             if until > self.paused_until + 0.5:  # a new pause, not the same one seen by another thread
-                self.log(f"waiting {seconds:.0f} s for {self.host}: {why}")
+                self.log(f"waiting {seconds:.1f} s for {self.host}: {why}")
             self.paused_until = max(self.paused_until, until)
             self.cond.notify_all()
 
     def close(self) -> None:
         with self.cond:
-            for _ in self.ready:
+            for _ in range(self.held()):
                 self.leases.release()  # pyright: ignore[reportOptionalMemberAccess] - leases held only with leases
-            self.ready, self.free = [], []
+            self.ready, self.free, self.returned = [], [], []
 
 
 # --------------------------------------------------------------------------- a shard's downloads
@@ -295,7 +331,7 @@ class Politeness:
                     gate.pause(wait, f"Retry-After {after:g}")
             elif transient(error) and tries <= self.retries:
                 wait = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (tries - 1)) * rng.uniform(0.5, 1.5)
-                if status in THROTTLE_STATUS:  # a 429 without Retry-After: the whole host backs off
+                if status == 429:  # too many requests, no Retry-After: the whole host backs off
                     gate.pause(wait, "backoff")
                 else:
                     time.sleep(wait)
