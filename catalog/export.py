@@ -121,7 +121,8 @@ def _kohya_image(row: dict, data: bytes, ext: str, summary: dict) -> tuple[bytes
 
 KOHYA_BUCKET_ARGS = (f"--enable_bucket --min_bucket_reso {BUCKET_MIN} --max_bucket_reso {BUCKET_MAX} "
                      f"--bucket_reso_steps {BUCKET_STEP} --resolution 1024,1024")  # fmt: skip
-KOHYA_MODEL_ARGS = "--v_parameterization --zero_terminal_snr"
+# Booru captions pass 75 tokens: kohya encodes 225 in 75-token chunks, as zxl's recipe trains (data.max_token_length)
+KOHYA_MODEL_ARGS = "--v_parameterization --zero_terminal_snr --max_token_length 225"
 
 
 class KohyaFolder(Exporter):

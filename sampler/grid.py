@@ -1,15 +1,40 @@
-"""Validation grids: images in rows and columns with axis labels, and PNGs that carry their
-A1111 ``parameters`` text (so ComfyUI, A1111 and Civitai read the settings back)."""
+"""Validation grids: images in rows and columns with axis labels, PNGs that carry their
+A1111 ``parameters`` text (so ComfyUI, A1111 and Civitai read the settings back), and the
+decoder's [-1, 1] output as 8-bit pixels by one of two rules (``PNG_ROUNDINGS``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from zxl.config import ConfigError
 from zxl.files import replacing
 
 PAD = 8
+# "round": the nearest level, ((x.clamp(-1, 1) + 1)·127.5).round() (diffusers' and A1111's);
+# "comfyui": ComfyUI's VAE decode then SaveImage, which truncates
+PNG_ROUNDINGS = ("round", "comfyui")
+
+
+def png_rounding(rule: str, option: str = "--png-rounding") -> str:
+    """``rule`` when it is one of PNG_ROUNDINGS, else a ConfigError naming ``option`` and the choices."""
+    if rule not in PNG_ROUNDINGS:
+        raise ConfigError(f"{option} must be one of {', '.join(PNG_ROUNDINGS)}, got '{rule}'")
+    return rule
+
+
+def to_pixels(images: torch.Tensor, rule: str = "round") -> np.ndarray:
+    """Decoded images [B, 3, H, W] in [-1, 1] as uint8 [B, H, W, 3]. ``round``: the nearest level.
+    ``comfyui``: ComfyUI's own steps, in their order and float32: ``VAE.process_output``
+    clamp((x + 1)/2, 0, 1) (comfy/sd.py), then SaveImage's ``np.clip(255. * i, 0, 255).astype(np.uint8)``
+    (nodes.py), which truncates: on average half a level darker than ``round``."""
+    if png_rounding(rule) == "comfyui":
+        unit = torch.clamp((images.float() + 1.0) / 2.0, min=0.0, max=1.0)
+        return np.clip(255.0 * unit.permute(0, 2, 3, 1).cpu().numpy(), 0, 255).astype(np.uint8)
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def save_png(image: Image.Image, path: str | Path, parameters: str) -> Path:

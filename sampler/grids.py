@@ -12,7 +12,6 @@ from zxl.sampler.grid import make_grid, save_png
 from zxl.sampler.guidance import DynamicThresholding
 from zxl.sampler.pipeline import DEFAULT_SAMPLING, SDXL, Sampling, generate
 from zxl.sampler.prompts import INFOTEXT_SAMPLER, Prompt, infotext, sampler_name
-from zxl.sampler.schedule import A1111_LABELS
 
 AXES = ("prompt", "seed", "cfg", "steps", "sampler", "mimic", "checkpoint")
 
@@ -142,12 +141,7 @@ def render(
                         dyn.mimic_scale, dyn.mimic_scale_min = extra["mimic"], extra["mimic"] - 1
                 m = model(ref)
                 image = generate(m, p, sampling, dyn)
-                more: dict[str, object] = {
-                    "Schedule type": A1111_LABELS[sampling.schedule],
-                    "Sigma max": sampling.terminal,
-                }
-                if sampling.cfg_rescale:
-                    more["CFG rescale"] = sampling.cfg_rescale
+                more = sampling.infotext_fields()
                 if dyn is not None:
                     more |= dyn.infotext_fields()
                 text = infotext(p, model_name=m.name, model_hash=m.hash, **more)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from zxl.config import ConfigError
 from zxl.models import unreadable
+from zxl.sampler.chunks import comfyui_chunks, comfyui_tokens, kohya_input_ids, kohya_join, repeat_to_lcm
 from zxl.sampler.guidance import DynamicThresholding
 from zxl.sampler.prompts import Prompt
 from zxl.sampler.samplers import SAMPLERS, VDenoiser, cfg
@@ -125,30 +126,70 @@ class SDXL:
             ztsnr = v_pred and bool(sched.get("rescale_betas_zero_snr", False))
         return parts, v_pred, ztsnr, (path.stem, file_hash(path))
 
-    def encode_with_grad(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SDXL conditioning: both encoders' penultimate hidden states concatenated, and the second
-        encoder's pooled projection (docs/recipe.md "SDXL conditioning"); the trainer calls this directly."""
+    def encode_with_grad(self, texts: list[str], max_token_length: int = 75) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL conditioning of training captions: both encoders' penultimate hidden states concatenated,
+        and the second encoder's pooled projection (docs/recipe.md "SDXL conditioning"), over
+        ``max_token_length`` tokens (75, 150, 225) cut into chunks as kohya does (sampler/chunks.py):
+        [b, max_token_length + 2, 2048]. The trainer calls this directly; captions are never parsed
+        for weights (``fate_(series)`` stays literal, as kohya keeps it)."""
         hidden, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(self.device)  # fmt: skip
-            out = enc(ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
+            ids = torch.stack([kohya_input_ids(t, tok, max_token_length) for t in texts])  # [b, chunks, 77]
+            b, n = ids.shape[:2]
+            out = enc(ids.reshape(b * n, -1).to(self.device), output_hidden_states=True)
+            states = out.hidden_states[-2]
+            hidden.append(kohya_join(states.reshape(b, n * states.shape[1], -1), max_token_length))
             if enc is self.text_encoder_2:
-                pooled = out.text_embeds
+                pooled = out.text_embeds[::n]  # the first chunk's, as kohya
         assert pooled is not None  # the loop always reaches text_encoder_2
         return torch.cat(hidden, dim=-1), pooled
 
     @torch.no_grad()
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_with_grad(texts)
+    def encode(self, texts: list[str], max_token_length: int = 75) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_with_grad(texts, max_token_length)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+    def encode_prompt(self, text: str, weights: str = "comfyui") -> tuple[torch.Tensor, torch.Tensor]:
+        """A prompt as ComfyUI's CLIPTextEncode encodes it (sampler/chunks.py): weights parsed
+        (``weights``: comfyui, a1111 or none), 75-token chunks cut as ComfyUI cuts them, every chunk
+        encoded, the hidden states side by side ([1, 77·chunks, 2048]), the first chunk's pooled
+        output; weights applied per token the ``weights`` tool's way."""
+        from zxl.sampler import weights as prompt_weights
+
+        segments = prompt_weights.parse(text, weights) if weights != "none" else [(text, 1.0)]
+        segments = [(t, w) for t, w in segments if w >= 0]  # A1111's BREAK marker: no chunk break here
+        hidden, pooled = [], None
+        for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            special = (int(tok.bos_token_id), int(tok.eos_token_id), int(tok.pad_token_id))  # pyright: ignore[reportArgumentType] - a CLIP tokenizer's ids are ints
+            words = [(comfyui_tokens(t, tok), w) for t, w in segments]
+            chunks = comfyui_chunks(words, *special)
+            ids = torch.tensor([[t for t, _ in c] for c in chunks], device=self.device)
+            w = torch.tensor([[x for _, x in c] for c in chunks], dtype=torch.float32, device=self.device)
+            out = enc(ids, output_hidden_states=True)
+            z = out.hidden_states[-2].float()
+            if bool((w != 1).any()):
+                empty = comfyui_chunks([], *special)
+                z_empty = enc(torch.tensor([[t for t, _ in empty[0]]], device=self.device),
+                              output_hidden_states=True).hidden_states[-2].float()[0]  # fmt: skip
+                apply = prompt_weights.apply_a1111 if weights == "a1111" else None
+                z = torch.stack([apply(z[k], w[k]) if apply else prompt_weights.apply_comfyui(z[k], w[k], z_empty)
+                                 for k in range(len(chunks))])  # fmt: skip
+            hidden.append(z.reshape(1, -1, z.shape[-1]).to(self.dtype))
+            if enc is self.text_encoder_2:
+                pooled = out.text_embeds[0:1]
+        assert pooled is not None
+        cut = min(h.shape[1] for h in hidden)
+        return torch.cat([h[:, :cut] for h in hidden], dim=-1), pooled
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, png_rounding: str = "round") -> list[Image.Image]:
+        """The images of latents, 8-bit by ``png_rounding`` (sampler/grid.py ``to_pixels``): ``round``
+        to the nearest level, or ``comfyui``, truncated as ComfyUI's SaveImage does."""
+        from zxl.sampler.grid import to_pixels
+
         decoded = self.vae.decode(latents.float() / self.vae.config["scaling_factor"])
         images = decoded.sample  # pyright: ignore[reportAttributeAccessIssue] - return_dict=True: a DecoderOutput
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in images]
+        return [Image.fromarray(a) for a in to_pixels(images, png_rounding)]
 
     @property
     def latent_scale(self) -> int:
@@ -165,7 +206,9 @@ class Sampling:
     """How every image of a run is sampled, beyond what its prompt line says: the terminal sigma
     convention, the step schedule, CFG rescale φ, and whether dynamic thresholding runs (the card's
     advice: mimic = the prompt's CFG, both minimums one lower, ``dynamic_mode`` Half Cosine Up for
-    both scales; ``dynamic_value`` is the extension's Scheduler value)."""
+    both scales; ``dynamic_value`` is the extension's Scheduler value), the U-Net's timestep rule
+    (``timesteps``: ComfyUI's nearest whole t, or k-diffusion's fractional one) and how the decoded
+    image becomes 8-bit (``png_rounding``: round, or ComfyUI's truncation). Names are checked here."""
 
     terminal: str = "comfyui"
     schedule: str = "trailing"
@@ -173,6 +216,32 @@ class Sampling:
     dynamic: bool = False
     dynamic_mode: str = "Half Cosine Up"
     dynamic_value: float = 4.0
+    weights: str = "comfyui"  # prompt weights: comfyui | a1111 | none (sampler/weights.py)
+    # the U-Net's t at a σ between table entries: comfyui (nearest whole t) | continuous (k-diffusion, A1111)
+    timesteps: str = "comfyui"
+    png_rounding: str = "round"  # 8-bit pixels: round (nearest) | comfyui (SaveImage's truncation)
+
+    def __post_init__(self):
+        from zxl.sampler.grid import png_rounding
+        from zxl.sampler.schedule import timestep_rule
+
+        timestep_rule(self.timesteps)
+        png_rounding(self.png_rounding)
+
+    def infotext_fields(self) -> dict[str, object]:
+        """What the A1111 infotext says of these settings: the schedule's A1111 label, the terminal
+        convention, the timestep rule always; CFG rescale and the PNG rounding when not the default."""
+        from zxl.sampler.schedule import A1111_LABELS
+
+        fields: dict[str, object] = {"Schedule type": A1111_LABELS[self.schedule], "Sigma max": self.terminal,
+                                     "Timesteps": self.timesteps}  # fmt: skip
+        if self.cfg_rescale:
+            fields["CFG rescale"] = self.cfg_rescale
+        if self.png_rounding != "round":
+            fields["PNG rounding"] = self.png_rounding
+        if self.weights != "comfyui":
+            fields["Prompt weights"] = self.weights
+        return fields
 
 
 DEFAULT_SAMPLING = Sampling()
@@ -196,18 +265,19 @@ def generate(model: SDXL, p: Prompt, sampling: Sampling = DEFAULT_SAMPLING, dyna
     sigmas, _ = get_sigmas(p.steps, sampling.schedule, ztsnr=model.ztsnr, terminal=sampling.terminal)
     if torch.isinf(sigmas[0]) and p.sampler != "ddim":
         raise ConfigError(f"terminal zero (sigma max infinite) works with ddim only, not {p.sampler}")
-    emb, pooled = model.encode([p.negative, p.prompt])
+    (neg, neg_pooled), (pos, pos_pooled) = (model.encode_prompt(t, sampling.weights) for t in (p.negative, p.prompt))
+    emb, pooled = repeat_to_lcm([neg, pos]), torch.cat([neg_pooled, pos_pooled])  # ComfyUI's cond concat
     time_ids = torch.tensor([[p.height, p.width, 0, 0, p.height, p.width]] * 2, dtype=emb.dtype, device=model.device)
     cond = {"encoder_hidden_states": emb, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
     h, w = p.height // model.latent_scale, p.width // model.latent_scale
     noise = torch.randn((1, 4, h, w), generator=torch.Generator("cpu").manual_seed(p.seed), dtype=torch.float32)
-    den = VDenoiser(None, sigmas_table(model.ztsnr, sampling.terminal))
+    den = VDenoiser(None, sigmas_table(model.ztsnr, sampling.terminal), sampling.timesteps)
     step = {"i": 0}
 
     def guided(x, sigma):
         """D(x, σ) guided: CFG (and rescale) on v̂, or dynamic thresholding on the two D."""
-        x_in, t = den.inputs(x, sigma)
-        both = model.unet(torch.cat([x_in, x_in]).to(model.dtype), torch.cat([t, t]).to(model.dtype), **cond).sample
+        x_in, t = den.inputs(x, sigma)  # t stays float32, as ComfyUI and diffusers pass it: bf16 holds 999 as 1000
+        both = model.unet(torch.cat([x_in, x_in]).to(model.dtype), torch.cat([t, t]).float(), **cond).sample
         vu, vc = both.float().chunk(2)
         if dynamic is not None:
             out = dynamic(den.denoised(x, vu, sigma), den.denoised(x, vc, sigma), p.cfg, step["i"], len(sigmas) - 1)
@@ -220,4 +290,4 @@ def generate(model: SDXL, p: Prompt, sampling: Sampling = DEFAULT_SAMPLING, dyna
     x0 = (noise * scale).to(model.device)
     generator = torch.Generator("cpu").manual_seed(p.seed + 1)  # the stochastic samplers' fresh noise
     x = SAMPLERS[p.sampler](guided, x0, sigmas.float().to(model.device), generator=generator)
-    return x if latents_only else model.decode(x)[0]
+    return x if latents_only else model.decode(x, sampling.png_rounding)[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from zxl.sampler.schedule import sigma_to_t
+from zxl.sampler.schedule import timestep_rule, timesteps_of
 
 
 def v_to_denoised(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -26,17 +26,20 @@ def v_to_denoised(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torc
 
 class VDenoiser:
     """``model(x_in, t) -> v̂`` as a k-diffusion denoiser ``(x, sigma) -> D``; ``inputs`` and
-    ``denoised`` are its two halves, for callers that combine several v̂ between them (CFG)."""
+    ``denoised`` are its two halves, for callers that combine several v̂ between them (CFG).
+    ``timesteps`` is the rule for t at a σ (schedule.timesteps_of): ``comfyui``, the nearest whole
+    timestep (ComfyUI's), or ``continuous``, the interpolated fractional one (k-diffusion's, A1111's)."""
 
-    def __init__(self, model, sigma_table: torch.Tensor):
+    def __init__(self, model, sigma_table: torch.Tensor, timesteps: str = "comfyui"):
         self.model = model
         self.table = sigma_table
+        self.timesteps = timestep_rule(timesteps)
 
     def inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the network's input x/√(σ²+1), its fractional timestep); x itself where σ = ∞."""
+        """(the network's input x/√(σ²+1), its timestep by the rule); x itself where σ = ∞."""
         s = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         scale = torch.where(torch.isinf(s), torch.ones_like(s), (s**2 + 1).rsqrt())
-        t = sigma_to_t(sigma.reshape(-1).double().cpu(), self.table).to(x.device, x.dtype)
+        t = timesteps_of(sigma.reshape(-1).double().cpu(), self.table, self.timesteps).to(x.device, x.dtype)
         return x * scale, t
 
     def denoised(self, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,18 @@ docs/recipe.md "Noise schedule" and "Sampling":
   t_i = round(T+1 − i·(T+1)/N) − 1, i.e. 999, 963, … for N = 28), and ComfyUI's schedulers under
   their ComfyUI names, each ComfyUI's formula (comfy/samplers.py) over the same σ table:
   ``simple`` σ[T − ⌊i·(T+1)/N⌋]; ``normal`` σ(t) at t = linspace(T, 0, N), σ(t) interpolated in
-  log σ; ``sgm_uniform`` the same over linspace(T, 0, N+1) without its last point; ``karras``
-  (ρ = 7) and ``exponential`` between σ_min and σ_max (k-diffusion); ``beta`` σ[rint(T·F⁻¹(1 − i/N))]
-  with F the Beta(0.6, 0.6) CDF, repeated timesteps dropped; ``ddim_uniform`` every ⌊(T+1)/N⌋-th σ
-  from σ[1] up (which may give one step more than asked, as in ComfyUI).
+  log σ (in float32, as ComfyUI: its σ bit for bit); ``sgm_uniform`` the same over
+  linspace(T, 0, N+1) without its last point; ``karras`` (ρ = 7) and ``exponential`` between
+  σ_min and σ_max (k-diffusion); ``beta`` σ[rint(T·F⁻¹(1 − i/N))] with F the Beta(0.6, 0.6) CDF,
+  repeated timesteps dropped; ``ddim_uniform`` every ⌊(T+1)/N⌋-th σ from σ[1] up (which may give
+  one step more than asked, as in ComfyUI).
   A1111 labels them "Schedule type: Simple", "Normal", "SGM Uniform", "Karras", "Exponential",
-  "Beta", "DDIM"; A1111's own "Beta" interpolates differently (docs/training.md).
+  "Beta", "DDIM"; A1111's own "Beta" interpolates differently (docs/training.md);
+- the timestep the U-Net gets at a σ between table entries (``normal``, ``sgm_uniform``, ``karras``,
+  ``exponential``): ``comfyui`` (the default) the nearest whole t in log σ, ComfyUI's
+  ``ModelSamplingDiscrete.timestep`` (argmin over |log σ_table − log σ|, in float32); ``continuous``
+  the fractional t interpolated in log σ, k-diffusion's ``DiscreteSchedule.sigma_to_t`` (A1111).
+  At a table entry both give that entry's t.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ TERMINAL_ALPHA_BAR = {"comfyui": 4.8973451890853435e-08, "diffusers": 2.0**-24, 
 SCHEDULES = ("trailing", "simple", "normal", "sgm_uniform", "karras", "exponential", "beta", "ddim_uniform")
 A1111_LABELS = {"trailing": "Trailing", "simple": "Simple", "normal": "Normal", "sgm_uniform": "SGM Uniform",
                 "karras": "Karras", "exponential": "Exponential", "beta": "Beta", "ddim_uniform": "DDIM"}  # fmt: skip
+# the timestep the U-Net gets at a sigma between table entries: ComfyUI's nearest whole one, or
+# k-diffusion's (and A1111's) interpolated fractional one
+TIMESTEP_RULES = ("comfyui", "continuous")
 BETA_ALPHA = BETA_BETA = 0.6  # ComfyUI's KSampler "beta" (the BetaSamplingScheduler node's defaults)
 
 
@@ -80,13 +89,40 @@ def trailing_timesteps(steps: int, t_max: int = T) -> list[int]:
 
 
 def sigma_to_t(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """The (fractional) timestep of a sigma, by linear interpolation in log σ (k-diffusion's way)."""
+    """The (fractional) timestep of a sigma, by linear interpolation in log σ (k-diffusion's
+    ``DiscreteSchedule.sigma_to_t`` unquantized, A1111's default): the ``continuous`` rule."""
     log_table = table.log()
     log_sigma = sigma.to(table.dtype).clamp_min(table[0]).log()
     idx = torch.searchsorted(log_table, log_sigma).clamp(1, len(table) - 1)
     lo, hi = log_table[idx - 1], log_table[idx]
     w = ((log_sigma - lo) / (hi - lo)).nan_to_num(1.0).clamp(0, 1)  # σ = ∞ (the zero terminal): the last t
     return (idx - 1).to(table.dtype) + w
+
+
+def nearest_timestep(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The whole timestep nearest a sigma in log σ, as ComfyUI's ``ModelSamplingDiscrete.timestep``
+    computes it (the ``comfyui`` rule): the table's log held in float32, σ's log taken in float32,
+    the argmin of the distance (the lower index on a tie). σ = ∞ (the zero terminal) is the last t.
+    Returned in the table's dtype, like ``sigma_to_t``."""
+    log_table = table.log().float()
+    s = sigma.float()
+    t = (s.log() - log_table[:, None]).abs().argmin(dim=0).view(s.shape)
+    return torch.where(torch.isinf(s), len(table) - 1, t).to(table.dtype)
+
+
+def timestep_rule(rule: str, option: str = "--timesteps") -> str:
+    """``rule`` when it is one of TIMESTEP_RULES, else a ConfigError naming ``option`` and the choices."""
+    if rule not in TIMESTEP_RULES:
+        raise ConfigError(f"{option} must be one of {', '.join(TIMESTEP_RULES)}, got '{rule}'")
+    return rule
+
+
+def timesteps_of(sigma: torch.Tensor, table: torch.Tensor, rule: str = "comfyui") -> torch.Tensor:
+    """The timestep the U-Net is given at each sigma, by ``rule``: ``comfyui`` (nearest whole timestep)
+    or ``continuous`` (k-diffusion's interpolation)."""
+    if timestep_rule(rule) == "comfyui":
+        return nearest_timestep(sigma, table)
+    return sigma_to_t(sigma, table)
 
 
 def schedule_name(name: str) -> str:
@@ -101,13 +137,14 @@ def schedule_name(name: str) -> str:
 
 
 def sigma_at(t: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """σ at a fractional timestep, interpolated in log σ between the table's neighbours (ComfyUI's
-    ``ModelSamplingDiscrete.sigma``)."""
-    t = t.to(table.dtype).clamp(0, len(table) - 1)
-    lo, hi = t.floor().long(), t.ceil().long()
-    w = t - lo.to(t.dtype)
-    log_table = table.log()
-    return ((1 - w) * log_table[lo] + w * log_table[hi]).exp()
+    """σ at a fractional timestep, interpolated in log σ between the table's neighbours, as ComfyUI's
+    ``ModelSamplingDiscrete.sigma`` computes it: in float32, over the table's log held in float32
+    (returned in the table's dtype). ComfyUI's σ bit for bit, so that a σ midway between two entries
+    (t = k + ½) has ComfyUI's nearest whole timestep too (``nearest_timestep``)."""
+    t = t.float().clamp(0, len(table) - 1)
+    lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
+    log_table = table.log().float()
+    return ((1 - w) * log_table[lo] + w * log_table[hi]).exp().to(table.dtype)
 
 
 def _table_steps(table: torch.Tensor, steps: int, schedule: str, rho: float) -> torch.Tensor:
@@ -130,8 +167,8 @@ def _table_steps(table: torch.Tensor, steps: int, schedule: str, rho: float) -> 
     s_min, s_max = table[0].item(), table[-1].item()
     if not math.isfinite(s_max):
         raise ConfigError(f"the {schedule} schedule needs a finite sigma max: use terminal comfyui or diffusers")
-    if schedule in ("normal", "sgm_uniform"):
-        t = torch.linspace(n - 1, 0, steps + (schedule == "sgm_uniform"), dtype=torch.float64)
+    if schedule in ("normal", "sgm_uniform"):  # ComfyUI's float32 linspace (499.5 at 3 normal steps)
+        t = torch.linspace(n - 1, 0, steps + (schedule == "sgm_uniform"), dtype=torch.float32)
         return sigma_at(t[:steps], table)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     if schedule == "karras":
@@ -141,16 +178,19 @@ def _table_steps(table: torch.Tensor, steps: int, schedule: str, rho: float) -> 
 
 
 def get_sigmas(steps: int, schedule: str = "trailing", ztsnr: bool = True, terminal: str = "comfyui",
-               rho: float = 7.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               rho: float = 7.0, timesteps: str = "comfyui") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(sigmas [M+1] ending in 0, timesteps [M]) for N sampling steps, float64. M = N but for
-    ``beta`` (fewer where timesteps repeat) and ``ddim_uniform`` (⌈T/⌊(T+1)/N⌋⌉), as in ComfyUI."""
+    ``beta`` (fewer where timesteps repeat) and ``ddim_uniform`` (⌈T/⌊(T+1)/N⌋⌉), as in ComfyUI.
+    The timesteps are those the U-Net gets by the ``timesteps`` rule (``timesteps_of``), at the
+    float32 sigmas ``generate`` hands the samplers."""
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
     if schedule not in SCHEDULES:
         raise ConfigError(f"sigma schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
+    timestep_rule(timesteps)
     table = sigmas_table(ztsnr, terminal)
     sig = _table_steps(table, steps, schedule, rho)
-    return torch.cat([sig, sig.new_zeros(1)]), sigma_to_t(sig, table)
+    return torch.cat([sig, sig.new_zeros(1)]), timesteps_of(sig, table, timesteps)
 
 
 def format_table(sigmas: torch.Tensor, timesteps: torch.Tensor) -> str:

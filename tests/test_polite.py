@@ -103,13 +103,14 @@ def test_retry_failed_refetches_exactly_the_transient_rows(tmp_path):
         cfg = _config(tmp_path, "retry", urls)
         first = curate(cfg, log=lambda *_: None)
         assert first.manifest["counts"]["status"] == {"ok": 27, "failed_download": 3}
+        stages = ("fetch", "inspect", "score", "tag")
         untouched = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for s in (1, 2)
-                     for p in (stage_path(first.run_dir, st, s) for st in ("fetch", "inspect", "score", "tag"))}  # fmt: skip
+                     for p in (stage_path(first.run_dir, st, s) for st in stages)}  # fmt: skip
         res = retry_failed(cfg, log=lambda *_: None)
         seen = srv.stats()
     counts = seen["per_path"]
     assert counts[paths[3]] == counts[paths[4]] == 3 and counts[gone] == 1  # a 404 is final: never retried
-    assert all(counts[p] == 1 for p in paths if p not in (paths[3], paths[4], gone))
+    assert all(counts[p] == 1 for p in paths if p not in (paths[3], paths[4], gone))  # nothing else refetched
     assert res.manifest["counts"]["status"] == {"ok": 29, "failed_download": 1}
     cat = read_catalog(res.catalog_dir).to_pandas().set_index("url")
     assert cat.loc[srv.url(paths[3]), "attempts"] == 3 and cat.loc[srv.url(paths[0]), "attempts"] == 1

@@ -77,3 +77,39 @@ def test_only_ddim_starts_at_an_infinite_sigma():
     den = VDenoiser(_toy_v, sigmas_table(terminal="zero"))
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(SAMPLERS["ddim"](den, noise, sigmas.float())).all()
+
+
+def test_the_network_gets_its_timestep_by_the_rule():
+    """``comfyui`` (the default): the nearest whole timestep, as ComfyUI's ModelSamplingDiscrete.timestep;
+    ``continuous``: k-diffusion's interpolated one. At a table entry both give its t."""
+    sigmas, _ = get_sigmas(10, "karras")
+    table = sigmas_table()
+    sigma = torch.stack([sigmas[3], table[500]]).float()  # σ = 485.59 lies between t = 994 and 995
+    seen = {}
+
+    def net(rule):
+        def model(x_in, t):
+            seen[rule] = t
+            return torch.zeros_like(x_in)
+
+        return model
+
+    x = torch.ones(2, 4, 8, 8)
+    VDenoiser(net("default"), table)(x, sigma)
+    VDenoiser(net("comfyui"), table, "comfyui")(x, sigma)
+    VDenoiser(net("continuous"), table, "continuous")(x, sigma)
+    assert seen["default"].tolist() == seen["comfyui"].tolist() == [994.0, 500.0]
+    assert seen["continuous"][0].item() == pytest.approx(994.3697, abs=1e-3) and seen["continuous"][1].item() == 500
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_both_timestep_rules_run_every_sampler_and_agree_on_the_table(name):
+    den = {rule: VDenoiser(_toy_v, sigmas_table(), rule) for rule in ("comfyui", "continuous")}
+
+    def run(schedule, rule):
+        sigmas, _ = get_sigmas(6, schedule)
+        return SAMPLERS[name](den[rule], _start(sigmas), sigmas.float(), generator=torch.Generator().manual_seed(3))
+
+    torch.testing.assert_close(run("trailing", "comfyui"), run("trailing", "continuous"), rtol=0, atol=0)
+    a, b = run("karras", "comfyui"), run("karras", "continuous")
+    assert torch.isfinite(a).all() and not torch.equal(a, b)

@@ -8,10 +8,13 @@ from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as di
 from zxl.config import ConfigError
 from zxl.sampler.samplers import VDenoiser, cfg, sample_ddim, sample_dpmpp_2m, sample_euler
 from zxl.sampler.schedule import (
+    SCHEDULES,
     alphas_cumprod,
     get_sigmas,
+    nearest_timestep,
     rescale_zero_terminal_snr,
     sdxl_betas,
+    sigma_to_t,
     sigmas_table,
     trailing_timesteps,
 )  # fmt: skip
@@ -241,3 +244,90 @@ def test_schedule_names_and_a1111_labels():
 def test_interpolating_schedules_need_a_finite_sigma_max(name):
     with pytest.raises(ConfigError, match="finite sigma max"):
         get_sigmas(10, name, terminal="zero")
+
+
+# ----------------------------------------------------------------------------- the U-Net's timestep rule
+
+INTERPOLATING = ("normal", "sgm_uniform", "karras", "exponential")  # σ between table entries
+
+
+def kdiffusion_sigma_to_t(sigma, sigmas):
+    """k_diffusion/external.py ``DiscreteSchedule.sigma_to_t`` with quantize=False, line for line."""
+    log_sigmas = sigmas.log()
+    log_sigma = sigma.log()
+    dists = log_sigma - log_sigmas[:, None]
+    low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+    return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_comfyui_timesteps_are_comfyuis_nearest_whole_timestep(name):
+    """For every schedule at 1–50 steps: the t the U-Net gets is ComfyUI's ``timestep(σ)`` — argmin over
+    |log σ_table − log σ| with ComfyUI's float32 table — at the float32 σ generate() samples with; and for
+    ComfyUI's own schedulers, at the σ ComfyUI itself computes (bit-identical σ, so ties fall alike)."""
+    ms = ComfyModelSampling()
+    den = VDenoiser(_toy_v, sigmas_table())
+    for steps in range(1, 51):
+        sigmas, ts = get_sigmas(steps, name)
+        assert ts.dtype == torch.float64 and torch.equal(ts, ts.round())
+        ref = ms.timestep(sigmas[:-1].float())
+        assert ts.long().tolist() == ref.tolist(), (name, steps)
+        x = torch.zeros(len(ts), 4, 2, 2)
+        assert den.inputs(x, sigmas[:-1].float())[1].tolist() == ref.float().tolist()  # what generate() passes
+        if name in COMFY:
+            assert ts.long().tolist() == ms.timestep(comfy_sigmas(ms, name, steps)[:-1]).tolist(), (name, steps)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_continuous_timesteps_are_k_diffusions_and_differ_off_the_table(name):
+    table = sigmas_table()
+    differ = 0
+    for steps in range(1, 51):
+        sigmas, ts = get_sigmas(steps, name)
+        _, tc = get_sigmas(steps, name, timesteps="continuous")
+        torch.testing.assert_close(tc, kdiffusion_sigma_to_t(sigmas[:-1], table), rtol=0, atol=1e-9)
+        assert torch.equal(tc, sigma_to_t(sigmas[:-1], table))  # the rule zxl had before the option
+        on_table = (tc - tc.round()).abs() < 1e-9
+        assert torch.equal(ts[on_table], tc[on_table]) and bool((ts[~on_table] != tc[~on_table]).all())
+        assert bool(((ts - tc).abs() <= 0.5 + 1e-4).all())  # the nearest one: within half a step
+        differ += int((~on_table).sum())
+    if name in INTERPOLATING:
+        assert differ > 0
+    else:  # trailing, simple, beta and ddim_uniform index the table: both rules give its t
+        assert differ == 0
+
+
+def test_the_issues_karras_step():
+    """dpmpp_2m + karras differed from ComfyUI by up to 11/255: at 10 steps the U-Net got t = 994.37 for
+    ComfyUI's 994 (σ = 485.59)."""
+    sigmas, ts = get_sigmas(10, "karras")
+    _, tc = get_sigmas(10, "karras", timesteps="continuous")
+    assert sigmas[3].item() == pytest.approx(485.58945, abs=1e-4)
+    assert ts[3].item() == 994 and tc[3].item() == pytest.approx(994.3697, abs=1e-4)
+
+
+def test_a_sigma_midway_between_two_entries_falls_as_in_comfyui():
+    """At 3 normal steps t = 499.5: ComfyUI's float32 σ there sits just below the midpoint in log σ, so its
+    nearest timestep is 499; the σ is ComfyUI's bit for bit, so zxl's is too."""
+    ms = ComfyModelSampling()
+    sigmas, ts = get_sigmas(3, "normal")
+    assert sigmas[:-1].float().tolist() == comfy_sigmas(ms, "normal", 3)[:-1].tolist()
+    assert ts.tolist() == [999, 499, 0]
+    assert get_sigmas(3, "normal", timesteps="continuous")[1][1].item() == pytest.approx(499.5, abs=1e-4)
+
+
+def test_nearest_timestep_at_the_ends_and_the_zero_terminal():
+    table = sigmas_table(terminal="zero")
+    assert nearest_timestep(torch.tensor([float("inf"), 1e-6, 1e9]), table).tolist() == [999, 0, 998]
+    sigmas, ts = get_sigmas(4, "trailing", terminal="zero")
+    assert ts.tolist() == [999, 749, 499, 249]
+
+
+def test_timestep_rule_names_the_option_and_choices():
+    with pytest.raises(ConfigError, match="--timesteps must be one of comfyui, continuous, got 'nearest'"):
+        get_sigmas(10, "karras", timesteps="nearest")
+    with pytest.raises(ConfigError, match="--timesteps must be one of comfyui, continuous"):
+        VDenoiser(_toy_v, sigmas_table(), "rounded")

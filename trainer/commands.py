@@ -81,6 +81,9 @@ def add_commands(sub) -> None:
         ("seed", 0, int, "seed of the prompt choice and the samples"),
     ):
         ev.add_argument(f"--{name}", type=kind, default=default, help=f"{what} (default {default})")
+    ev.add_argument("--timesteps", default="comfyui", metavar="RULE",
+                    help="the U-Net's t between table entries: comfyui (nearest whole, the default) or "
+                    "continuous")  # fmt: skip
     ev.add_argument("--base", help="checkpoint folders: the base model (default: the one recorded in the checkpoint)")
     ev.add_argument("--model-config", help="a diffusers folder with the component configs of a single file")
     ev.add_argument("--device", default="auto")
@@ -141,7 +144,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zxl.trainer.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(prompts=args.prompts, seeds=args.seeds, steps=args.steps, cfg=args.cfg, resolution=args.resolution,
-                     holdout=args.holdout, val_rows=args.val_rows, seed=args.seed)  # fmt: skip
+                     holdout=args.holdout, val_rows=args.val_rows, seed=args.seed,
+                     timesteps=args.timesteps)  # fmt: skip
     report = evaluate(args.model, args.catalog, args.out, cfg, args.device, args.model_config, args.base)
     for c in report["checkpoints"]:
         m = c["steering"]["mean"]

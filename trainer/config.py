@@ -33,6 +33,9 @@ class DataConfig:
     )  # shuffles, bucket order, noise, timesteps, captions: all keyed by seed + step
     caption_styles: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25, 0.25])  # tags, natural, mixed
     caption_dropout: float = num(0.05, "[0, 1)")  # the caption becomes the empty string
+    # Caption tokens the text encoders see: 75 (one CLIP window), 150 or 225 (kohya's --max_token_length:
+    # 75-token chunks, sampler/chunks.py); a booru caption often passes 75 and would lose its last tags.
+    max_token_length: int = 75
     rating_format: str = "rating:{}"
     year_format: str = "year {}"
     cache_batch_size: int = num(8, "[1, 4096]")  # images per VAE encode
@@ -121,6 +124,10 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     if len(cfg.data.caption_styles) != 3 or min(cfg.data.caption_styles) < 0 or sum(cfg.data.caption_styles) <= 0:
         raise ConfigError("data.caption_styles: three non-negative weights (tags, natural, mixed), not all zero")
+    if cfg.data.max_token_length not in (75, 150, 225):
+        raise ConfigError(
+            f"data.max_token_length must be 75, 150 or 225 (kohya's steps), got {cfg.data.max_token_length}"
+        )
     if not 0 <= cfg.data.caption_dropout < 1:
         raise ConfigError("data.caption_dropout: a probability in [0, 1)")
     if cfg.data.resolution % 64 or cfg.data.resolution < 64:

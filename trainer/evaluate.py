@@ -61,6 +61,7 @@ class EvalConfig:
     bands: int = num(10, "[1, 1000]")  # timestep bands of the validation loss, one fixed timestep each
     seed: int = num(0, "[0, 4294967295]")
     images: bool = True  # write every sample as a PNG with its parameters
+    timesteps: str = "comfyui"  # the U-Net's t between table entries: comfyui | continuous (zxl sample --timesteps)
 
     def __post_init__(self):
         # the recipe's buckets step by resolution/16 (trainer/data.py buckets_for): a multiple of 64
@@ -72,6 +73,9 @@ class EvalConfig:
             if "range" in f.metadata and value not in f.metadata["range"]:
                 what = f.metadata["range"].describe(f.type in (int, "int")) + FLAG_NOTES.get(f.name, "")
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be {what}, got {value!r}")
+        from zxl.sampler.schedule import timestep_rule
+
+        timestep_rule(self.timesteps)
 
 
 FLAG_NOTES = {"cfg": " (0 is unconditional, 1 conditional without guidance)"}
@@ -170,22 +174,22 @@ def _images(catalog: Path, rows: pd.DataFrame, buckets) -> list:
 def render(model, es: EvalSet, folder: Path | None, log=print) -> list[dict]:
     """Every sample: for each prompt, no tag and score_1..9, each seed. Returns one dict a sample."""
     from zxl.sampler.grid import save_png
-    from zxl.sampler.pipeline import DEFAULT_SAMPLING, generate
+    from zxl.sampler.pipeline import Sampling, generate
     from zxl.sampler.prompts import Prompt as SamplePrompt
     from zxl.sampler.prompts import infotext
-    from zxl.sampler.schedule import A1111_LABELS
 
     cfg, out = es.config, []
+    sampling = Sampling(timesteps=cfg.timesteps)
     for pi, p in enumerate(es.prompts):
         for tag in (None, *TAGS):
             for s in range(cfg.seeds):
                 sp = SamplePrompt(prompt=p.text(tag), negative="", width=p.width, height=p.height,
                                   seed=cfg.seed * 1000 + pi * 100 + s, cfg=cfg.cfg, steps=cfg.steps,
                                   sampler=cfg.sampler)  # fmt: skip
-                image = generate(model, sp, DEFAULT_SAMPLING)
+                image = generate(model, sp, sampling)
                 if folder is not None and cfg.images:
                     name = f"p{pi}-{'none' if tag is None else f'score{tag}'}-s{s}.png"
-                    more = {"Schedule type": A1111_LABELS[DEFAULT_SAMPLING.schedule]}
+                    more = sampling.infotext_fields()
                     save_png(image, folder / name, infotext(sp, model_name=model.name, model_hash=model.hash, **more))
                 out.append({"prompt": pi, "tag": tag, "seed": s, "image": image})
         log(f"eval: prompt {pi + 1}/{len(es.prompts)} rendered")

@@ -316,7 +316,7 @@ def micro_loss(cfg: TrainConfig, model, schedule: Schedule, weighting, b: dict, 
     amp = AMP[cfg.optim.precision]
     with torch.autocast(x_t.device.type, dtype=amp, enabled=amp is not None):
         with torch.set_grad_enabled(train_te):
-            emb, pooled = model.encode_with_grad(b["texts"])
+            emb, pooled = model.encode_with_grad(b["texts"], cfg.data.max_token_length)
         ids = torch.tensor(b["time_ids"], device=x_t.device, dtype=emb.dtype)
         cond = {"text_embeds": pooled, "time_ids": ids}
         pred = model.unet(x_t, b["t"], encoder_hidden_states=emb, added_cond_kwargs=cond).sample
