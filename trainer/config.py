@@ -35,7 +35,7 @@ class DataConfig:
     caption_dropout: float = num(0.05, "[0, 1)")  # the caption becomes the empty string
     # Caption tokens the text encoders see: 75 (one CLIP window), 150 or 225 (kohya's --max_token_length:
     # 75-token chunks, sampler/chunks.py); a booru caption often passes 75 and would lose its last tags.
-    max_token_length: int = 75
+    max_token_length: int = num(75, "[75, 225]")  # and one of 75, 150, 225
     rating_format: str = "rating:{}"
     year_format: str = "year {}"
     cache_batch_size: int = num(8, "[1, 4096]")  # images per VAE encode
