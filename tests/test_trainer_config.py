@@ -52,3 +52,12 @@ def test_bad_values_name_the_key(override, message):
 
 def test_yaml_exponent_without_a_dot_is_a_number():
     assert load_config(TrainConfig, [], ["optim.unet_lr=1e-5"]).optim.unet_lr == 1e-5
+
+
+def test_max_token_length_takes_kohyas_steps():
+    for ok in (75, 150, 225):
+        validate(load_config(TrainConfig, overrides=[f"data.max_token_length={ok}"]))
+    with pytest.raises(ConfigError, match="data.max_token_length must be 75, 150 or 225"):
+        validate(load_config(TrainConfig, overrides=["data.max_token_length=100"]))
+    recipe = load_config(TrainConfig, [Path(__file__).resolve().parents[1] / "configs/train/zero-xl.yaml"])
+    assert recipe.data.max_token_length == 225
