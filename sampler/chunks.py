@@ -106,3 +106,48 @@ def repeat_to_lcm(conds: list[torch.Tensor]) -> torch.Tensor:
     their least common multiple, then stacked (attention over k copies of the keys is unchanged)."""
     length = math.lcm(*(c.shape[1] for c in conds))
     return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in conds])
+
+
+COMMA_BACKTRACK = 20  # A1111's default opts.comma_padding_backtrack
+
+
+Chunk = tuple[list[int], list[float]]
+
+
+def a1111_chunks(segments: list[tuple[list[int] | None, float]], start: int, end: int, comma: int | None,
+                 backtrack: int = COMMA_BACKTRACK, length: int = 75) -> list[Chunk]:  # fmt: skip
+    """A1111's ``tokenize_line`` (modules/sd_hijack_clip.py): (tokens, weight) per parsed segment (None
+    for a BREAK) into chunks of ``length`` tokens padded with the end token, then ``[start] … [end]``.
+    When a chunk is full and the last comma is at most ``backtrack`` tokens back, what follows the comma
+    moves to the next chunk (the comma back-off), so a tag is not cut in two."""
+    chunks: list[Chunk] = []
+    tokens: list[int] = []
+    mults: list[float] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal tokens, mults, last_comma
+        pad = length - len(tokens)
+        chunks.append(([start, *tokens, *[end] * max(pad, 0), end], [1.0, *mults, *[1.0] * max(pad, 0), 1.0]))
+        tokens, mults, last_comma = [], [], -1
+
+    for seg_tokens, weight in segments:
+        if seg_tokens is None:  # BREAK
+            close()
+            continue
+        for token in seg_tokens:
+            if token == comma:
+                last_comma = len(tokens)
+            elif backtrack and len(tokens) == length and last_comma != -1 and len(tokens) - last_comma <= backtrack:
+                at = last_comma + 1
+                moved, moved_mults = tokens[at:], mults[at:]
+                tokens, mults = tokens[:at], mults[:at]
+                close()
+                tokens, mults = moved, moved_mults
+            if len(tokens) == length:
+                close()
+            tokens.append(token)
+            mults.append(weight)
+    if tokens or not chunks:
+        close()
+    return chunks

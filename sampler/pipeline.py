@@ -21,7 +21,14 @@ from PIL import Image
 
 from zxl.config import ConfigError
 from zxl.models import unreadable
-from zxl.sampler.chunks import comfyui_chunks, comfyui_tokens, kohya_input_ids, kohya_join, repeat_to_lcm
+from zxl.sampler.chunks import (
+    a1111_chunks,
+    comfyui_chunks,
+    comfyui_tokens,
+    kohya_input_ids,
+    kohya_join,
+    repeat_to_lcm,
+)
 from zxl.sampler.guidance import DynamicThresholding
 from zxl.sampler.prompts import Prompt
 from zxl.sampler.samplers import SAMPLERS, VDenoiser, cfg
@@ -150,30 +157,37 @@ class SDXL:
 
     @torch.no_grad()
     def encode_prompt(self, text: str, weights: str = "comfyui") -> tuple[torch.Tensor, torch.Tensor]:
-        """A prompt as ComfyUI's CLIPTextEncode encodes it (sampler/chunks.py): weights parsed
-        (``weights``: comfyui, a1111 or none), 75-token chunks cut as ComfyUI cuts them, every chunk
-        encoded, the hidden states side by side ([1, 77·chunks, 2048]), the first chunk's pooled
-        output; weights applied per token the ``weights`` tool's way."""
+        """A prompt as ComfyUI's CLIPTextEncode encodes it (sampler/chunks.py): weights parsed, 75-token
+        chunks cut as ComfyUI cuts them, every chunk encoded, the hidden states side by side ([1,
+        77·chunks, 2048]), the first chunk's pooled output, each token moved from the empty prompt's
+        by its weight; with ``weights`` "a1111" as A1111 reads a prompt (its parser, its chunks with
+        the comma back-off and BREAK, multipliers with the mean restored); "none": literal text."""
         from zxl.sampler import weights as prompt_weights
 
         segments = prompt_weights.parse(text, weights) if weights != "none" else [(text, 1.0)]
-        segments = [(t, w) for t, w in segments if w >= 0]  # A1111's BREAK marker: no chunk break here
         hidden, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            special = (int(tok.bos_token_id), int(tok.eos_token_id), int(tok.pad_token_id))  # pyright: ignore[reportArgumentType] - a CLIP tokenizer's ids are ints
-            words = [(comfyui_tokens(t, tok), w) for t, w in segments]
-            chunks = comfyui_chunks(words, *special)
-            ids = torch.tensor([[t for t, _ in c] for c in chunks], device=self.device)
-            w = torch.tensor([[x for _, x in c] for c in chunks], dtype=torch.float32, device=self.device)
+            start, end, pad = (int(tok.bos_token_id), int(tok.eos_token_id), int(tok.pad_token_id))  # pyright: ignore[reportArgumentType] - a CLIP tokenizer's ids are ints
+            if weights == "a1111":  # A1111's chunks: whole segments, comma back-off, BREAK, pad after the end token
+                pieces = [(None if (t, w) == prompt_weights.BREAK else tok(t, add_special_tokens=False)["input_ids"],
+                           w) for t, w in segments]  # fmt: skip
+                made = a1111_chunks(pieces, start, end, tok.get_vocab().get(",</w>"))
+                rows = [[t if i <= ids.index(end) or end == pad else pad for i, t in enumerate(ids)] for ids, _ in made]
+                weights_of = [m for _, m in made]
+            else:
+                made_c = comfyui_chunks([(comfyui_tokens(t, tok), w) for t, w in segments], start, end, pad)
+                rows, weights_of = [[t for t, _ in c] for c in made_c], [[x for _, x in c] for c in made_c]
+            ids = torch.tensor(rows, device=self.device)
+            w = torch.tensor(weights_of, dtype=torch.float32, device=self.device)
             out = enc(ids, output_hidden_states=True)
             z = out.hidden_states[-2].float()
-            if bool((w != 1).any()):
-                empty = comfyui_chunks([], *special)
-                z_empty = enc(torch.tensor([[t for t, _ in empty[0]]], device=self.device),
+            if weights == "a1111":  # z × multipliers, the chunk's mean restored (also when all are 1: a no-op)
+                z = torch.stack([prompt_weights.apply_a1111(z[k], w[k]) for k in range(len(rows))])
+            elif bool((w != 1).any()):
+                empty = comfyui_chunks([], start, end, pad)[0]
+                z_empty = enc(torch.tensor([[t for t, _ in empty]], device=self.device),
                               output_hidden_states=True).hidden_states[-2].float()[0]  # fmt: skip
-                apply = prompt_weights.apply_a1111 if weights == "a1111" else None
-                z = torch.stack([apply(z[k], w[k]) if apply else prompt_weights.apply_comfyui(z[k], w[k], z_empty)
-                                 for k in range(len(chunks))])  # fmt: skip
+                z = torch.stack([prompt_weights.apply_comfyui(z[k], w[k], z_empty) for k in range(len(rows))])
             hidden.append(z.reshape(1, -1, z.shape[-1]).to(self.dtype))
             if enc is self.text_encoder_2:
                 pooled = out.text_embeds[0:1]

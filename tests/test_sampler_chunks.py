@@ -124,3 +124,65 @@ def test_prompt_weights_move_tokens_the_tools_way(model):
     assert not torch.allclose(a1111, heavy)  # multiplied and renormalised, not moved from the empty prompt
     escaped, _ = model.encode_prompt("fate \\(series\\)")
     torch.testing.assert_close(escaped, model.encode_prompt("fate (series)", weights="none")[0])
+
+
+def a1111_reference(segments, start, end, comma, backtrack=20):
+    """A1111's tokenize_line (modules/sd_hijack_clip.py), transcribed without embeddings."""
+    chunks, tokens, mults, last_comma = [], [], [], -1
+
+    def next_chunk():
+        nonlocal tokens, mults, last_comma
+        to_add = 75 - len(tokens)
+        if to_add > 0:
+            tokens, mults = tokens + [end] * to_add, mults + [1.0] * to_add
+        chunks.append(([start, *tokens, end], [1.0, *mults, 1.0]))
+        tokens, mults, last_comma = [], [], -1
+
+    for seg, weight in segments:
+        if seg is None:
+            next_chunk()
+            continue
+        for token in seg:
+            if token == comma:
+                last_comma = len(tokens)
+            elif backtrack != 0 and len(tokens) == 75 and last_comma != -1 and len(tokens) - last_comma <= backtrack:
+                at = last_comma + 1
+                reloc, reloc_m = tokens[at:], mults[at:]
+                tokens, mults = tokens[:at], mults[:at]
+                next_chunk()
+                tokens, mults = reloc, reloc_m
+            if len(tokens) == 75:
+                next_chunk()
+            tokens.append(token)
+            mults.append(weight)
+    if tokens or not chunks:
+        next_chunk()
+    return chunks
+
+
+@pytest.mark.parametrize("every", [3, 7, 30, 0])  # a comma every n tokens (0: none)
+@pytest.mark.parametrize("n", [1, 75, 76, 150, 230])
+def test_a1111_chunks_match_tokenize_line(every, n):
+    from zxl.sampler.chunks import a1111_chunks
+
+    comma = 267
+    stream = [comma if every and i % every == every - 1 else 1000 + i for i in range(n)]
+    segments = [(stream[: n // 2], 1.0), (stream[n // 2 :], 1.21)]
+    got = a1111_chunks(segments, BOS, EOS, comma)
+    assert got == a1111_reference(segments, BOS, EOS, comma)
+    assert all(len(t) == len(m) == 77 for t, m in got)
+    if every == 7 and n == 76:  # the 76th token would cut a tag: what follows the last comma moves on
+        assert got[0][0][70:77] == [comma, *[EOS] * 6] and got[1][0][1:7] == stream[70:76]
+    if n >= 20:
+        broken = a1111_chunks([(stream[:10], 1.0), (None, -1.0), (stream[10:20], 1.0)], BOS, EOS, comma)
+        assert len(broken) == 2 and broken[1][0][1:11] == stream[10:20]  # BREAK starts a chunk
+
+
+def test_a1111_reading_of_a_long_prompt(model):
+    long = caption(30)  # 109 tokens, commas between tags
+    emb, pooled = model.encode_prompt(long, weights="a1111")
+    assert emb.shape[1] == 154
+    last = model.encode_prompt(long.replace("tag29", "cat ears"), weights="a1111")
+    first = model.encode_prompt(long.replace("tag0", "cat ears"), weights="a1111")
+    torch.testing.assert_close(last[1], pooled)  # the pooled output is the first chunk's
+    assert not torch.allclose(first[1], pooled) and not torch.allclose(last[0][:, 77:], emb[:, 77:])
