@@ -54,9 +54,10 @@ def urls_file(server, tmp_path_factory):
 
 # The files that take longest go to the workers first (``--dist loadfile`` hands out whole files in
 # this order), so that no worker is left with a long file at the end while the other idles.
-SLOW_FILES = ("test_trainer_train.py", "test_curate.py", "test_executor.py", "test_bench_gpu.py",
+SLOW_FILES = ("test_trainer_train.py", "test_curate.py", "test_executor.py", "test_polite.py", "test_bench_gpu.py",
               "test_trainer_evaluate.py", "test_browse.py", "test_trainer_autoencoder.py", "test_hostile_lists.py",
-              "test_faults.py", "test_sampler_pipeline.py", "test_sampler_single_file.py")  # fmt: skip
+              "test_faults.py", "test_sampler_pipeline.py", "test_sampler_single_file.py",
+              "test_sampler_chunks.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
