@@ -22,7 +22,7 @@ from zxl import __version__
 from zxl.captioners import registry as captioner_registry
 from zxl.catalog import captions
 from zxl.config import ConfigError, check_ranges, config_hash, dump_yaml, to_dict
-from zxl.files import file_hash, write_text_atomic
+from zxl.files import file_sha256, write_text_atomic
 from zxl.pipeline import executor, fetch, graph, polite, reduce, sources, tag, tagrules
 from zxl.pipeline.assemble import write_catalog
 from zxl.pipeline.config import CurateConfig
@@ -155,13 +155,15 @@ def rerun_from_reduce(cfg: CurateConfig, log=print) -> CurateResult:
 
 
 def _part_digests(run_dir: Path, stage: str, n_shards: int) -> list[str | None]:
-    return [file_hash(stage_path(run_dir, stage, s)) for s in range(n_shards)]
+    paths = [stage_path(run_dir, stage, s) for s in range(n_shards)]
+    return [file_sha256(p) if p.is_file() else None for p in paths]
 
 
 def _clear_after(run_dir: Path, stage: str, n_shards: int, before: list[str | None]) -> None:
-    """A global step's part that changed while its hash did not (``--retry-failed`` brought rows back
-    to a shard) makes that shard's later outputs stale although their hashes match: remove them, so
-    the next phase redoes exactly those shards. (When its hash changed, theirs did too.)"""
+    """After ``--retry-failed`` brought rows back, a global step's part can change while its hash does
+    not, which makes that shard's later outputs stale although their hashes match: remove them, so
+    the next phase redoes exactly those shards. (In any other run a changed part means a changed
+    hash, and the later stages' hashes change with it.)"""
     later = [s.name for s in graph.STAGES[graph.STAGES.index(graph.BY_NAME[stage]) + 1 :] if s.scope == "shard"]
     for s, (old, new) in enumerate(zip(before, _part_digests(run_dir, stage, n_shards), strict=True)):
         if old is not None and old != new:
@@ -237,10 +239,11 @@ def _curate(cfg: CurateConfig, table: pa.Table | None, run_dir: Path, log, store
             for kind, which in graph.order():
                 if kind == "global":
                     t = time.time()
-                    before = _part_digests(run_dir, str(which), n_shards)
+                    before = _part_digests(run_dir, str(which), n_shards) if redo_first else None
                     globals_[which] = graph.run_global(str(which), run_dir, n_shards, hashes, cfg)
                     globals_[which]["wall"] = time.time() - t
-                    _clear_after(run_dir, str(which), n_shards, before)
+                    if before is not None:
+                        _clear_after(run_dir, str(which), n_shards, before)
                 elif which or stored is None or redo_first:  # rerun_from_reduce: phase 0 is done
                     phase_tasks = graph.tasks(int(which), shared_dir, n_shards, hashes, cfg, _resources(cfg))
                     all_tasks += phase_tasks

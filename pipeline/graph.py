@@ -26,7 +26,7 @@ from typing import Any
 from zxl.captioners.config import LAYOUT_KEYS
 from zxl.catalog.schema import SCHEMA_VERSION
 from zxl.config import config_hash, to_dict
-from zxl.files import file_hash
+from zxl.files import file_sha256
 from zxl.pipeline import caption, fetch, inspection, reduce, score, tag, tagrules
 from zxl.pipeline.assemble import assemble_shard
 from zxl.pipeline.calibrate import edges_from_catalog
@@ -59,7 +59,8 @@ def _edges_and_head(cfg: CurateConfig):
 
 def _rule_tables(cfg: CurateConfig):
     """The content of the alias and implication tables the rules name (a file edited in place is a change)."""
-    return [file_hash(p) if p else None for p in (cfg.tag.aliases, cfg.tag.implications)]
+    tables = (cfg.tag.aliases, cfg.tag.implications)
+    return [file_sha256(p) if p and Path(p).is_file() else p or None for p in tables]
 
 
 def _embedding(cfg: CurateConfig):

@@ -171,8 +171,10 @@ class SDXL:
             if weights == "a1111":  # A1111's chunks: whole segments, comma back-off, BREAK, pad after the end token
                 pieces = [(None if (t, w) == prompt_weights.BREAK else tok(t, add_special_tokens=False)["input_ids"],
                            w) for t, w in segments]  # fmt: skip
-                made = a1111_chunks(pieces, start, end, tok.get_vocab().get(",</w>"))
-                rows = [[t if i <= ids.index(end) or end == pad else pad for i, t in enumerate(ids)] for ids, _ in made]
+                comma = tok.convert_tokens_to_ids(",</w>")
+                made = a1111_chunks(pieces, start, end, comma if isinstance(comma, int) else None)
+                rows = [ids if end == pad else ids[: ids.index(end) + 1] + [pad] * (len(ids) - ids.index(end) - 1)
+                        for ids, _ in made]  # fmt: skip
                 weights_of = [m for _, m in made]
             else:
                 made_c = comfyui_chunks([(comfyui_tokens(t, tok), w) for t, w in segments], start, end, pad)

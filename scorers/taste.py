@@ -29,14 +29,6 @@ from zxl.config import ConfigError
 META_PREFIX = "zxl."
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_sha256(tensors: dict) -> str:
     """The sha256 of a head's tensors (torch or NumPy: names, dtypes, shapes and bytes, in name order)."""
     import torch

@@ -221,7 +221,8 @@ def test_the_manifest_describes_the_head_that_was_applied(run, tmp_path):
     from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
 
-    from zxl.scorers.taste import file_sha256, head_info, verify_applied
+    from zxl.files import file_sha256
+    from zxl.scorers.taste import head_info, verify_applied
     from zxl.trainer.evaluate import EvalConfig, EvalSet
 
     run_dir, ok = run

@@ -126,13 +126,10 @@ def write_json_atomic(obj, path: Path) -> Path:
     return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
 
 
-def file_hash(path: str | os.PathLike) -> str | None:
-    """sha256 of a file's content (read in 1 MiB blocks), or None when there is no such file."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    except FileNotFoundError:
-        return None
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
