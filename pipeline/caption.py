@@ -49,7 +49,7 @@ def caption_shard(job: ShardJob, cfg: CaptionConfig) -> pa.Table:
         images = None
         if captioner.needs_images:
             shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
-            images = [try_decode(b) for b in job.images([shard_keys[i] for i in idx])]
+            images = [try_decode(b, captioner.input_side) for b in job.images([shard_keys[i] for i in idx])]
         texts, why = caption_rows(captioner, images, rows)
         for n, i in enumerate(idx):
             captions[i], problems[i] = texts[n], why[n]

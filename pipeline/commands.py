@@ -347,7 +347,7 @@ def _image_tags(cfg: CurateConfig, files: list[Path], images: list):
         return None
     cfg.tag.taggers = taggers
     rows = pd.DataFrame({"key": [str(f) for f in files]})
-    merged, _ = tag_rows(cfg.tag, rows, lambda: images)
+    merged, _ = tag_rows(cfg.tag, rows, lambda side: images)  # whole: the folder's EXIF years come from them too
     return merged
 
 

@@ -36,6 +36,7 @@ from zxl.pipeline.stages import ShardJob, StageInputs, run_job
 from zxl.scorers.registry import scorer_class
 from zxl.scorers.taste import head_hash
 from zxl.taggers.config import RULE_KEYS
+from zxl.taggers.registry import tagger_class
 
 
 @dataclass(frozen=True)
@@ -63,19 +64,25 @@ def _rule_tables(cfg: CurateConfig):
     return [file_sha256(p) if p and Path(p).is_file() else p or None for p in tables]
 
 
-def _embedding(cfg: CurateConfig):
-    """The version of what the scorer stores beside its scores (the technical scorer's pixel embedding)."""
-    return getattr(scorer_class(cfg.score.scorer), "embedding_version", None)
+def _scorer_version(cfg: CurateConfig):
+    """The scorer's version and that of what it stores beside its scores (the technical scorer's pixel
+    embedding): how it reads and measures images."""
+    cls = scorer_class(cfg.score.scorer)
+    return [getattr(cls, "embedding_version", None), cls.version]
+
+
+def _tagger_versions(cfg: CurateConfig):
+    return [tagger_class(name).version for name in cfg.tag.taggers]
 
 
 STAGES = (
     Stage("fetch", fetch.fetch_shard, ("source",), ("fetch", "run.shard_size", "source.hash_column"),
           speed_only=frozenset({"thread_count", "connect_to", "per_host_concurrency", "per_host_rate"})),
-    Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",)),
+    Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",), extra=lambda cfg: inspection.VERSION),
     Stage("score", score.score_shard, ("fetch", "inspect"), ("score",),
-          speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_embedding),
+          speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_scorer_version),
     Stage("tag", tag.tag_shard, ("source", "fetch", "inspect"), ("tag",),
-          speed_only=frozenset({"batch_size", "device"}), later=RULE_KEYS),
+          speed_only=frozenset({"batch_size", "device"}), later=RULE_KEYS, extra=_tagger_versions),
     Stage("reduce", reduce.reduce_all, ("score", "inspect", "tag"), ("taste", "calibrate", "dedup", "weigh"),
           scope="global", extra=_edges_and_head),
     Stage("tagrules", tagrules.tagrules_all, ("tag", "reduce"), ("tag",), scope="global", keys=RULE_KEYS,

@@ -1,6 +1,9 @@
 """embed + score: every ok image of a shard through the configured scorer.
 
-Decoding and ``prepare`` (resize, crop, normalize — or the technical scorer's measurements) run in
+Each image is decoded once, reduced to the side the scorer's model needs (``Scorer.input_side``:
+a JPEG at 1/2..1/8 scale when CLIP sees 224 px; whole for the technical scorer, whose pixel-level
+terms need the stored pixels). Decoding and ``prepare`` (resize, crop, normalize — or the technical
+scorer's measurements) run in
 ``score.loader_threads`` threads and stay at most two batches ahead of the model, so the model
 never waits on JPEG decoding and memory stays bounded. The scorer is built once per worker
 process (``scorers.registry.get_scorer``). Outputs: ``stages/score/NNNNN.parquet`` (key, status,
@@ -18,7 +21,7 @@ import pyarrow as pa
 
 from zxl.catalog.embeddings import EMBEDDING_KEY, embeddings_path, read_embeddings
 from zxl.files import write_table_atomic
-from zxl.images import ImageDecodeError, decode
+from zxl.images import ImageDecodeError, decode_reduced
 from zxl.pipeline.stages import ShardJob
 from zxl.scorers.config import ScoreConfig
 from zxl.scorers.registry import get_scorer
@@ -30,7 +33,8 @@ SCORE_SCHEMA = pa.schema(
 
 def _decode_and_prepare(scorer, data: bytes):
     try:
-        with decode(data) as im:
+        im, _ = decode_reduced(data, scorer.input_side)
+        with im:
             return scorer.prepare(im), None
     except ImageDecodeError as e:
         return None, f"scorer {scorer.name} cannot read the image: {e}"

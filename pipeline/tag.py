@@ -82,9 +82,12 @@ def problem_kind(problem: str) -> str:
 
 
 def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[pd.DataFrame, Counter]:
-    """Run the taggers over a DataFrame; ``images_for()`` decodes the rows' images on demand."""
+    """Run the taggers over a DataFrame; ``images_for(side)`` decodes the rows' images on demand, reduced
+    to the largest input side the image taggers need (``Tagger.input_side``; None: whole)."""
     taggers = get_taggers(cfg)
-    images = images_for() if any(t.needs_images for t in taggers) else None
+    readers = [t for t in taggers if t.needs_images]
+    sides = [t.input_side for t in readers]
+    images = images_for(None if None in sides else max(sides)) if readers else None
     merged = merge([(t.source, t.tag(images if t.needs_images else None, rows)) for t in taggers], len(rows))
     counts = Counter()
     for p in merged["problem"].dropna():
@@ -96,11 +99,11 @@ def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[pd.DataFrame, Counter]:
 def tag_shard(job: ShardJob, cfg: TagConfig) -> tuple[pa.Table, dict]:
     rows = job.read("source").to_pandas()
 
-    def images_for():
+    def images_for(side: int | None):
         status = job.read("inspect", columns=["status"])["status"].to_pylist()
         shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
         blobs = job.images([k if s == "ok" else None for k, s in zip(shard_keys, status, strict=True)])
-        return [try_decode(b) for b in blobs]
+        return [try_decode(b, side) for b in blobs]
 
     merged, counts = tag_rows(cfg, rows, images_for)
     if cfg.exif_year:

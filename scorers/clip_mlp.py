@@ -74,6 +74,7 @@ class ClipMlpScorer(EmbeddingScorer):
     name = "clip-mlp"
     runs_model = True
     imports = ("open_clip",)
+    version = "2"  # 2: images decoded reduced to the model's input side (JPEG DCT scaling), not whole
 
     def __init__(self, cfg: ScoreConfig, load_weights: bool = True, head_state: dict | None = None):
         import open_clip
@@ -93,6 +94,8 @@ class ClipMlpScorer(EmbeddingScorer):
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.preprocess = preprocess
+        side = self.model.visual.image_size  # pyright: ignore[reportAttributeAccessIssue] - untyped open_clip model
+        self.input_side = int(min(side)) if isinstance(side, tuple | list) else int(side)
         if head_state is None:
             path = resolve(cfg.head_weights, "score.head_weights", "aesthetic head", HOW_HEAD)
             head_state = load_state_dict(path, "score.head_weights")

@@ -36,6 +36,7 @@ diversity-aware repeats. The score does not depend on it.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -68,36 +69,73 @@ def jpeg_quality(image: Image.Image) -> float:
     return float(candidates[int(np.argmin(err))])
 
 
-def features(image: Image.Image) -> np.ndarray:
-    """The measured terms, in ``FEATURES`` order."""
+def rgb_or_grey(image: Image.Image) -> Image.Image:
+    """The image as RGB (alpha flattened the way PIL drops it) or grey, the two modes it is measured in."""
+    if image.mode in ("RGB", "L"):
+        return image
+    return image.convert("RGBA").convert("RGB") if "A" in image.getbands() else image.convert("RGB")
+
+
+def small_copy(image: Image.Image) -> Image.Image:
+    """The copy the global terms and the pixel embedding are measured on: box-reduced by the integer
+    factor that brings the long side to 256..511 px (the image itself when it is smaller)."""
+    factor = max(1, max(image.size) // 256)
+    return image.reduce(factor) if factor > 1 else image
+
+
+def _median_abs(values: np.ndarray) -> float:
+    """``np.median(np.abs(values))`` of an int16 array, exactly, by counting: a 256-bin histogram of
+    |values| saturated at 255 answers whenever the median is under 255 (it is, but for noise of
+    σ > 60 grey levels); otherwise every value is counted."""
+    n = values.size
+    if n == 0:
+        return 0.0
+    lo_pos, hi_pos = (n - 1) // 2, n // 2  # the two middle ranks (the same one when n is odd)
+    counts = cv2.calcHist([cv2.convertScaleAbs(values)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    cum = np.cumsum(counts)
+    if cum[254] <= hi_pos:  # a middle rank is among the saturated values: count them all
+        cum = np.cumsum(np.bincount(np.abs(values).ravel()))
+    lo, hi = int(np.searchsorted(cum, lo_pos, side="right")), int(np.searchsorted(cum, hi_pos, side="right"))
+    return (lo + hi) / 2
+
+
+_SECOND_DIFF = np.array([1, -2, 1], np.float32)
+
+
+def features(image: Image.Image, small: Image.Image | None = None) -> np.ndarray:
+    """The measured terms, in ``FEATURES`` order; ``small`` is ``small_copy(image)`` when the caller
+    has it. The pixel-level terms are exact integer arithmetic on the crop's grey levels (OpenCV's
+    filters, int16, on the valid region only)."""
     quality = jpeg_quality(image)
-    if image.mode not in ("RGB", "L"):
-        image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() else image.convert("RGB")
+    image = rgb_or_grey(image)
     w, h = image.size
     # Pixel-level terms on a grid-aligned centre crop at full resolution ...
     x0, y0 = max(0, (w - CROP) // 2) // 8 * 8, max(0, (h - CROP) // 2) // 8 * 8
-    crop = np.asarray(image.crop((x0, y0, min(w, x0 + CROP), min(h, y0 + CROP))).convert("L"), np.float32)
-    # ... global ones (exposure, contrast, colour) on a copy of at most ~256 px.
-    factor = max(1, max(w, h) // 256)
-    small = np.asarray((image.reduce(factor) if factor > 1 else image).convert("RGB"), np.float32)
+    crop = np.ascontiguousarray(np.asarray(image.crop((x0, y0, min(w, x0 + CROP), min(h, y0 + CROP))).convert("L")))
+    # ... global ones (exposure, contrast, colour) on a copy of at most ~512 px.
+    small_rgb = np.asarray((small if small is not None else small_copy(image)).convert("RGB"), np.float32)
 
-    # N = [1,-2,1]ᵀ[1,-2,1] is separable: second differences along x, then along y.
-    d2 = crop[:, :-2] - 2 * crop[:, 1:-1] + crop[:, 2:]
-    d2 = d2[:-2] - 2 * d2[1:-1] + d2[2:]
-    noise = float(np.median(np.abs(d2))) / (0.6745 * 6) if d2.size else 0.0
-    lap = crop[1:-1, :-2] + crop[1:-1, 2:] + crop[:-2, 1:-1] + crop[2:, 1:-1] - 4 * crop[1:-1, 1:-1]
-    sharpness = max(0.0, float(lap.var()) - 20 * noise**2) if lap.size else 0.0
-    dx, dy = np.abs(np.diff(crop, axis=1)), np.abs(np.diff(crop, axis=0))
-    on_x, on_y = (np.arange(dx.shape[1]) % 8) == 7, (np.arange(dy.shape[0]) % 8) == 7
-    if on_x.any() and on_y.any() and (~on_x).any() and (~on_y).any():
-        blocking = float((dx[:, on_x].mean() + dy[on_y].mean() - dx[:, ~on_x].mean() - dy[~on_y].mean()) / 2)
-    else:
-        blocking = 0.0
+    noise = sharpness = blocking = 0.0
+    if min(crop.shape) >= 3:
+        # N = [1,-2,1]ᵀ[1,-2,1]: second differences along x and y (|values| ≤ 2040), valid region.
+        d2 = cv2.sepFilter2D(crop, cv2.CV_16S, _SECOND_DIFF, _SECOND_DIFF)[1:-1, 1:-1]
+        noise = _median_abs(d2) / (0.6745 * 6)
+        lap = cv2.Laplacian(crop, cv2.CV_16S, ksize=1)[1:-1, 1:-1]  # the 5-point Laplacian
+        _, std = cv2.meanStdDev(lap)
+        sharpness = max(0.0, float(std[0, 0]) ** 2 - 20 * noise**2)
+    if crop.shape[0] >= 9 and crop.shape[1] >= 9:
+        dx, dy = cv2.absdiff(crop[:, 1:], crop[:, :-1]), cv2.absdiff(crop[1:], crop[:-1])
+        # Differences across the 8-px grid (between columns 7|8, 15|16 …) against those inside it.
+        on_x, on_y = dx[:, 7::8], dy[7::8]
+        sum_x, sum_y = cv2.sumElems(dx)[0], cv2.sumElems(dy)[0]
+        grid_x, grid_y = float(on_x.sum(dtype=np.int64)), float(on_y.sum(dtype=np.int64))
+        inside_x, inside_y = (sum_x - grid_x) / (dx.size - on_x.size), (sum_y - grid_y) / (dy.size - on_y.size)
+        blocking = (grid_x / on_x.size + grid_y / on_y.size - inside_x - inside_y) / 2
     bw, bh = nearest_bucket(w, h)
     resolution = min(1.0, 1.0 / max(bw / w, bh / h))
-    grey = small @ _LUMA
-    rg = small[..., 0] - small[..., 1]
-    yb = 0.5 * (small[..., 0] + small[..., 1]) - small[..., 2]
+    grey = small_rgb @ _LUMA
+    rg = small_rgb[..., 0] - small_rgb[..., 1]
+    yb = 0.5 * (small_rgb[..., 0] + small_rgb[..., 1]) - small_rgb[..., 2]
     colour = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
     return np.array(
         [sharpness, noise, blocking, quality, resolution, grey.mean() / 255, grey.std() / 255, colour], np.float64
@@ -124,6 +162,7 @@ def combine(f: np.ndarray) -> np.ndarray:
 class TechnicalScorer(Scorer):
     name = "technical"
     embeds = True
+    version = "2"  # 2: the pixel embedding from the small copy of the one decode (was: from the whole image)
     embedding_version = "pixels-v1"  # in the score stage's hash: a new embedding redoes the stage
 
     def __init__(self, cfg=None):
@@ -134,8 +173,10 @@ class TechnicalScorer(Scorer):
         return self.embedding_version
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """The measured terms (``FEATURES``), then the pixel embedding (``DIM`` values)."""
-        return np.concatenate([features(image), pixel_embedding(image)])
+        """The measured terms (``FEATURES``), then the pixel embedding (``DIM`` values), both of the one
+        decode: the embedding is taken from the small copy the global terms use."""
+        small = small_copy(rgb_or_grey(image))
+        return np.concatenate([features(image, small), pixel_embedding(small)])
 
     def score(self, batch: np.ndarray) -> np.ndarray:
         return combine(np.atleast_2d(batch)[:, : len(FEATURES)])

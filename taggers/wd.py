@@ -87,6 +87,7 @@ class WDTagger(Tagger):
     runs_model = True
     imports = ("onnxruntime",)
     needs_images = True
+    version = "2"  # 2: images decoded reduced to the model's input side (JPEG DCT scaling), not whole
 
     def __init__(self, cfg: TagConfig):
         import onnxruntime as ort
@@ -112,6 +113,7 @@ class WDTagger(Tagger):
         inp = self.session.get_inputs()[0]
         self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
         self.size = int(inp.shape[1]) if isinstance(inp.shape[1], int) else 448
+        self.input_side = self.size
         n_out = self.session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.names):
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -36,3 +37,47 @@ def test_decode_loads_and_names_failures():
 def test_try_decode_is_none_for_what_does_not_decode():
     assert try_decode(None) is None and try_decode(b"junk") is None
     assert try_decode(_png()).size == (20, 10)
+
+
+def _big_jpeg(w=1024, h=1536, quality=90) -> bytes:
+    from PIL import ImageFilter
+
+    buf = io.BytesIO()
+    Image.effect_noise((w // 8, h // 8), 80).resize((w, h)).convert("RGB").filter(ImageFilter.GaussianBlur(2)).save(
+        buf, "JPEG", quality=quality
+    )
+    return buf.getvalue()
+
+
+def test_decode_reduced_scales_a_jpeg_by_its_dct_and_keeps_the_stored_size():
+    from zxl.images import decode_reduced
+
+    data = _big_jpeg()
+    for side, want in ((None, (1024, 1536)), (448, (512, 768)), (224, (256, 384)), (128, (128, 192)),
+                       (64, (64, 96)), (2000, (1024, 1536))):  # fmt: skip  (64: 1/8 by DCT, then 1/2 by box)
+        im, stored = decode_reduced(data, side)
+        assert stored == (1024, 1536) and im.size == want, side
+        assert side is None or min(im.size) >= min(side, 1024)
+    grey, _ = decode_reduced(data, 128, mode="L")
+    assert grey.mode == "L" and grey.size == (128, 192)
+    # the reduced copy is the full decode averaged down (DCT scaling ~ a box filter), not another picture
+    full = np.asarray(decode_reduced(data, None)[0].reduce(4), np.float32)
+    assert np.abs(np.asarray(decode_reduced(data, 256)[0], np.float32) - full).mean() < 2.0
+    # the whole stream is still read: a truncated file fails as in a full decode
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_reduced(data[: len(data) // 2], 128)
+    with pytest.raises(ImageDecodeError, match=r"1024x1536 is over inspect.max_image_pixels=1000"):
+        decode_reduced(data, 128, 1000, "inspect.max_image_pixels")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "1", "I;16"])
+def test_decode_reduced_box_averages_other_formats(mode):
+    from zxl.images import decode_reduced
+
+    img = Image.effect_noise((600, 900), 60).convert(mode if mode != "I;16" else "I").convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    im, stored = decode_reduced(buf.getvalue(), 200)
+    assert stored == (600, 900) and im.size == (200, 300)  # 600 // 200 = 3: reduce(3)
+    assert try_decode(buf.getvalue(), 200).size == (200, 300)
+    assert decode_reduced(buf.getvalue(), 400)[0].size == (600, 900)  # 600 // 400 = 1: kept whole

@@ -54,3 +54,32 @@ def test_truncated_and_oversized_images_fail_with_a_reason():
     assert row["status"] == "failed_decode" and "truncated" in row["error"]
     row = inspect_image(data, InspectConfig(max_image_pixels=1000))
     assert row["status"] == "failed_decode" and "max_image_pixels" in row["error"]
+
+
+def test_inspect_hashes_a_reduced_decode_and_finds_the_same_near_copies():
+    """inspect decodes at ≥ 128 px (a JPEG's luma at 1/8 scale): each hash stays within a few bits of
+    imagehash's on the whole image, and phash dedup (distance ≤ 5) pairs the same copies."""
+    from zxl.demo_corpus import draw_picture
+    from zxl.images import decode
+
+    blobs, picture = [], []
+    for p in range(5):
+        img = draw_picture(p, 0, 832, 1216)
+        for copy in (img, img.resize((416, 608)), img.resize((624, 912))):
+            for quality in (92, 40):
+                blobs.append(_jpeg(copy) if quality == 92 else _jpeg_q(copy, quality))
+                picture.append(p)
+    cfg = InspectConfig()
+    reduced = [inspect_image(b, cfg)["phash"] for b in blobs]
+    whole = [_signed(imagehash.phash(decode(b))) for b in blobs]
+    bits = lambda x, y: bin((x ^ y) & (2**64 - 1)).count("1")  # noqa: E731
+    assert max(bits(r, w) for r, w in zip(reduced, whole, strict=True)) <= 4
+    pairs = lambda h: {(i, j) for i in range(len(h)) for j in range(i) if bits(h[i], h[j]) <= 5}  # noqa: E731
+    assert pairs(reduced) == pairs(whole)
+    assert {(picture[i], picture[j]) for i, j in pairs(reduced)} == {(p, p) for p in range(5)}  # copies only
+
+
+def _jpeg_q(img, quality):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

@@ -190,3 +190,47 @@ def test_weights_never_unpickle_arbitrary_objects(tiny_clip, tmp_path):
     cfg.head_weights = str(tmp_path / "evil.pth")
     with pytest.raises(ConfigError, match="cannot load weights"):
         build_scorer(cfg)
+
+
+def _features_by_the_formula(image: Image.Image) -> np.ndarray:
+    """The technical scorer's terms as its docstring writes them, in float64 numpy (the reference)."""
+    from zxl.scorers.technical import CROP, rgb_or_grey, small_copy
+
+    quality = jpeg_quality(image)
+    image = rgb_or_grey(image)
+    w, h = image.size
+    x0, y0 = max(0, (w - CROP) // 2) // 8 * 8, max(0, (h - CROP) // 2) // 8 * 8
+    c = np.asarray(image.crop((x0, y0, min(w, x0 + CROP), min(h, y0 + CROP))).convert("L"), np.float64)
+    noise = sharpness = blocking = 0.0
+    if min(c.shape) >= 3:
+        d2 = c[:, :-2] - 2 * c[:, 1:-1] + c[:, 2:]
+        d2 = d2[:-2] - 2 * d2[1:-1] + d2[2:]
+        noise = np.median(np.abs(d2)) / (0.6745 * 6)
+        lap = c[1:-1, :-2] + c[1:-1, 2:] + c[:-2, 1:-1] + c[2:, 1:-1] - 4 * c[1:-1, 1:-1]
+        sharpness = max(0.0, lap.var() - 20 * noise**2)
+    if min(c.shape) >= 9:
+        dx, dy = np.abs(np.diff(c, axis=1)), np.abs(np.diff(c, axis=0))
+        on_x, on_y = np.arange(dx.shape[1]) % 8 == 7, np.arange(dy.shape[0]) % 8 == 7
+        blocking = (dx[:, on_x].mean() + dy[on_y].mean() - dx[:, ~on_x].mean() - dy[~on_y].mean()) / 2
+    bw, bh = __import__("zxl.buckets").buckets.nearest_bucket(w, h)
+    small = np.asarray(small_copy(image).convert("RGB"), np.float64)
+    grey = small @ [0.299, 0.587, 0.114]
+    rg, yb = small[..., 0] - small[..., 1], (small[..., 0] + small[..., 1]) / 2 - small[..., 2]
+    colour = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    res = min(1.0, 1.0 / max(bw / w, bh / h))
+    return np.array([sharpness, noise, blocking, quality, res, grey.mean() / 255, grey.std() / 255, colour])
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 2), (5, 9), (9, 9), (64, 31), (1100, 700)])
+@pytest.mark.parametrize("noise", [20, 0])  # 0: salt and pepper, the median of |N * I| over 255 (the counting fallback)
+def test_technical_features_equal_the_formula(size, noise):
+    from zxl.scorers.technical import features
+
+    rng = np.random.default_rng(size[0] * 7 + noise)
+    base = np.linspace(0, 255, size[0])[None, :, None] * np.ones((size[1], 1, 3))
+    pixels = base + rng.normal(0, noise, base.shape) if noise else rng.integers(0, 2, base.shape) * 255.0
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if size == (1100, 700) and not noise:
+        assert features(img)[1] * 0.6745 * 6 > 255
+    for im in (img, img.convert("L"), img.convert("RGBA")):
+        np.testing.assert_allclose(features(im), _features_by_the_formula(im), rtol=1e-6, atol=1e-9)

@@ -4,6 +4,13 @@ Every stage that opens stored images (inspect, score, tag, caption), ``zxl score
 folder and the browser's thumbnails decode through here, so a decompression bomb, a truncated file
 or an unknown format reads the same everywhere. (fetch only sniffs headers before decoding; that is
 ``zxl.pipeline.fetch.look``.)
+
+A stage whose work is far smaller than the stored image (a perceptual hash of 32×32, a model that
+sees 224 or 448 px) asks for a **reduced decode** (``decode_reduced``): JPEGs are decoded with
+libjpeg's DCT scaling (``Image.draft``: 1/2, 1/4 or 1/8 of each side, computed from the coefficients,
+which costs a fraction of a full decode), other formats decode whole and are box-averaged by an
+integer factor (``Image.reduce``); either way both sides stay at least ``min_side``, and the whole
+file is still read, so a truncated image fails exactly as it does in a full decode.
 """
 
 from __future__ import annotations
@@ -38,12 +45,49 @@ def decode(data: bytes, max_pixels: int | None = None, option: str = "max_image_
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
 
 
-def try_decode(data: bytes | None) -> Image.Image | None:
-    """The image, or None when there are no bytes or they do not decode (for stages that run after
-    inspect has already vetted every ok row)."""
+_NO_REDUCE = {"P": "RGB", "1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+
+
+def decode_reduced(
+    data: bytes,
+    min_side: int | None,
+    max_pixels: int | None = None,
+    option: str = "max_image_pixels",
+    mode: str | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The image in ``data`` reduced to the smallest size whose sides are both at least ``min_side``
+    that a cheap reduction reaches (module docstring), and its stored size (width, height).
+    ``min_side`` None decodes at full size. ``mode`` "L" lets a colour JPEG decode its luma alone.
+    Errors as ``decode``."""
+    if not data:
+        raise ImageDecodeError("empty image (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            size = im.size
+            if max_pixels is not None and size[0] * size[1] > max_pixels:
+                raise ImageDecodeError(f"{size[0]}x{size[1]} is over {option}={max_pixels}")
+            if min_side is not None and im.format == "JPEG":
+                im.draft(mode if mode == "L" and im.mode in ("RGB", "L") else im.mode, (min_side, min_side))
+            im.load()
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
+        raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
+    if min_side is not None and (factor := min(im.size) // max(1, min_side)) >= 2:
+        if im.mode in _NO_REDUCE:  # palette, bilevel and 16-bit images: to the mode that keeps them
+            im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else _NO_REDUCE[im.mode])
+        im = im.reduce(factor)
+    return im, size
+
+
+def try_decode(data: bytes | None, min_side: int | None = None) -> Image.Image | None:
+    """The image (reduced as ``decode_reduced`` does when ``min_side`` is given), or None when there
+    are no bytes or they do not decode (for stages that run after inspect has vetted every ok row)."""
     if not data:
         return None
     try:
-        return decode(data)
+        return decode_reduced(data, min_side)[0] if min_side is not None else decode(data)
     except ImageDecodeError:
         return None

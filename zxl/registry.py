@@ -23,6 +23,12 @@ class Member:
     # The libraries it imports to run: a LocalCluster's workers start with them imported (see
     # pipeline/executor.py), instead of each worker importing them again (open_clip: ~12 s of CPU).
     imports: ClassVar[tuple[str, ...]] = ()
+    # What it computes from the same input, versioned: in its stage's hash, so a change in how a member
+    # reads or measures images redoes that stage (and what reads it) on the next run.
+    version: ClassVar[str] = "1"
+    # The smallest side its input needs (CLIP: 224, a WD tagger: 448): its stage decodes each image
+    # reduced to that (zxl.images.decode_reduced: a JPEG at 1/2..1/8 scale). None: the stored image whole.
+    input_side: int | None = None
 
     def __init__(self, cfg: Any = None) -> None:
         """Every member is built from its family's config (``score``, ``tag``, ``caption``); the registries
