@@ -56,3 +56,38 @@ def test_score_stage_embeds_with_clip(tmp_path, tiny_clip):
     stage_folder.run(tmp_path, cfg, hashes, "inspect", "score")
     keys, vectors = read_embeddings(tmp_path, 1)
     assert keys == ["1000", "1001", "1002"] and vectors.shape == (3, 32)
+
+
+def test_clip_sees_a_reduced_decode_close_to_the_whole_one(tmp_path, tiny_clip):
+    """The score stage decodes a JPEG for CLIP at the model's input side (DCT scaling), not whole: what
+    the model sees moves by under one grey level on average, its embedding barely."""
+    import io
+
+    import torch
+
+    from tests.conftest import clip_cfg
+    from zxl.demo_corpus import draw_picture
+    from zxl.images import decode_reduced
+    from zxl.scorers.registry import build_scorer
+
+    blobs = []
+    for p in range(3):
+        buf = io.BytesIO()
+        draw_picture(p, 0, 640, 448).save(buf, "JPEG", quality=92)
+        blobs.append(buf.getvalue())
+    cfg, _ = stage_folder.build(tmp_path, blobs, "score.scorer=clip-mlp")
+    cfg.score = clip_cfg(tiny_clip)
+    scorer = build_scorer(cfg.score)
+    assert scorer.input_side == 32  # the tiny CLIP's image_size
+    hashes = stage_folder.graph.stage_hashes(cfg, "test-source")
+    stage_folder.run(tmp_path, cfg, hashes, "inspect", "score")
+    _, stored = read_embeddings(tmp_path, 1)
+    reduced = [decode_reduced(b, 32)[0] for b in blobs]
+    assert [im.size for im in reduced] == [(80, 56)] * 3  # 640×448 at 1/8
+    whole = [decode(b) for b in blobs]
+    x_reduced = torch.stack([scorer.prepare(im) for im in reduced])
+    x_whole = torch.stack([scorer.prepare(im) for im in whole])
+    assert (x_reduced - x_whole).abs().mean() * 0.27 < 1 / 255 * 1.5  # 0.27: CLIP's std, back to 0..1
+    e_whole = scorer.embed(x_whole)
+    cos = (stored.astype(np.float32) * e_whole).sum(1)
+    assert cos.min() > 0.999, cos
