@@ -36,3 +36,38 @@ def test_problem_kinds_group_values():
     a = problem_kind("metadata: rating: unknown rating 'unrated'")
     b = problem_kind("metadata: rating: unknown rating 'nope'")
     assert a == b == "metadata: rating: unknown rating …"
+
+
+def test_image_taggers_get_images_decoded_to_their_input_side(tmp_path, wd_model):
+    """The tag stage decodes each stored image once, reduced to the largest input side of the image
+    taggers (the tiny WD model's 32 px: a JPEG at 1/8 scale), and tags as it would from whole images."""
+    import io
+
+    import pandas as pd
+
+    from tests import stage_folder
+    from zxl.demo_corpus import draw_picture
+    from zxl.images import decode
+    from zxl.pipeline.stages import stage_path
+    from zxl.pipeline.tag import tag_rows
+    from zxl.taggers.config import TagConfig
+    from zxl.taggers.wd import WDTagger
+
+    sides = []
+    rows = pd.DataFrame({"key": ["a"]})
+    tag_rows(TagConfig(taggers=["wd"], wd_model=str(wd_model[0])), rows, lambda s: sides.append(s) or [None])
+    tag_rows(TagConfig(taggers=["metadata"]), rows, lambda s: sides.append(s) or [None])
+    assert sides == [32]  # asked once, at the model's side; never for the metadata tagger alone
+
+    blobs = []
+    for p in range(4):
+        buf = io.BytesIO()
+        draw_picture(p, 0, 512, 768).save(buf, "JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    cfg, hashes = stage_folder.build(tmp_path, blobs, "tag.taggers=[wd]", f"tag.wd_model={wd_model[0]}",
+                                     "tag.wd_general_threshold=0.5", "tag.wd_character_threshold=0.5")  # fmt: skip
+    stage_folder.run(tmp_path, cfg, hashes, "inspect", "tag")
+    stored = pq.read_table(stage_path(tmp_path, "tag", 0)).to_pandas()
+    whole = WDTagger(cfg.tag).tag([decode(b) for b in blobs], pd.DataFrame({"key": stored["key"]}))
+    assert stored["tags"].map(list).tolist() == whole["tags"].map(list).tolist()
+    assert stored["rating"].tolist() == whole["rating"].tolist()
