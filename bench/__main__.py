@@ -16,11 +16,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench import browse, catalog, evaluation, fetch, polite, sampling, scoring, tagging, taste, training
+from bench import browse, catalog, evaluation, fetch, polite, sampling, scoring, stages, tagging, taste, training
 
 ENTRIES = {
     "fetch": fetch.run,
     "polite": polite.run,
+    "stages": stages.run,
     "technical": scoring.technical,
     "clip": scoring.clip_batched,
     "dedup": scoring.dedup_growth,

@@ -1,0 +1,231 @@
+"""stages: the CPU each post-fetch stage spends per image at real image sizes, in units of one decode.
+
+A booru's images are 1–2 Mpx. This entry writes such images (JPEG at quality 90, PNG, WebP at
+quality 90: shapes over a blurred noise field, so each codec has real work) into one shard of a run
+folder, then runs every post-fetch stage on it through the stage table's own task function
+(``graph.run_shard``), one thread, and measures CPU time (``time.process_time``) per image:
+
+    inspect                       decode check, sha256, phash, bucket
+    score: technical              the offline scorer (and its pixel embedding)
+    score: clip-mlp               a tiny CLIP at the real input side (224 px), random weights
+    tag: metadata                 the booru's own tag strings
+    tag: wd                       a tiny WD tagger at the real input side (448 px)
+    caption: template             a sentence from the tags
+
+and, side by side in the same run, a plain full decode of the same bytes (``Image.open(...).load()``),
+the unit. Each is run ``repeats`` times, alternating, best kept. The models' own CPU time (CLIP's
+forward pass, onnxruntime's) is measured separately, so the report can say what the stages cost
+*outside* the models: what decoding and preprocessing cost, which is what this entry is about.
+
+Targets (issue 27): the demo configuration (inspect + technical + metadata + template) at most 2.5
+decodes per image; with clip-mlp and WD (inspect + clip-mlp + metadata + wd + template), the CPU work
+outside the models at most 1.5 decodes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from bench import one_torch_thread
+
+SIZES = ((1024, 1536), (1536, 1024), (1216, 1216), (896, 1600), (1344, 1344), (1024, 1024))  # 1.0–1.8 Mpx
+FORMATS = ("JPEG", "PNG", "WEBP")
+TINY_CLIP_224 = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def real_size_image(seed: int, size: tuple[int, int], fmt: str) -> bytes:
+    """Shapes over a blurred noise field, encoded as ``fmt`` (a ~1.5 Mpx JPEG at q90 is ~0.5 MB)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    field = Image.fromarray(rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    im = field.filter(ImageFilter.GaussianBlur(1.2))
+    draw = ImageDraw.Draw(im)
+    for _ in range(14):
+        x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(40, 320))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        else:
+            draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=colour, outline=(0, 0, 0), width=3)
+    buf = io.BytesIO()
+    im.save(buf, fmt, quality=90) if fmt != "PNG" else im.save(buf, fmt, compress_level=6)
+    return buf.getvalue()
+
+
+def _model_files(folder: Path) -> dict[str, str]:
+    """A tiny CLIP (224 px input) with a LAION-layout head, and a tiny WD tagger at 448 px."""
+    import open_clip
+    import torch
+
+    from zxl.scorers.heads import laion_state_dict
+    from zxl.testing import build_wd_model
+
+    (folder / "zxl-bench-clip.json").write_text(json.dumps(TINY_CLIP_224))
+    open_clip.add_model_config(folder / "zxl-bench-clip.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("zxl-bench-clip", pretrained=None).state_dict(), folder / "clip.pt")
+    torch.save(laion_state_dict(dim=32, seed=1), folder / "head.pth")
+    build_wd_model(folder / "wd", size=448)
+    return {
+        "clip_model": str(folder / "zxl-bench-clip.json"), "clip_weights": str(folder / "clip.pt"),
+        "head_weights": str(folder / "head.pth"), "wd_model": str(folder / "wd"),
+    }  # fmt: skip
+
+
+class ModelClock:
+    """CPU seconds spent inside the models' forward passes (CLIP's encode, onnxruntime's run)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    @contextmanager
+    def patched(self):
+        from zxl.scorers.clip_mlp import ClipMlpScorer
+        from zxl.taggers.wd import WDTagger
+
+        originals = {(ClipMlpScorer, "embed"): ClipMlpScorer.embed, (WDTagger, "predict"): WDTagger.predict}
+
+        def timed(fn):
+            def wrapper(*args, **kwargs):
+                t0 = time.process_time()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.seconds += time.process_time() - t0
+
+            return wrapper
+
+        for (cls, name), fn in originals.items():
+            setattr(cls, name, timed(fn))
+        try:
+            yield self
+        finally:
+            for (cls, name), fn in originals.items():
+                setattr(cls, name, fn)
+
+
+def _decode_all(blobs: list[bytes]) -> None:
+    for b in blobs:
+        with Image.open(io.BytesIO(b)) as im:
+            im.load()
+
+
+# (label, stage, overrides): the stage runs on the shard with these settings
+RUNS = (
+    ("inspect", "inspect", ()),
+    ("score: technical", "score", ("score.scorer=technical",)),
+    ("score: clip-mlp (tiny CLIP, 224 px)", "score", ("score.scorer=clip-mlp",)),
+    ("tag: metadata", "tag", ("tag.taggers=[metadata]",)),
+    ("tag: wd (tiny model, 448 px)", "tag", ("tag.taggers=[wd]",)),
+    ("caption: template", "caption", ("caption.captioner=template",)),
+)
+SYNC = ("run.scheduler=sync", "score.loader_threads=1")
+DEMO = ("inspect", "score: technical", "tag: metadata", "caption: template")
+MODELS = ("inspect", "score: clip-mlp (tiny CLIP, 224 px)", "tag: metadata", "tag: wd (tiny model, 448 px)",
+          "caption: template")  # fmt: skip
+
+
+@one_torch_thread
+def run(quick: bool = False) -> list[dict]:
+    import cv2
+
+    from tests import stage_folder
+    from zxl.config import load_config
+    from zxl.pipeline import graph
+    from zxl.pipeline.config import CurateConfig
+    from zxl.pipeline.stages import stage_path
+
+    cv2.setNumThreads(1)
+    per_format = 2 if quick else 6
+    repeats = 2 if quick else 3
+    blobs, formats = [], []
+    for fmt in FORMATS:
+        for i in range(per_format):
+            blobs.append(real_size_image(i, SIZES[i % len(SIZES)], fmt))
+            formats.append(fmt)
+    work = Path(tempfile.mkdtemp(prefix="zxl-bench-stages-"))
+    try:
+        files = _model_files(work)
+        base = [
+            f"score.clip_model={files['clip_model']}", f"score.clip_weights={files['clip_weights']}",
+            f"score.head_weights={files['head_weights']}", "score.device=cpu", "score.batch_size=8",
+            f"tag.wd_model={files['wd_model']}", "tag.device=cpu", "tag.batch_size=8", "tag.min_count=1",
+            "caption.min_score=1", "run.workers=1",
+        ]  # fmt: skip
+        run_dir = work / "run"
+        cfg, hashes = stage_folder.build(run_dir, blobs, *base)
+        # the shard's earlier stages once, so every measured stage finds what it reads
+        stage_folder.run(run_dir, cfg, hashes, "inspect", "score", "tag", "reduce", "tagrules")
+        cpu: dict[str, list[float]] = {label: [] for label, _, _ in RUNS}
+        model: dict[str, list[float]] = {label: [] for label, _, _ in RUNS}
+        cpu["decode"] = []
+        clock = ModelClock()
+        for _ in range(repeats):
+            t0 = time.process_time()
+            _decode_all(blobs)
+            cpu["decode"].append(time.process_time() - t0)
+            for label, stage, overrides in RUNS:
+                cfg_r = load_config(CurateConfig, overrides=[*SYNC, *base, *overrides])
+                path = stage_path(run_dir, stage, 0)
+                path.unlink(missing_ok=True)
+                spec = graph.BY_NAME[stage]
+                args = [graph.section(cfg_r, s) for s in spec.sections]
+                graph.run_shard(str(run_dir), stage, 0, "warm-up", *args)  # model loads, imports: not counted
+                path.unlink()
+                clock.seconds = 0.0
+                with clock.patched():
+                    t0 = time.process_time()
+                    graph.run_shard(str(run_dir), stage, 0, "measured", *args)
+                    cpu[label].append(time.process_time() - t0)
+                model[label].append(clock.seconds)
+        by_format = {}
+        for fmt in FORMATS:
+            picked = [b for b, f in zip(blobs, formats, strict=True) if f == fmt]
+            t0 = time.process_time()
+            _decode_all(picked)
+            by_format[fmt] = {"decode_ms": (time.process_time() - t0) / len(picked) * 1e3,
+                              "bytes": float(np.mean([len(b) for b in picked]))}  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    n = len(blobs)
+    best = {k: min(v) / n * 1e3 for k, v in cpu.items()}  # CPU ms per image, best run
+    best_model = {k: model[k][int(np.argmin(cpu[k]))] / n * 1e3 for k in model}
+    unit = best["decode"]
+    print(f"  {n} images ({', '.join(f'{per_format} {f}' for f in FORMATS)}), 1–2 Mpx; a full decode: {unit:.1f} ms")
+    for fmt, v in by_format.items():
+        print(f"    {fmt}: {v['bytes'] / 1e3:.0f} KB, decode {v['decode_ms']:.1f} ms")
+    for label, _, _ in RUNS:
+        outside = best[label] - best_model[label]
+        print(f"  {label:38s} {best[label]:7.1f} ms  ({best[label] / unit:.2f} decodes; models {best_model[label]:.1f} ms,"
+              f" outside them {outside / unit:.2f})")  # fmt: skip
+    demo = sum(best[k] for k in DEMO)
+    with_models = sum(best[k] - best_model[k] for k in MODELS)
+    detail = {"per_stage_ms": best, "model_ms": best_model, "formats": by_format, "images": n}
+    return [
+        {
+            "name": "post-fetch stages of the demo config (inspect + technical + metadata + template), CPU ms/image, "
+            f"{n} real-size images, 1 thread",
+            "ours": demo, "baseline": unit, "baseline_name": "one full PIL decode of the same bytes",
+            "unit": "CPU ms/image", "ratio": demo / unit, "target": "≤ 2.5 decodes", "detail": detail,
+        },
+        {
+            "name": "post-fetch stages with clip-mlp and WD (inspect + clip-mlp + metadata + wd + template), CPU ms/image "
+            "outside the models",
+            "ours": with_models, "baseline": unit, "baseline_name": "one full PIL decode of the same bytes",
+            "unit": "CPU ms/image", "ratio": with_models / unit, "target": "≤ 1.5 decodes",
+        },
+    ]  # fmt: skip
