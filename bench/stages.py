@@ -133,9 +133,12 @@ RUNS = (
     ("caption: template", "caption", ("caption.captioner=template",)),
 )
 SYNC = ("run.scheduler=sync", "score.loader_threads=1")
-DEMO = ("inspect", "score: technical", "tag: metadata", "caption: template")
-MODELS = ("inspect", "score: clip-mlp (tiny CLIP, 224 px)", "tag: metadata", "tag: wd (tiny model, 448 px)",
-          "caption: template")  # fmt: skip
+# The configurations as zxl curate runs them: inspect, score and tag in one task (one pass over the
+# shard's images, graph.run_images), then caption in its own task after the global steps.
+PASSES = (
+    ("demo: inspect + technical + metadata (one pass)", ("score.scorer=technical", "tag.taggers=[metadata]")),
+    ("models: inspect + clip-mlp + metadata + wd (one pass)", ("score.scorer=clip-mlp", "tag.taggers=[metadata,wd]")),
+)
 
 
 @one_torch_thread
@@ -149,8 +152,8 @@ def run(quick: bool = False) -> list[dict]:
     from zxl.pipeline.stages import stage_path
 
     cv2.setNumThreads(1)
-    per_format = 2 if quick else 6
-    repeats = 2 if quick else 3
+    per_format = 6 if quick else 24  # a shard's fixed costs (its Parquet files, the tagger's frames) amortise
+    repeats = 2
     blobs, formats = [], []
     for fmt in FORMATS:
         for i in range(per_format):
@@ -191,6 +194,21 @@ def run(quick: bool = False) -> list[dict]:
                     graph.run_shard(str(run_dir), stage, 0, "measured", *args)
                     cpu[label].append(time.process_time() - t0)
                 model[label].append(clock.seconds)
+            for label, overrides in PASSES:
+                cfg_r = load_config(CurateConfig, overrides=[*SYNC, *base, *overrides])
+                parts = [(name, "warm-up", tuple(graph.section(cfg_r, s) for s in graph.BY_NAME[name].sections))
+                         for name in ("inspect", "score", "tag")]  # fmt: skip
+                for name in ("inspect", "score", "tag"):
+                    stage_path(run_dir, name, 0).unlink(missing_ok=True)
+                graph.run_images(str(run_dir), 0, parts)
+                for name in ("inspect", "score", "tag"):
+                    stage_path(run_dir, name, 0).unlink()
+                clock.seconds = 0.0
+                with clock.patched():
+                    t0 = time.process_time()
+                    graph.run_images(str(run_dir), 0, [(n, "measured", sec) for n, _, sec in parts])
+                    cpu.setdefault(label, []).append(time.process_time() - t0)
+                model.setdefault(label, []).append(clock.seconds)
         by_format = {}
         for fmt in FORMATS:
             picked = [b for b, f in zip(blobs, formats, strict=True) if f == fmt]
@@ -208,23 +226,31 @@ def run(quick: bool = False) -> list[dict]:
     print(f"  {n} images ({', '.join(f'{per_format} {f}' for f in FORMATS)}), 1–2 Mpx; a full decode: {unit:.1f} ms")
     for fmt, v in by_format.items():
         print(f"    {fmt}: {v['bytes'] / 1e3:.0f} KB, decode {v['decode_ms']:.1f} ms")
-    for label, _, _ in RUNS:
+    for label in [r[0] for r in RUNS] + [p[0] for p in PASSES]:
         outside = best[label] - best_model[label]
         print(f"  {label:38s} {best[label]:7.1f} ms  ({best[label] / unit:.2f} decodes; models {best_model[label]:.1f} ms,"
               f" outside them {outside / unit:.2f})")  # fmt: skip
-    demo = sum(best[k] for k in DEMO)
-    with_models = sum(best[k] - best_model[k] for k in MODELS)
-    detail = {"per_stage_ms": best, "model_ms": best_model, "formats": by_format, "images": n}
+    caption = best["caption: template"]
+    demo = best[PASSES[0][0]] + caption
+    with_models = best[PASSES[1][0]] - best_model[PASSES[1][0]] + caption
+    apart = {
+        "demo": sum(best[k] for k in ("inspect", "score: technical", "tag: metadata", "caption: template")),
+        "models": sum(best[k] - best_model[k] for k in ("inspect", "score: clip-mlp (tiny CLIP, 224 px)", "tag: metadata",
+                                                        "tag: wd (tiny model, 448 px)", "caption: template")),
+    }  # fmt: skip
+    print(f"  the same stages each in a task of its own: demo {apart['demo'] / unit:.2f} decodes, "
+          f"models {apart['models'] / unit:.2f} outside them")
+    detail = {"per_stage_ms": best, "model_ms": best_model, "formats": by_format, "images": n, "apart_ms": apart}
     return [
         {
-            "name": "post-fetch stages of the demo config (inspect + technical + metadata + template), CPU ms/image, "
-            f"{n} real-size images, 1 thread",
+            "name": "post-fetch stages of the demo config (inspect + technical + metadata in one pass, template), "
+            f"CPU ms/image, {n} real-size images, 1 thread",
             "ours": demo, "baseline": unit, "baseline_name": "one full PIL decode of the same bytes",
             "unit": "CPU ms/image", "ratio": demo / unit, "target": "≤ 2.5 decodes", "detail": detail,
         },
         {
-            "name": "post-fetch stages with clip-mlp and WD (inspect + clip-mlp + metadata + wd + template), CPU ms/image "
-            "outside the models",
+            "name": "post-fetch stages with clip-mlp and WD (inspect + clip-mlp + metadata + wd in one pass, template), "
+            "CPU ms/image outside the models",
             "ours": with_models, "baseline": unit, "baseline_name": "one full PIL decode of the same bytes",
             "unit": "CPU ms/image", "ratio": with_models / unit, "target": "≤ 1.5 decodes",
         },

@@ -79,7 +79,7 @@ def _stage_stats(plan_: list[Task], results: dict) -> dict:
     """Rows, wall seconds (first start to last end of the tasks that ran) and images/s per stage."""
     stats = {}
     for stage in STAGES:
-        rs = [results[t.id] for t in plan_ if t.stage == stage]
+        rs = [results[(stage, t.shard)] for t in plan_ if stage in (t.stage, *t.parts)]
         ran = [r for r in rs if not r.get("skipped")]
         rows = sum(r["rows"] for r in ran)
         seconds = (max(r["end"] for r in ran) - min(r["start"] for r in ran)) if ran else 0.0

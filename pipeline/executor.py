@@ -46,10 +46,24 @@ class Task:
     args: tuple
     deps: list[tuple[str, int]] = field(default_factory=list)
     resources: dict[str, float] | None = None  # Dask resources, e.g. {"GPU": 1}; None: any worker
+    # The later stages this task runs too (image stages sharing one pass over the shard): its result is
+    # then ``{"parts": {stage: result}}``, and a task that waits for any of them waits for this one.
+    parts: tuple[str, ...] = ()
 
     @property
     def id(self) -> tuple[str, int]:
         return (self.stage, self.shard)
+
+    @property
+    def ids(self) -> list[tuple[str, int]]:
+        return [(s, self.shard) for s in (self.stage, *self.parts)]
+
+    def split(self, result: dict) -> dict[tuple[str, int], dict]:
+        """Stage id → its result (a task of several stages reports each; the worker goes to each)."""
+        if "parts" not in result:
+            return {self.id: result}
+        extra = {k: v for k, v in result.items() if k != "parts"}
+        return {(s, self.shard): {**r, **extra} for s, r in result["parts"].items()}
 
 
 class ShardFailedError(RuntimeError):
@@ -97,7 +111,10 @@ class Progress:
         self.closed: set[str] = set()
 
     def done(self, task: Task, result: dict) -> None:
-        stage = task.stage
+        for (stage, _), part in task.split(result).items():
+            self._done(stage, part)
+
+    def _done(self, stage: str, result: dict) -> None:
         bar = self.bars[stage]
         start = result.get("start")
         if start is not None and (stage not in self.first or start < self.first[stage]):
@@ -324,13 +341,14 @@ class Executor:
         for task in plan:
             for attempt in range(self.cfg.shard_retries + 1):
                 try:
-                    results[task.id] = task.fn(*task.args)
+                    result = task.fn(*task.args)
                     break
                 except Exception as e:  # noqa: BLE001 - the shard boundary: retry, then stop the run
                     if attempt == self.cfg.shard_retries:
                         raise ShardFailedError(_failure(task, attempt + 1, e)) from e
                     traceback.print_exc()
-            progress.done(task, results[task.id])
+            results.update(task.split(result))  # pyright: ignore[reportPossiblyUnbound] - the loop breaks with a result or raises
+            progress.done(task, result)  # pyright: ignore[reportPossiblyUnbound]
         return results
 
     def _run_dask(self, plan, progress):
@@ -346,17 +364,19 @@ class Executor:
                 _call, task.fn, task.args, *deps, key=f"{task.stage}-{task.shard:05d}-{stamp}",
                 retries=self.cfg.shard_retries, pure=False, resources=task.resources or None,
             )  # fmt: skip
-            futures[task.id] = fut
+            for id_ in task.ids:
+                futures[id_] = fut
             by_future[fut.key] = task
         results = {}
         try:
-            for fut in as_completed(list(futures.values())):
+            for fut in as_completed(list({f.key: f for f in futures.values()}.values())):
                 task = by_future[fut.key]
                 if fut.status == "error":
                     exc = fut.exception()
                     raise ShardFailedError(_failure(task, self.cfg.shard_retries + 1, exc)) from exc
-                results[task.id] = fut.result()
-                progress.done(task, results[task.id])
+                result = fut.result()
+                results.update(task.split(result))
+                progress.done(task, result)
         except BaseException:
             self.client.cancel(list(futures.values()))
             raise
@@ -367,7 +387,7 @@ class Executor:
         workers = self.workers()
         for wanted in {tuple(sorted(t.resources.items())): t.resources for t in plan if t.resources}.values():
             if not any(offers(w, wanted) for w in workers.values()):
-                stages = sorted({t.stage for t in plan if t.resources == wanted})
+                stages = sorted({s for t in plan if t.resources == wanted for s in (t.stage, *t.parts)})
                 flags = " ".join(f"{k}={v:g}" for k, v in wanted.items())
                 how = (
                     f"run.worker_resources: [{wanted}]"
@@ -382,6 +402,6 @@ class Executor:
 
 def _failure(task: Task, tries: int, exc: BaseException) -> str:
     return (
-        f"stage {task.stage} failed on shard {task.shard:05d} after {tries} tries: {type(exc).__name__}: {exc}. "
+        f"stage {'+'.join((task.stage, *task.parts))} failed on shard {task.shard:05d} after {tries} tries: {type(exc).__name__}: {exc}. "
         "Finished shards are kept: fix the cause and rerun the same command to resume."
     )

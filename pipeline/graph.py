@@ -32,6 +32,7 @@ from zxl.pipeline.assemble import assemble_shard
 from zxl.pipeline.calibrate import edges_from_catalog
 from zxl.pipeline.config import CurateConfig
 from zxl.pipeline.executor import Task
+from zxl.pipeline.imagepass import run_pass
 from zxl.pipeline.stages import ShardJob, StageInputs, run_job
 from zxl.scorers.registry import scorer_class
 from zxl.scorers.taste import head_hash
@@ -50,6 +51,7 @@ class Stage:
     later: frozenset[str] = field(default_factory=frozenset)  # settings of its sections a later stage applies
     keys: frozenset[str] = field(default_factory=frozenset)  # if set: the only settings of its sections it uses
     extra: Callable[[CurateConfig], Any] | None = None  # more its hash covers
+    images: bool = False  # reads the stored images: ``run`` makes its ImageWork, fed by pipeline/imagepass.py
 
 
 def _edges_and_head(cfg: CurateConfig):
@@ -78,11 +80,12 @@ def _tagger_versions(cfg: CurateConfig):
 STAGES = (
     Stage("fetch", fetch.fetch_shard, ("source",), ("fetch", "run.shard_size", "source.hash_column"),
           speed_only=frozenset({"thread_count", "connect_to", "per_host_concurrency", "per_host_rate"})),
-    Stage("inspect", inspection.inspect_shard, ("fetch",), ("inspect",), extra=lambda cfg: inspection.VERSION),
-    Stage("score", score.score_shard, ("fetch", "inspect"), ("score",),
-          speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_scorer_version),
-    Stage("tag", tag.tag_shard, ("source", "fetch", "inspect"), ("tag",),
-          speed_only=frozenset({"batch_size", "device"}), later=RULE_KEYS, extra=_tagger_versions),
+    Stage("inspect", inspection.InspectWork, ("fetch",), ("inspect",), extra=lambda cfg: inspection.VERSION,
+          images=True),
+    Stage("score", score.ScoreWork, ("fetch", "inspect"), ("score",),
+          speed_only=frozenset({"batch_size", "loader_threads", "device"}), extra=_scorer_version, images=True),
+    Stage("tag", tag.TagWork, ("source", "fetch", "inspect"), ("tag",),
+          speed_only=frozenset({"batch_size", "device"}), later=RULE_KEYS, extra=_tagger_versions, images=True),
     Stage("reduce", reduce.reduce_all, ("score", "inspect", "tag"), ("taste", "calibrate", "dedup", "weigh"),
           scope="global", extra=_edges_and_head),
     Stage("tagrules", tagrules.tagrules_all, ("tag", "reduce"), ("tag",), scope="global", keys=RULE_KEYS,
@@ -135,7 +138,18 @@ def stage_hashes(cfg: CurateConfig, source_hash: str) -> dict[str, str]:
 def run_shard(run_dir: str, name: str, shard: int, stage_hash: str, *sections) -> dict:
     """What a task runs: stage ``name`` on one shard, skipped when its output has this hash."""
     stage = BY_NAME[name]
+    if stage.images:
+        return run_images(run_dir, shard, [(name, stage_hash, sections)])["parts"][name]
     return run_job(ShardJob(run_dir, name, shard, stage_hash, stage.reads), stage.run, *sections)
+
+
+def run_images(run_dir: str, shard: int, parts: list[tuple[str, str, tuple]]) -> dict:
+    """What an image task runs: the image stages ``parts`` ((name, hash, sections), in table order) on
+    one shard in one pass over its images (pipeline/imagepass.py); ``{"parts": {name: result}}``."""
+    jobs = [(ShardJob(run_dir, name, shard, h, BY_NAME[name].reads), BY_NAME[name].run, tuple(sections))
+            for name, h, sections in parts]  # fmt: skip
+    threads = next((sec[0].loader_threads for name, _, sec in parts if name == "score"), 1)
+    return {"parts": run_pass(jobs, threads)}
 
 
 def run_global(name: str, run_dir: Path, n_shards: int, hashes: dict, cfg: CurateConfig) -> dict:
@@ -168,8 +182,29 @@ def tasks(
     resources = resources or {}
     out = []
     for shard in range(n_shards):
-        for s in stages:
-            args = (str(run_dir), s.name, shard, hashes[s.name], *(section(cfg, name) for name in s.sections))
-            deps = [(r, shard) for r in s.reads if r in names]
-            out.append(Task(s.name, shard, run_shard, args, deps, resources.get(s.name)))
+        for group in _groups(stages, resources):
+            members = {s.name for s in group}
+            deps = list(dict.fromkeys((r, shard) for s in group for r in s.reads if r in names - members))
+            first = group[0]
+            if first.images:
+                parts = [(s.name, hashes[s.name], tuple(section(cfg, name) for name in s.sections)) for s in group]
+                out.append(Task(first.name, shard, run_images, (str(run_dir), shard, parts), deps,
+                                resources.get(first.name), tuple(s.name for s in group[1:])))  # fmt: skip
+            else:
+                args = (str(run_dir), first.name, shard, hashes[first.name],
+                        *(section(cfg, name) for name in first.sections))  # fmt: skip
+                out.append(Task(first.name, shard, run_shard, args, deps, resources.get(first.name)))
     return out
+
+
+def _groups(stages: tuple[Stage, ...], resources: dict[str, dict]) -> list[list[Stage]]:
+    """The phase's stages as tasks: consecutive image stages that ask for the same resources share
+    one task (one pass over the shard's images); every other stage is a task of its own."""
+    groups: list[list[Stage]] = []
+    for s in stages:
+        last = groups[-1][-1] if groups else None
+        if last is not None and s.images and last.images and resources.get(s.name) == resources.get(last.name):
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups

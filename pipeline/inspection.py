@@ -21,7 +21,8 @@ import scipy.fft
 from PIL import Image
 
 from zxl.buckets import bucket_name
-from zxl.images import ImageDecodeError, decode_reduced
+from zxl.images import ImageDecodeError
+from zxl.pipeline.imagepass import Gate, StoredImage
 from zxl.pipeline.config import InspectConfig
 from zxl.pipeline.stages import ShardJob, plain_error
 
@@ -59,31 +60,55 @@ def phash(image: Image.Image, hash_size: int = 8, highfreq_factor: int = 4) -> i
 
 def inspect_image(data: bytes, cfg: InspectConfig) -> dict:
     """The facts of one stored image, or a failed_decode row with the decoder's message."""
-    row: dict = {"sha256": hashlib.sha256(data).hexdigest()}
+    return inspect_stored(StoredImage(data, cfg.max_image_pixels, "inspect.max_image_pixels"), cfg)
+
+
+def inspect_stored(image: StoredImage, cfg: InspectConfig) -> dict:
+    row: dict = {"sha256": hashlib.sha256(image.data).hexdigest()}
     try:
-        side = PHASH_GAP * cfg.phash_size * 4  # 4: phash's highfreq_factor
-        im, (w, h) = decode_reduced(data, side, cfg.max_image_pixels, "inspect.max_image_pixels", mode="L")
-        with im:
-            row["phash"] = phash(im, cfg.phash_size)
+        im = image.view(PHASH_GAP * cfg.phash_size * 4, mode="L")  # 4: phash's highfreq_factor
+        row["phash"] = phash(im, cfg.phash_size)
     except ImageDecodeError as e:
         return {**row, "status": "failed_decode", "error": f"stored image does not decode: {plain_error(e)}"}
+    assert image.size is not None  # set by the first decode
+    w, h = image.size
     return {**row, "status": "ok", "error": None, "width": w, "height": h, "bucket": bucket_name(w, h)}
 
 
-def inspect_shard(job: ShardJob, cfg: InspectConfig) -> pa.Table:
-    fetch = job.read("fetch", columns=["key", "shard", "shard_key", "status"])
-    tar_name = fetch["shard"][0].as_py() if fetch.num_rows else None
-    shard_keys, status = fetch["shard_key"].to_pylist(), fetch["status"].to_pylist()
-    images = job.images([k if s == "ok" else None for k, s in zip(shard_keys, status, strict=True)])
-    rows = {name: [] for name in INSPECT_SCHEMA.names}
-    for key, shard_key, status_, data in zip(fetch["key"].to_pylist(), shard_keys, status, images, strict=True):
-        facts: dict = {"status": status_, "error": None}
-        if status_ == "ok":
-            if data is None:
-                facts = {"status": "failed_decode", "error": f"image {shard_key} is missing from shard {tar_name}"}
-            else:
-                facts = inspect_image(data, cfg)
-        facts["key"] = key
-        for name in INSPECT_SCHEMA.names:
-            rows[name].append(facts.get(name))
-    return pa.table(rows, schema=INSPECT_SCHEMA)
+class InspectWork(Gate):
+    """inspect on one shard: the facts of every fetched image, and the verdict the other image stages
+    go by (``imagepass``)."""
+
+    mode = "L"
+
+    def __init__(self, job: ShardJob, cfg: InspectConfig):
+        super().__init__(job)
+        self.cfg = cfg
+        self.side = PHASH_GAP * cfg.phash_size * 4
+        self.max_pixels, self.option = cfg.max_image_pixels, "inspect.max_image_pixels"
+        self.fetch = job.read("fetch", columns=["key", "shard", "shard_key", "status"])
+        self.facts: dict[int, dict] = {}
+
+    def prepare(self, i: int, image: StoredImage) -> dict:
+        return inspect_stored(image, self.cfg)
+
+    def missing(self, i: int) -> dict:
+        """The facts of an ok row whose image the shard's tar lacks."""
+        shard_key, tar_name = self.fetch["shard_key"][i].as_py(), self.fetch["shard"][0].as_py()
+        return {"status": "failed_decode", "error": f"image {shard_key} is missing from shard {tar_name}"}
+
+    def passed(self, item: dict) -> bool:
+        return item["status"] == "ok"
+
+    def take(self, i: int, item: dict) -> None:
+        self.facts[i] = item
+
+    def finish(self) -> pa.Table:
+        rows = {name: [] for name in INSPECT_SCHEMA.names}
+        keys, status = self.fetch["key"].to_pylist(), self.fetch["status"].to_pylist()
+        for i, (key, status_) in enumerate(zip(keys, status, strict=True)):
+            facts = {**self.facts[i]} if status_ == "ok" else {"status": status_, "error": None}
+            facts["key"] = key
+            for name in INSPECT_SCHEMA.names:
+                rows[name].append(facts.get(name))
+        return pa.table(rows, schema=INSPECT_SCHEMA)

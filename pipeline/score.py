@@ -2,10 +2,10 @@
 
 Each image is decoded once, reduced to the side the scorer's model needs (``Scorer.input_side``:
 a JPEG at 1/2..1/8 scale when CLIP sees 224 px; whole for the technical scorer, whose pixel-level
-terms need the stored pixels). Decoding and ``prepare`` (resize, crop, normalize — or the technical
-scorer's measurements) run in
-``score.loader_threads`` threads and stay at most two batches ahead of the model, so the model
-never waits on JPEG decoding and memory stays bounded. The scorer is built once per worker
+terms need the stored pixels), in the one pass over the shard's images that the image stages of a
+task share (``pipeline/imagepass.py``). Decoding and ``prepare`` (resize, crop, normalize — or the
+technical scorer's measurements) run in ``score.loader_threads`` threads and stay at most two
+batches ahead of the model, so the model never waits on JPEG decoding and memory stays bounded. The scorer is built once per worker
 process (``scorers.registry.get_scorer``). Outputs: ``stages/score/NNNNN.parquet`` (key, status,
 error, aesthetic) and, for scorers that embed, ``embeddings/NNNNN.parquet`` (key + float16
 vector), written before the stage file so a finished stage always has its embeddings.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow as pa
 from zxl.catalog.embeddings import EMBEDDING_KEY, embeddings_path, read_embeddings
 from zxl.files import write_table_atomic
 from zxl.images import ImageDecodeError, decode_reduced
+from zxl.pipeline.imagepass import ImageWork, StoredImage
 from zxl.pipeline.stages import ShardJob
 from zxl.scorers.config import ScoreConfig
 from zxl.scorers.registry import get_scorer
@@ -86,37 +88,77 @@ def score_blobs(scorer, blobs: list[bytes], cfg: ScoreConfig) -> tuple[list[floa
     return scores, errors, embeddings
 
 
-def score_shard(job: ShardJob, cfg: ScoreConfig) -> tuple[pa.Table, dict]:
-    inspect = job.read("inspect", columns=["key", "status", "error"])
-    keys, status, error = (inspect[c].to_pylist() for c in ("key", "status", "error"))
-    aesthetic: list[float | None] = [None] * len(keys)
-    ok = [i for i, s in enumerate(status) if s == "ok"]
-    emb_keys, emb_rows = [], []
-    if ok:
-        scorer = get_scorer(cfg)
-        shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
-        blobs = [b or b"" for b in job.images([shard_keys[i] for i in ok])]
-        scores, errors, embeddings = score_blobs(scorer, blobs, cfg)
-        for j, err in errors.items():
-            status[ok[j]], error[ok[j]] = "failed_decode", err
-        for j, value in enumerate(scores):
-            aesthetic[ok[j]] = value
-        emb_keys = [keys[ok[j]] for j in sorted(embeddings)]
-        emb_rows = [embeddings[j] for j in sorted(embeddings)]
-    meta = {"zxl.scorer": cfg.scorer}
-    if emb_rows:  # written before the stage file, so a finished stage always has its embeddings
-        vectors = np.stack(emb_rows).astype(np.float16)
-        dim = vectors.shape[1]
-        flat = pa.array(vectors.ravel(), pa.float16())
-        emb_table = pa.table({"key": emb_keys, "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
-        kind = {EMBEDDING_KEY.decode(): scorer.embedding_kind}
-        write_table_atomic(
-            emb_table, embeddings_path(job.run_dir, job.shard), {"zxl.stage_hash": job.stage_hash, **meta, **kind}
-        )
-    else:
-        embeddings_path(job.run_dir, job.shard).unlink(missing_ok=True)
-    table = pa.table({"key": keys, "status": status, "error": error, "aesthetic": aesthetic}, schema=SCORE_SCHEMA)
-    return table, meta
+class ScoreWork(ImageWork):
+    """score on one shard, image by image (``imagepass``): ``prepare`` in the loader threads, the
+    model a batch at a time as prepared images arrive, so at most ``ahead`` wait in memory."""
+
+    def __init__(self, job: ShardJob, cfg: ScoreConfig):
+        super().__init__(job)
+        self.cfg = cfg
+        self.scorer = get_scorer(cfg)
+        self.side = self.scorer.input_side
+        self.ahead = 2 * max(1, cfg.batch_size)
+        self.batch: list[tuple[int, Any]] = []
+        self.scores: dict[int, float] = {}
+        self.embeddings: dict[int, np.ndarray] = {}
+        self.errors: dict[int, str] = {}
+
+    def prepare(self, i: int, image: StoredImage):
+        try:
+            return self.scorer.prepare(image.view(self.side)), None
+        except ImageDecodeError as e:
+            return None, f"scorer {self.scorer.name} cannot read the image: {e}"
+
+    def take(self, i: int, item) -> None:
+        if item is None:
+            return
+        prepared, error = item
+        if error is not None:
+            self.errors[i] = error
+            return
+        self.batch.append((i, prepared))
+        if len(self.batch) >= self.cfg.batch_size:
+            self._run_batch()
+
+    def _run_batch(self) -> None:
+        if not self.batch:
+            return
+        idx = [i for i, _ in self.batch]
+        values, emb = self.scorer.score_and_embed(self.scorer.collate([p for _, p in self.batch]))
+        for n, i in enumerate(idx):
+            self.scores[i] = float(values[n])
+            if emb is not None:
+                self.embeddings[i] = emb[n]
+        self.batch = []
+
+    def finish(self) -> tuple[pa.Table, dict]:
+        self._run_batch()
+        job, cfg = self.job, self.cfg
+        inspect = job.read("inspect", columns=["key", "status", "error"])
+        keys, status, error = (inspect[c].to_pylist() for c in ("key", "status", "error"))
+        aesthetic: list[float | None] = [None] * len(keys)
+        for i, s in enumerate(status):
+            if s != "ok":
+                continue
+            if i in self.errors:
+                status[i], error[i] = "failed_decode", self.errors[i]
+            else:
+                aesthetic[i] = self.scores[i]
+        meta = {"zxl.scorer": cfg.scorer}
+        done = sorted(self.embeddings)
+        if done:  # written before the stage file, so a finished stage always has its embeddings
+            vectors = np.stack([self.embeddings[i] for i in done]).astype(np.float16)
+            flat = pa.array(vectors.ravel(), pa.float16())
+            emb_table = pa.table({"key": [keys[i] for i in done],
+                                  "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})  # fmt: skip
+            kind = {EMBEDDING_KEY.decode(): self.scorer.embedding_kind}
+            write_table_atomic(
+                emb_table, embeddings_path(job.run_dir, job.shard), {"zxl.stage_hash": job.stage_hash, **meta, **kind}
+            )
+        else:
+            embeddings_path(job.run_dir, job.shard).unlink(missing_ok=True)
+        table = pa.table({"key": keys, "status": status, "error": error, "aesthetic": aesthetic}, schema=SCORE_SCHEMA)
+        return table, meta
 
 
-__all__ = ["embeddings_path", "read_embeddings", "score_blobs", "score_shard", "score_stream"]
+__all__ = ["ScoreWork", "embeddings_path", "read_embeddings", "score_blobs", "score_stream"]

@@ -21,9 +21,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zxl.images import try_decode
+from PIL import Image
+
+from zxl.images import ImageDecodeError
+from zxl.pipeline.imagepass import ImageWork, StoredImage
 from zxl.pipeline.stages import ShardJob, shard_name, stage_path
 from zxl.taggers.config import TagConfig
+from zxl.taggers.base import empty
 from zxl.taggers.registry import get_taggers, merge
 
 TAG_SCHEMA = pa.schema(
@@ -96,23 +100,71 @@ def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[pd.DataFrame, Counter]:
     return merged, counts
 
 
-def tag_shard(job: ShardJob, cfg: TagConfig) -> tuple[pa.Table, dict]:
-    rows = job.read("source").to_pandas()
+class TagWork(ImageWork):
+    """tag on one shard (``imagepass``): the image taggers a chunk of ``tag.batch_size`` images at a
+    time as the pass hands them over (each image decoded at the largest input side they need), the
+    metadata tagger over every row at the end, then the merge."""
 
-    def images_for(side: int | None):
-        status = job.read("inspect", columns=["status"])["status"].to_pylist()
-        shard_keys = job.read("fetch", columns=["shard_key"])["shard_key"].to_pylist()
-        blobs = job.images([k if s == "ok" else None for k, s in zip(shard_keys, status, strict=True)])
-        return [try_decode(b, side) for b in blobs]
+    def __init__(self, job: ShardJob, cfg: TagConfig):
+        super().__init__(job)
+        self.cfg = cfg
+        self.taggers = get_taggers(cfg)
+        self.readers = [t for t in self.taggers if t.needs_images]
+        self.needs_images = bool(self.readers)
+        sides = [t.input_side for t in self.readers]
+        self.side = None if None in sides else max(sides, default=None)
+        self.long = bool(self.readers) and all(t.input_long for t in self.readers)
+        self.ahead = max(1, cfg.batch_size)
+        self.rows = job.read("source").to_pandas()
+        self.chunk: list[tuple[int, Image.Image | None]] = []
+        self.outputs: dict[int, dict[int, dict]] = {id(t): {} for t in self.readers}  # tagger → row → values
 
-    merged, counts = tag_rows(cfg, rows, images_for)
-    if cfg.exif_year:
-        years = exif_years(job.run_dir, job.shard)
-        filled = [y if y is not None else years.get(k) for y, k in zip(merged["year"], rows["key"], strict=True)]
-        merged["year"] = pd.Series(filled, dtype=object)
-    merged.insert(0, "key", rows["key"].tolist())
-    table = pa.Table.from_pandas(merged[TAG_SCHEMA.names], schema=TAG_SCHEMA, preserve_index=False)
-    return table, {"zxl.problems": json.dumps(dict(counts))}
+    def prepare(self, i: int, image: StoredImage):
+        try:
+            return image.view(self.side, long=self.long)
+        except ImageDecodeError:
+            return None  # inspect passed it; a tagger that cannot read it leaves the row's tags empty
+
+    def take(self, i: int, item) -> None:
+        self.chunk.append((i, item))
+        if len(self.chunk) >= self.cfg.batch_size:
+            self._run_chunk()
+
+    def _run_chunk(self) -> None:
+        if not self.chunk:
+            return
+        idx = [i for i, _ in self.chunk]
+        images = [im for _, im in self.chunk]
+        for t in self.readers:
+            out = t.tag(images, self.rows.iloc[idx].reset_index(drop=True)).to_dict("records")
+            self.outputs[id(t)].update(zip(idx, out, strict=True))
+        self.chunk = []
+
+    def _frame(self, tagger) -> pd.DataFrame:
+        """An image tagger's output over every row (rows it saw no image of: all None)."""
+        frame = empty(len(self.rows))
+        got = self.outputs[id(tagger)]
+        for column in {c for values in got.values() for c in values}:
+            frame[column] = pd.Series([got[i].get(column) if i in got else None for i in range(len(frame))],
+                                      dtype=object)  # fmt: skip
+        return frame
+
+    def finish(self) -> tuple[pa.Table, dict]:
+        self._run_chunk()
+        rows = self.rows
+        results = [(t.source, self._frame(t) if t.needs_images else t.tag(None, rows)) for t in self.taggers]
+        merged = merge(results, len(rows))
+        counts = Counter()
+        for p in merged["problem"].dropna():
+            for part in p.split("; "):
+                counts[problem_kind(part)] += 1
+        if self.cfg.exif_year:
+            years = exif_years(self.job.run_dir, self.job.shard)
+            filled = [y if y is not None else years.get(k) for y, k in zip(merged["year"], rows["key"], strict=True)]
+            merged["year"] = pd.Series(filled, dtype=object)
+        merged.insert(0, "key", rows["key"].tolist())
+        table = pa.Table.from_pandas(merged[TAG_SCHEMA.names], schema=TAG_SCHEMA, preserve_index=False)
+        return table, {"zxl.problems": json.dumps(dict(counts))}
 
 
 def problem_counts(run_dir: Path, n_shards: int) -> dict[str, int]:

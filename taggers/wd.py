@@ -60,17 +60,33 @@ def load_labels(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def prepare(image: Image.Image, size: int) -> np.ndarray:
-    """One image → float32 [size, size, 3], BGR, 0..255 (the WD models' own preprocessing)."""
-    rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    canvas.alpha_composite(rgba)
-    rgb = canvas.convert("RGB")
+    """One image → float32 [size, size, 3], BGR, 0..255 (the WD models' own preprocessing: onto white,
+    padded to a square with white, bicubic to ``size``)."""
+    return np.asarray(square(image, size), np.float32)[:, :, ::-1]
+
+
+def batch(images: list[Image.Image], size: int) -> np.ndarray:
+    """``np.stack([prepare(im, size) for im in images])``, converted to float32 once, as a whole."""
+    pixels = np.stack([np.asarray(square(im, size)) for im in images])
+    return np.ascontiguousarray(pixels[..., ::-1], dtype=np.float32)
+
+
+def square(image: Image.Image, size: int) -> Image.Image:
+    """The RGB square ``prepare`` converts. An image without transparency skips the composite onto
+    white, which would change none of its pixels."""
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        rgb = canvas.convert("RGB")
+    else:
+        rgb = image.convert("RGB")
     side = max(rgb.size)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    padded = Image.new("RGB", (side, side), (255, 255, 255))
+    padded.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
     if side != size:
-        square = square.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(square, np.float32)[:, :, ::-1]
+        padded = padded.resize((size, size), Image.Resampling.BICUBIC)
+    return padded
 
 
 def mcut(probs: np.ndarray) -> float:
@@ -87,6 +103,7 @@ class WDTagger(Tagger):
     runs_model = True
     imports = ("onnxruntime",)
     needs_images = True
+    input_long = True  # it pads to a square: only the long side must reach the model's input
     version = "2"  # 2: images decoded reduced to the model's input side (JPEG DCT scaling), not whole
 
     def __init__(self, cfg: TagConfig):
@@ -150,7 +167,7 @@ class WDTagger(Tagger):
         characters: list[list[str] | None] = [None] * len(rows)
         for start in range(0, len(present), self.cfg.batch_size):
             chunk = present[start : start + self.cfg.batch_size]
-            probs = self.predict(np.stack([prepare(im, self.size) for _, im in chunk]))
+            probs = self.predict(batch([im for _, im in chunk], self.size))
             for (i, _), p in zip(chunk, probs, strict=True):
                 ratings[i] = self.names[self.rating_idx[int(np.argmax(p[self.rating_idx]))]]
                 g_t, c_t = self.cfg.wd_general_threshold, self.cfg.wd_character_threshold

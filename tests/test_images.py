@@ -81,3 +81,15 @@ def test_decode_reduced_box_averages_other_formats(mode):
     assert stored == (600, 900) and im.size == (200, 300)  # 600 // 200 = 3: reduce(3)
     assert try_decode(buf.getvalue(), 200).size == (200, 300)
     assert decode_reduced(buf.getvalue(), 400)[0].size == (600, 900)  # 600 // 400 = 1: kept whole
+
+
+def test_decode_reduced_to_a_long_side_for_models_that_pad_to_a_square():
+    from zxl.images import decode_reduced
+
+    jpeg = _big_jpeg()  # 1024×1536: 1/4 would leave the long side 384
+    assert decode_reduced(jpeg, 448, long=True)[0].size == (512, 768)
+    assert decode_reduced(jpeg, 300, long=True)[0].size == (256, 384)  # the short side may go under 300
+    buf = io.BytesIO()
+    Image.effect_noise((1536, 1024), 60).convert("RGB").save(buf, "PNG")
+    assert decode_reduced(buf.getvalue(), 448, long=True)[0].size == (512, 342)  # 1536 // 448 = 3 (reduce rounds up)
+    assert decode_reduced(buf.getvalue(), 448)[0].size == (768, 512)  # both sides: 1024 // 448 = 2

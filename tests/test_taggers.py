@@ -171,3 +171,29 @@ def test_wd_errors_name_the_key(tmp_path, wd_model):
         WDTagger(TagConfig(taggers=["wd"], wd_model=str(tmp_path / "half")))
     with pytest.raises(ConfigError, match="tag.taggers must be one of metadata, wd, got 'deepdanbooru'"):
         check(TagConfig(taggers=["metadata", "deepdanbooru"]))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "RGBA", "LA", "PA"])
+def test_wd_preprocessing_skips_the_composite_only_where_it_changes_nothing(mode):
+    """The reference's steps (every image onto a white RGBA canvas first) give the same array."""
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), "RGBA").convert(mode)
+    if mode == "P":
+        img.info["transparency"] = 0
+    canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    canvas.alpha_composite(img.convert("RGBA"))
+    rgb = canvas.convert("RGB")
+    square = Image.new("RGB", (53, 53), (255, 255, 255))
+    square.paste(rgb, (0, 8))
+    want = np.asarray(square.resize((32, 32), Image.Resampling.BICUBIC), np.float32)[:, :, ::-1]
+    np.testing.assert_array_equal(prepare(img, 32), want)
+
+
+def test_wd_batch_is_the_stack_of_prepared_images():
+    from zxl.taggers.wd import batch
+
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (30 + 7 * i, 41, 3), dtype=np.uint8)) for i in range(3)]
+    got = batch(images, 24)
+    np.testing.assert_array_equal(got, np.stack([prepare(im, 24) for im in images]))
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]

@@ -54,9 +54,11 @@ def decode_reduced(
     max_pixels: int | None = None,
     option: str = "max_image_pixels",
     mode: str | None = None,
+    long: bool = False,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """The image in ``data`` reduced to the smallest size whose sides are both at least ``min_side``
-    that a cheap reduction reaches (module docstring), and its stored size (width, height).
+    that a cheap reduction reaches (module docstring), and its stored size (width, height); with
+    ``long``, only the long side is kept at least ``min_side`` (for a model that pads to a square).
     ``min_side`` None decodes at full size. ``mode`` "L" lets a colour JPEG decode its luma alone.
     Errors as ``decode``."""
     if not data:
@@ -69,17 +71,26 @@ def decode_reduced(
             if max_pixels is not None and size[0] * size[1] > max_pixels:
                 raise ImageDecodeError(f"{size[0]}x{size[1]} is over {option}={max_pixels}")
             if min_side is not None and im.format == "JPEG":
-                im.draft(mode if mode == "L" and im.mode in ("RGB", "L") else im.mode, (min_side, min_side))
+                # draft keeps both sides at least the size asked; a side of 1 leaves that side free
+                box = (min_side, min_side) if not long else (min_side, 1) if size[0] >= size[1] else (1, min_side)
+                im.draft(mode if mode == "L" and im.mode in ("RGB", "L") else im.mode, box)
             im.load()
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
-    if min_side is not None and (factor := min(im.size) // max(1, min_side)) >= 2:
-        if im.mode in _NO_REDUCE:  # palette, bilevel and 16-bit images: to the mode that keeps them
-            im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else _NO_REDUCE[im.mode])
-        im = im.reduce(factor)
-    return im, size
+    return (reduce_to(im, min_side, long) if min_side is not None else im), size
+
+
+def reduce_to(im: Image.Image, min_side: int, long: bool = False) -> Image.Image:
+    """``im`` box-reduced by the largest integer factor that keeps both sides (with ``long``: the long
+    side) at least ``min_side`` (itself when that factor is 1)."""
+    factor = (max(im.size) if long else min(im.size)) // max(1, min_side)
+    if factor < 2:
+        return im
+    if im.mode in _NO_REDUCE:  # palette, bilevel and 16-bit images: to the mode that keeps them
+        im = im.convert("RGBA" if im.mode == "P" and "transparency" in im.info else _NO_REDUCE[im.mode])
+    return im.reduce(factor)
 
 
 def try_decode(data: bytes | None, min_side: int | None = None) -> Image.Image | None:

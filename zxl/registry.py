@@ -29,6 +29,9 @@ class Member:
     # The smallest side its input needs (CLIP: 224, a WD tagger: 448): its stage decodes each image
     # reduced to that (zxl.images.decode_reduced: a JPEG at 1/2..1/8 scale). None: the stored image whole.
     input_side: int | None = None
+    # True: input_side bounds only the long side (the member pads the image to a square first, as the WD
+    # taggers do), so a 2:3 image may be reduced further.
+    input_long: ClassVar[bool] = False
 
     def __init__(self, cfg: Any = None) -> None:
         """Every member is built from its family's config (``score``, ``tag``, ``caption``); the registries
