@@ -43,13 +43,24 @@ def test_tasks_wait_on_what_they_read_in_their_phase():
     first = graph.tasks(0, "/r", 2, hashes, _cfg())
     deps = {t.id: t.deps for t in first}
     assert deps[("fetch", 1)] == []  # source is the split's, before any task
+    # inspect, score and tag share one task per shard: one pass over its images
+    assert {t.id: t.parts for t in first} == {("fetch", 0): (), ("inspect", 0): ("score", "tag"),
+                                              ("fetch", 1): (), ("inspect", 1): ("score", "tag")}  # fmt: skip
     assert deps[("inspect", 1)] == [("fetch", 1)]
-    assert deps[("score", 0)] == [("fetch", 0), ("inspect", 0)]
-    assert deps[("tag", 0)] == [("fetch", 0), ("inspect", 0)]
     second = {t.id: t.deps for t in graph.tasks(2, "/r", 2, hashes, _cfg())}
     assert second[("caption", 1)] == []  # fetch, reduce and tagrules are done before phase 2
     assert second[("catalog", 1)] == [("caption", 1)]
-    assert {t.stage for t in first} == {"fetch", "inspect", "score", "tag"}
+
+
+def test_image_stages_share_a_task_only_where_they_ask_for_the_same_workers():
+    cfg = _cfg("run.model_resources={GPU: 1}", "score.scorer=clip-mlp", "tag.taggers=[metadata, wd]")
+    hashes = graph.stage_hashes(cfg, "src")
+    resources = dict.fromkeys(("score", "tag"), {"GPU": 1})
+    first = {t.id: t for t in graph.tasks(0, "/r", 1, hashes, cfg, resources)}
+    assert sorted(first) == [("fetch", 0), ("inspect", 0), ("score", 0)]
+    assert first[("inspect", 0)].parts == () and first[("inspect", 0)].resources is None
+    assert first[("score", 0)].parts == ("tag",) and first[("score", 0)].resources == {"GPU": 1}
+    assert first[("score", 0)].deps == [("fetch", 0), ("inspect", 0)]
 
 
 def test_a_change_redoes_what_it_reaches_and_nothing_else():

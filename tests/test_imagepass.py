@@ -1,0 +1,99 @@
+"""pipeline/imagepass.py: the image stages of a task share one pass over the shard's images, and
+compute exactly what each computes alone."""
+
+import io
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests import stage_folder
+from zxl.demo_corpus import draw_picture
+from zxl.pipeline import graph, imagepass
+from zxl.pipeline.stages import stage_path
+
+IMAGE_STAGES = ("inspect", "score", "tag")
+
+
+def _encoded(picture: int, fmt: str, size=(288, 192), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    img = draw_picture(picture, 0, *size).convert(mode)
+    img.save(buf, fmt, **({"quality": 90} if fmt != "PNG" else {}))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def shard(tmp_path, wd_model):
+    """A shard of JPEG, PNG (one with alpha), WebP, a truncated JPEG, one over inspect's pixel limit and
+    a failed download; the technical scorer, the metadata and WD taggers."""
+    blobs = [
+        _encoded(0, "JPEG"), _encoded(1, "PNG"), _encoded(2, "WEBP"), _encoded(3, "PNG", mode="RGBA"),
+        _encoded(4, "JPEG")[:3000], _encoded(5, "JPEG", size=(640, 480)), None, _encoded(6, "JPEG", size=(200, 300)),
+    ]  # fmt: skip
+    cfg, hashes = stage_folder.build(
+        tmp_path, blobs, "tag.taggers=[metadata, wd]", f"tag.wd_model={wd_model[0]}", "tag.batch_size=3",
+        "inspect.max_image_pixels=200000", "score.batch_size=2",
+    )  # fmt: skip
+    parts = [(n, hashes[n], tuple(graph.section(cfg, s) for s in graph.BY_NAME[n].sections)) for n in IMAGE_STAGES]
+    return tmp_path, parts
+
+
+def _outputs(run_dir):
+    tables = {n: pq.read_table(stage_path(run_dir, n, 0)) for n in IMAGE_STAGES}
+    tables["embeddings"] = pq.read_table(run_dir / "embeddings" / "00000.parquet")
+    return tables
+
+
+def _clear(run_dir, names=IMAGE_STAGES):
+    for n in names:
+        stage_path(run_dir, n, 0).unlink(missing_ok=True)
+
+
+def test_one_pass_computes_what_each_stage_computes_alone(shard):
+    run_dir, parts = shard
+    results = graph.run_images(str(run_dir), 0, parts)["parts"]
+    assert set(results) == set(IMAGE_STAGES) and not any(r["skipped"] for r in results.values())
+    together = _outputs(run_dir)
+    inspect = together["inspect"].to_pydict()
+    assert inspect["status"] == ["ok", "ok", "ok", "ok", "failed_decode", "failed_decode", "failed_download", "ok"]
+    assert "truncated" in inspect["error"][4] and "inspect.max_image_pixels=200000" in inspect["error"][5]
+    score = together["score"].to_pydict()
+    assert [a is not None for a in score["aesthetic"]] == [s == "ok" for s in inspect["status"]]
+    tags = together["tag"].to_pydict()
+    assert tags["rating_source"][0] == "metadata" and tags["tags"][0]  # the source's tags first, WD's behind
+
+    _clear(run_dir)
+    for name, h, sections in parts:  # each stage in a task of its own, as on a cluster with GPU workers
+        assert graph.run_shard(str(run_dir), name, 0, h, *sections)["skipped"] is False
+    alone = _outputs(run_dir)
+    for name, table in together.items():
+        assert table.equals(alone[name]), name
+
+    _clear(run_dir, ("score", "tag"))  # killed after inspect was written: the rerun skips it
+    results = graph.run_images(str(run_dir), 0, parts)["parts"]
+    assert results["inspect"]["skipped"] and not results["score"]["skipped"]
+    resumed = _outputs(run_dir)
+    for name, table in together.items():
+        assert table.equals(resumed[name]), name
+    assert all(r["skipped"] for r in graph.run_images(str(run_dir), 0, parts)["parts"].values())
+
+
+def test_each_image_is_decoded_once_per_view_and_never_past_the_gate(shard, monkeypatch):
+    run_dir, parts = shard
+    calls = []
+    real = imagepass.decode_reduced
+
+    def counting(data, side, *args):
+        calls.append((data[:4], side))
+        return real(data, side, *args)
+
+    monkeypatch.setattr(imagepass, "decode_reduced", counting)
+    graph.run_images(str(run_dir), 0, parts)
+    by_format = {}
+    for head, side in calls:
+        kind = "jpeg" if head[:2] == b"\xff\xd8" else "png" if head == b"\x89PNG" else "webp"
+        by_format.setdefault(kind, []).append(side)
+    # PNG and WebP: one whole decode each (every view box-reduced from it); JPEG: one per view it is asked
+    # for (inspect's luma at 128, the technical scorer's whole image, WD's 32 on the long side) — the
+    # truncated one and the one over the pixel limit only once: inspect's verdict stops the others
+    assert by_format["png"] == [None, None] and by_format["webp"] == [None]
+    assert sorted(by_format["jpeg"], key=str) == sorted([128, 128, 128, 128, None, None, 32, 32], key=str)
