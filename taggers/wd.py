@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -60,33 +61,34 @@ def load_labels(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def prepare(image: Image.Image, size: int) -> np.ndarray:
-    """One image → float32 [size, size, 3], BGR, 0..255 (the WD models' own preprocessing: onto white,
-    padded to a square with white, bicubic to ``size``)."""
-    return np.asarray(square(image, size), np.float32)[:, :, ::-1]
+    """One image → float32 [size, size, 3], BGR, 0..255: the preprocessing of kohya's
+    ``tag_images_by_wd14_tagger.py``, which is how our users tag today (padded to a square with white,
+    centred; OpenCV's INTER_AREA down to ``size``, LANCZOS4 up), with transparency composited onto
+    white first as SmilingWolf's own tagger does (kohya's drops the alpha channel)."""
+    return np.ascontiguousarray(square(image, size)[:, :, ::-1], dtype=np.float32)
 
 
 def batch(images: list[Image.Image], size: int) -> np.ndarray:
     """``np.stack([prepare(im, size) for im in images])``, converted to float32 once, as a whole."""
-    pixels = np.stack([np.asarray(square(im, size)) for im in images])
+    pixels = np.stack([square(im, size) for im in images])
     return np.ascontiguousarray(pixels[..., ::-1], dtype=np.float32)
 
 
-def square(image: Image.Image, size: int) -> Image.Image:
-    """The RGB square ``prepare`` converts. An image without transparency skips the composite onto
-    white, which would change none of its pixels."""
+def square(image: Image.Image, size: int) -> np.ndarray:
+    """The uint8 RGB square ``prepare`` converts."""
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
-        rgb = canvas.convert("RGB")
-    else:
-        rgb = image.convert("RGB")
-    side = max(rgb.size)
-    padded = Image.new("RGB", (side, side), (255, 255, 255))
-    padded.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+        image = canvas
+    pixels = np.asarray(image.convert("RGB"))
+    h, w = pixels.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    pixels = np.pad(pixels, ((top, side - h - top), (left, side - w - left), (0, 0)), constant_values=255)
     if side != size:
-        padded = padded.resize((size, size), Image.Resampling.BICUBIC)
-    return padded
+        pixels = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LANCZOS4)
+    return pixels
 
 
 def mcut(probs: np.ndarray) -> float:
@@ -104,7 +106,9 @@ class WDTagger(Tagger):
     imports = ("onnxruntime",)
     needs_images = True
     input_long = True  # it pads to a square: only the long side must reach the model's input
-    version = "2"  # 2: images decoded reduced to the model's input side (JPEG DCT scaling), not whole
+    # 3: kohya's preprocessing (INTER_AREA) on an image decoded reduced to the model's long side (JPEG DCT
+    # scaling); 1: PIL bicubic on the whole image
+    version = "3"
 
     def __init__(self, cfg: TagConfig):
         import onnxruntime as ort

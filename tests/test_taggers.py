@@ -173,20 +173,34 @@ def test_wd_errors_name_the_key(tmp_path, wd_model):
         check(TagConfig(taggers=["metadata", "deepdanbooru"]))
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "RGBA", "LA", "PA"])
-def test_wd_preprocessing_skips_the_composite_only_where_it_changes_nothing(mode):
-    """The reference's steps (every image onto a white RGBA canvas first) give the same array."""
+def _kohya_preprocess(image, size):
+    """kohya-ss/sd-scripts finetune/tag_images_by_wd14_tagger.py, preprocess_image (transcribed)."""
+    import cv2
+
+    image = np.array(image)
+    image = image[:, :, ::-1]  # RGB->BGR
+    side = max(image.shape[0:2])
+    pad_x, pad_y = side - image.shape[1], side - image.shape[0]
+    pad_l, pad_t = pad_x // 2, pad_y // 2
+    image = np.pad(image, ((pad_t, pad_y - pad_t), (pad_l, pad_x - pad_l), (0, 0)), mode="constant", constant_values=255)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LANCZOS4
+    image = cv2.resize(image, (size, size), interpolation=interp)
+    return image.astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (53, 37), (40, 40), (9, 20)])
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "RGBA", "LA"])
+def test_wd_preprocessing_is_kohyas_with_transparency_on_white(mode, shape):
+    """kohya's tagger script, value for value, after compositing transparency onto white (kohya's
+    convert("RGB") drops the alpha channel; SmilingWolf's reference composites onto white)."""
     rng = np.random.default_rng(3)
-    img = Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), "RGBA").convert(mode)
-    if mode == "P":
-        img.info["transparency"] = 0
-    canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    canvas.alpha_composite(img.convert("RGBA"))
-    rgb = canvas.convert("RGB")
-    square = Image.new("RGB", (53, 53), (255, 255, 255))
-    square.paste(rgb, (0, 8))
-    want = np.asarray(square.resize((32, 32), Image.Resampling.BICUBIC), np.float32)[:, :, ::-1]
-    np.testing.assert_array_equal(prepare(img, 32), want)
+    img = Image.fromarray(rng.integers(0, 256, (*shape, 4), dtype=np.uint8), "RGBA").convert(mode)
+    flat = img
+    if "A" in img.getbands():
+        flat = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        flat.alpha_composite(img.convert("RGBA"))
+    for size in (32, 24, 64):  # down (INTER_AREA), down, up (LANCZOS4)
+        np.testing.assert_array_equal(prepare(img, size), _kohya_preprocess(flat.convert("RGB"), size))
 
 
 def test_wd_batch_is_the_stack_of_prepared_images():
