@@ -5,10 +5,11 @@ decode (a truncated JPEG kept byte for byte, say) becomes ``failed_decode`` with
 message. The perceptual hash is the DCT hash of Zauner (2010) as ``imagehash.phash`` computes it
 (grey, 32×32 Lanczos, 2-D DCT-II, the top-left 8×8 against their median), stored as the signed
 int64 with the same 64 bits, most significant first, computed on a reduced decode of the image
-(``zxl.images.decode_reduced``: both sides at least 128 px, four times the hash's 32×32 grid) instead
-of the full one: a JPEG decodes its luma alone at 1/2..1/8 scale, so inspect costs a fraction of one
-full decode. What that moves is measured in tests/test_inspection.py (the same demo duplicate pairs;
-hashes within a few bits of the full-size ones) and docs/performance.md.
+(``zxl.images.decode_reduced``: both sides at least 224 px, seven times the hash's 32×32 grid and the
+side CLIP sees, so a task scoring with CLIP shares the decode) instead of the full one: a JPEG
+decodes at 1/2..1/8 scale, so inspect costs a fraction of one full decode. What that moves is measured
+in tests/test_inspection.py (near copies pair the same; hashes within a few bits of the full-size
+ones) and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ INSPECT_SCHEMA = pa.schema(
 )
 
 
-PHASH_GAP = 4  # the reduced decode keeps both sides at least this many times the hash's grid
+# The hash is taken on the image reduced to at least this side (7× its 32×32 grid): the side CLIP models
+# see, so a task that also scores with CLIP decodes the image once for both (pipeline/imagepass.py).
+PHASH_SIDE = 224
 VERSION = "2"  # in the stage's hash; 2: phash of the reduced decode (1: of the whole image)
 
 
@@ -66,7 +69,7 @@ def inspect_image(data: bytes, cfg: InspectConfig) -> dict:
 def inspect_stored(image: StoredImage, cfg: InspectConfig) -> dict:
     row: dict = {"sha256": hashlib.sha256(image.data).hexdigest()}
     try:
-        im = image.view(PHASH_GAP * cfg.phash_size * 4, mode="L")  # 4: phash's highfreq_factor
+        im = image.view(PHASH_SIDE)
         row["phash"] = phash(im, cfg.phash_size)
     except ImageDecodeError as e:
         return {**row, "status": "failed_decode", "error": f"stored image does not decode: {plain_error(e)}"}
@@ -79,12 +82,11 @@ class InspectWork(Gate):
     """inspect on one shard: the facts of every fetched image, and the verdict the other image stages
     go by (``imagepass``)."""
 
-    mode = "L"
+    side = PHASH_SIDE
 
     def __init__(self, job: ShardJob, cfg: InspectConfig):
         super().__init__(job)
         self.cfg = cfg
-        self.side = PHASH_GAP * cfg.phash_size * 4
         self.max_pixels, self.option = cfg.max_image_pixels, "inspect.max_image_pixels"
         self.fetch = job.read("fetch", columns=["key", "shard", "shard_key", "status"])
         self.facts: dict[int, dict] = {}

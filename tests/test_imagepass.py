@@ -93,7 +93,7 @@ def test_each_image_is_decoded_once_per_view_and_never_past_the_gate(shard, monk
         kind = "jpeg" if head[:2] == b"\xff\xd8" else "png" if head == b"\x89PNG" else "webp"
         by_format.setdefault(kind, []).append(side)
     # PNG and WebP: one whole decode each (every view box-reduced from it); JPEG: one per view it is asked
-    # for (inspect's luma at 128, the technical scorer's whole image, WD's 32 on the long side) — the
+    # for (inspect's at 224, the technical scorer's whole image, WD's 32 on the long side) — the
     # truncated one and the one over the pixel limit only once: inspect's verdict stops the others
     assert by_format["png"] == [None, None] and by_format["webp"] == [None]
-    assert sorted(by_format["jpeg"], key=str) == sorted([128, 128, 128, 128, None, None, 32, 32], key=str)
+    assert sorted(by_format["jpeg"], key=str) == sorted([224, 224, 224, 224, None, None, 32, 32], key=str)
