@@ -7,10 +7,16 @@ process settings; zxl runs its fetch tasks on a LocalCluster with as many worker
 gets processes. Each side runs ``repeats`` times, alternating, into fresh folders; the figure is
 successfully stored images per second of wall time, best run of each (start-up included on both
 sides: Dask's cluster, img2dataset's process pool and imports).
+
+Against the limit, both sides are measured warm, as the limit is: its process pool starts and
+imports before the clock, and so does zxl's cluster (started as ``zxl curate`` starts it, the
+run's imports preloaded; the split done), so the clock holds the fetch tasks alone. The images come
+from a server in this process, on the same two cores: its CPU share is printed beside the figure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -49,6 +55,31 @@ def _ours(cfg: CurateConfig, urls: Path) -> tuple[float, int]:
         for s in range(n)
     )
     return seconds, ok
+
+
+def _ours_warm(cfg: CurateConfig) -> tuple[float, int, float]:
+    """(seconds, stored images, this process's CPU seconds meanwhile) of the fetch tasks alone, on a
+    cluster already started with the run's imports (``zxl curate``'s forkserver preload) and the split
+    done: measured as the limit is, start-up outside the clock. This process serves the images: its CPU
+    time is the local server's share of the machine, which a real fetch leaves to a remote one."""
+    from zxl.pipeline.curate import worker_imports
+
+    table = sources.read_url_list(cfg.source)
+    run_dir = Path(cfg.run.runs_dir) / cfg.run.name
+    n, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
+    h = stage_hashes(cfg, source_hash)["fetch"]
+    plan = [Task("fetch", s, run_shard, (str(run_dir), "fetch", s, h, cfg.fetch, cfg.run.shard_size)) for s in range(n)]
+    with Executor(cfg.run, preload=worker_imports(cfg)) as ex:
+        t0, c0 = time.perf_counter(), time.process_time()
+        ex.run(plan, Progress({"fetch": table.num_rows}, enabled=False))
+        seconds, server_cpu = time.perf_counter() - t0, time.process_time() - c0
+    ok = sum(
+        pq.read_table(run_dir / "stages" / "fetch" / f"{s:05d}.parquet", columns=["status"])["status"]
+        .to_pylist()
+        .count("ok")
+        for s in range(n)
+    )
+    return seconds, ok, server_cpu
 
 
 def _bare(cfg: CurateConfig, urls: Path, out: Path) -> tuple[float, int]:
@@ -109,7 +140,7 @@ def run(quick: bool = False) -> list[dict]:
     workers = min(2, os.cpu_count() or 1)
     corpus = build_corpus(CACHE, size=n_urls, seed=1, bad_fraction=0.0)
     work = Path(tempfile.mkdtemp(prefix="zxl-bench-fetch-"))
-    ours, bare = [], []
+    ours, bare, warm = [], [], []
     try:
         with DemoServer(corpus, port=0) as server:
             urls = server.write_urls(work / "urls.parquet")
@@ -125,6 +156,8 @@ def run(quick: bool = False) -> list[dict]:
                 )  # fmt: skip
                 ours.append(_ours(cfg, urls))
                 bare.append(_bare(cfg, urls, work / f"bare{r}"))
+                warm_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=f"warm{r}"))
+                warm.append(_ours_warm(warm_cfg))
                 if r == 0:
                     limit = _limit(cfg, urls, workers)
                 rates = [ok / s for s, ok in (ours[-1], bare[-1])]
@@ -134,7 +167,10 @@ def run(quick: bool = False) -> list[dict]:
     best = lambda runs: max(ok / s for s, ok in runs)  # noqa: E731
     o, b = best(ours), best(bare)
     lim = limit[1] / limit[0]
-    print(f"  decode+resize+encode alone: {lim:.1f} img/s")
+    w = best([(s, ok) for s, ok, _ in warm])
+    server = min(cpu / s for s, _, cpu in warm)
+    print(f"  decode+resize+encode alone: {lim:.1f} img/s; zxl's fetch tasks warm: {w:.1f} img/s "
+          f"(the local server took {server:.2f} of the 2 cores meanwhile)")
     return [{
         "name": f"fetch ({n_urls} URLs, {workers} procs × 16 threads)",
         "ours": o,
@@ -146,11 +182,13 @@ def run(quick: bool = False) -> list[dict]:
         "runs": {"ours": ours, "baseline": bare},
         "stored": {"ours": ours[0][1], "baseline": bare[0][1]},
     }, {
-        "name": f"fetch against decode+resize+encode alone ({n_urls} images in memory, {workers} procs)",
-        "ours": o,
+        "name": f"fetch tasks, warm, against decode+resize+encode alone ({n_urls} images in memory, {workers} procs)",
+        "ours": w,
         "baseline": lim,
         "baseline_name": "img2dataset Resizer over the same bytes, no network, same processes",
         "unit": "images/s",
-        "ratio": o / lim,
-        "target": "share of the limit",
+        "ratio": w / lim,
+        "target": "≥ 0.8×",
+        "cold": o,
+        "server_cores": server,
     }]  # fmt: skip

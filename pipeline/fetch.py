@@ -112,7 +112,7 @@ def look(data: bytes, max_pixels: int) -> tuple[str | None, dict]:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             try:
-                orientation = int(im.getexif().get(ORIENTATION, 1))
+                orientation = int(_exif(im, data).get(ORIENTATION, 1))
             except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation
                 orientation = 1
             deep = im.mode in DEEP_MODES or (data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:25] == b"\x10")
@@ -128,6 +128,24 @@ def look(data: bytes, max_pixels: int) -> tuple[str | None, dict]:
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return None, {"size": (w, h), "orientation": orientation, "deep": deep}
+
+
+def _exif(im: Image.Image, data: bytes) -> Image.Exif:
+    """The image's EXIF from its header. A PNG's eXIf chunk may follow the pixel data, where Pillow's
+    ``getexif`` finds it by decoding the whole image; its chunks are walked instead (lengths only)."""
+    if im.format != "PNG":
+        return im.getexif()
+    exif = Image.Exif()
+    pos = 8  # after the signature: chunks of length (4 bytes), type (4), data, CRC (4)
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            exif.load(data[pos + 8 : pos + 8 + length])
+            break
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return exif
 
 
 def sniff(data: bytes, max_pixels: int) -> str | None:

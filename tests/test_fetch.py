@@ -145,3 +145,34 @@ def test_a_download_that_is_not_the_posts_file_fails_and_stores_nothing(tmp_path
     with tarfile.open(run_dir / "shards" / "00000.tar") as tar:
         stored = {m.name.split(".")[0] for m in tar.getmembers() if m.name.endswith(".jpg") or m.name.endswith(".png")}
     assert out["shard_key"][2] not in stored and out["shard_key"][0] in stored
+
+
+def test_look_reads_a_pngs_exif_orientation_without_decoding_it(monkeypatch):
+    """A PNG's eXIf chunk may come before or after its pixel data; either way look() finds the
+    orientation from the chunks alone (Pillow's getexif decodes the whole image to find a late one)."""
+    import io
+
+    from PIL import Image, ImageFile
+
+    from zxl.pipeline.fetch import look
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (9, 99, 199)).save(buf, "PNG", exif=exif)
+    early = buf.getvalue()
+    i = early.find(b"eXIf") - 4
+    chunk = early[i : i + 12 + int.from_bytes(early[i : i + 4], "big")]
+    rest = early[:i] + early[i + len(chunk) :]
+    late = rest[: rest.find(b"IEND") - 4] + chunk + rest[rest.find(b"IEND") - 4 :]
+    assert late.find(b"eXIf") > late.find(b"IDAT")
+    plain = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(plain, "PNG")
+
+    def no_decoding(self):
+        raise AssertionError("look() decoded the image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    for data in (early, late):
+        assert look(data, 10**6) == (None, {"size": (20, 30), "orientation": 6, "deep": False})
+    assert look(plain.getvalue(), 10**6)[1]["orientation"] == 1
