@@ -169,8 +169,10 @@ def run(quick: bool = False) -> list[dict]:
     lim = limit[1] / limit[0]
     w = best([(s, ok) for s, ok, _ in warm])
     server = min(cpu / s for s, _, cpu in warm)
-    print(f"  decode+resize+encode alone: {lim:.1f} img/s; zxl's fetch tasks warm: {w:.1f} img/s "
-          f"(the local server took {server:.2f} of the 2 cores meanwhile)")
+    print(
+        f"  decode+resize+encode alone: {lim:.1f} img/s; zxl's fetch tasks warm: {w:.1f} img/s "
+        f"(the local server took {server:.2f} of the 2 cores meanwhile)"
+    )
     return [{
         "name": f"fetch ({n_urls} URLs, {workers} procs × 16 threads)",
         "ours": o,

@@ -228,18 +228,21 @@ def run(quick: bool = False) -> list[dict]:
         print(f"    {fmt}: {v['bytes'] / 1e3:.0f} KB, decode {v['decode_ms']:.1f} ms")
     for label in [r[0] for r in RUNS] + [p[0] for p in PASSES]:
         outside = best[label] - best_model[label]
-        print(f"  {label:38s} {best[label]:7.1f} ms  ({best[label] / unit:.2f} decodes; models {best_model[label]:.1f} ms,"
-              f" outside them {outside / unit:.2f})")  # fmt: skip
+        print(f"  {label:38s} {best[label]:7.1f} ms  ({best[label] / unit:.2f} decodes; "
+              f"models {best_model[label]:.1f} ms, outside them {outside / unit:.2f})")  # fmt: skip
     caption = best["caption: template"]
     demo = best[PASSES[0][0]] + caption
     with_models = best[PASSES[1][0]] - best_model[PASSES[1][0]] + caption
+    models = ("inspect", "score: clip-mlp (tiny CLIP, 224 px)", "tag: metadata", "tag: wd (tiny model, 448 px)",
+              "caption: template")  # fmt: skip
     apart = {
         "demo": sum(best[k] for k in ("inspect", "score: technical", "tag: metadata", "caption: template")),
-        "models": sum(best[k] - best_model[k] for k in ("inspect", "score: clip-mlp (tiny CLIP, 224 px)", "tag: metadata",
-                                                        "tag: wd (tiny model, 448 px)", "caption: template")),
-    }  # fmt: skip
-    print(f"  the same stages each in a task of its own: demo {apart['demo'] / unit:.2f} decodes, "
-          f"models {apart['models'] / unit:.2f} outside them")
+        "models": sum(best[k] - best_model[k] for k in models),
+    }
+    print(
+        f"  the same stages each in a task of its own: demo {apart['demo'] / unit:.2f} decodes, "
+        f"models {apart['models'] / unit:.2f} outside them"
+    )
     detail = {"per_stage_ms": best, "model_ms": best_model, "formats": by_format, "images": n, "apart_ms": apart}
     return [
         {
@@ -249,8 +252,8 @@ def run(quick: bool = False) -> list[dict]:
             "unit": "CPU ms/image", "ratio": demo / unit, "target": "≤ 2.5 decodes", "detail": detail,
         },
         {
-            "name": "post-fetch stages with clip-mlp and WD (inspect + clip-mlp + metadata + wd in one pass, template), "
-            "CPU ms/image outside the models",
+            "name": "post-fetch stages with clip-mlp and WD (inspect + clip-mlp + metadata + wd in one pass, "
+            "template), CPU ms/image outside the models",
             "ours": with_models, "baseline": unit, "baseline_name": "one full PIL decode of the same bytes",
             "unit": "CPU ms/image", "ratio": with_models / unit, "target": "≤ 1.5 decodes",
         },

@@ -402,6 +402,7 @@ class Executor:
 
 def _failure(task: Task, tries: int, exc: BaseException) -> str:
     return (
-        f"stage {'+'.join((task.stage, *task.parts))} failed on shard {task.shard:05d} after {tries} tries: {type(exc).__name__}: {exc}. "
+        f"stage {'+'.join((task.stage, *task.parts))} failed on shard {task.shard:05d} after {tries} tries: "
+        f"{type(exc).__name__}: {exc}. "
         "Finished shards are kept: fix the cause and rerun the same command to resume."
     )

@@ -23,8 +23,8 @@ from PIL import Image
 
 from zxl.buckets import bucket_name
 from zxl.images import ImageDecodeError
-from zxl.pipeline.imagepass import Gate, StoredImage
 from zxl.pipeline.config import InspectConfig
+from zxl.pipeline.imagepass import Gate, StoredImage
 from zxl.pipeline.stages import ShardJob, plain_error
 
 INSPECT_SCHEMA = pa.schema(

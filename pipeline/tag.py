@@ -20,14 +20,13 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from PIL import Image
 
 from zxl.images import ImageDecodeError
 from zxl.pipeline.imagepass import ImageWork, StoredImage
 from zxl.pipeline.stages import ShardJob, shard_name, stage_path
-from zxl.taggers.config import TagConfig
 from zxl.taggers.base import empty
+from zxl.taggers.config import TagConfig
 from zxl.taggers.registry import get_taggers, merge
 
 TAG_SCHEMA = pa.schema(
@@ -85,13 +84,19 @@ def problem_kind(problem: str) -> str:
     return re.sub(r"'[^']*'|\d{4}", "…", problem)
 
 
+def _largest(sides: list[int | None]) -> int | None:
+    """The side that serves every image tagger: None (whole) when one needs the whole image."""
+    known = [s for s in sides if s is not None]
+    return None if len(known) < len(sides) or not known else max(known)
+
+
 def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[pd.DataFrame, Counter]:
     """Run the taggers over a DataFrame; ``images_for(side)`` decodes the rows' images on demand, reduced
     to the largest input side the image taggers need (``Tagger.input_side``; None: whole)."""
     taggers = get_taggers(cfg)
     readers = [t for t in taggers if t.needs_images]
     sides = [t.input_side for t in readers]
-    images = images_for(None if None in sides else max(sides)) if readers else None
+    images = images_for(_largest(sides)) if readers else None
     merged = merge([(t.source, t.tag(images if t.needs_images else None, rows)) for t in taggers], len(rows))
     counts = Counter()
     for p in merged["problem"].dropna():
@@ -111,8 +116,7 @@ class TagWork(ImageWork):
         self.taggers = get_taggers(cfg)
         self.readers = [t for t in self.taggers if t.needs_images]
         self.needs_images = bool(self.readers)
-        sides = [t.input_side for t in self.readers]
-        self.side = None if None in sides else max(sides, default=None)
+        self.side = _largest([t.input_side for t in self.readers])
         self.long = bool(self.readers) and all(t.input_long for t in self.readers)
         self.ahead = max(1, cfg.batch_size)
         self.rows = job.read("source").to_pandas()

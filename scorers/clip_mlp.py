@@ -94,8 +94,8 @@ class ClipMlpScorer(EmbeddingScorer):
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.preprocess = preprocess
-        side = self.model.visual.image_size  # pyright: ignore[reportAttributeAccessIssue] - untyped open_clip model
-        self.input_side = int(min(side)) if isinstance(side, tuple | list) else int(side)
+        side: int | tuple[int, int] = self.model.visual.image_size  # pyright: ignore[reportAssignmentType, reportAttributeAccessIssue] - untyped open_clip model
+        self.input_side = int(min(side)) if isinstance(side, tuple) else int(side)
         if head_state is None:
             path = resolve(cfg.head_weights, "score.head_weights", "aesthetic head", HOW_HEAD)
             head_state = load_state_dict(path, "score.head_weights")

@@ -53,8 +53,14 @@ def test_decode_reduced_scales_a_jpeg_by_its_dct_and_keeps_the_stored_size():
     from zxl.images import decode_reduced
 
     data = _big_jpeg()
-    for side, want in ((None, (1024, 1536)), (448, (512, 768)), (224, (256, 384)), (128, (128, 192)),
-                       (64, (64, 96)), (2000, (1024, 1536))):  # fmt: skip  (64: 1/8 by DCT, then 1/2 by box)
+    for side, want in (
+        (None, (1024, 1536)),
+        (448, (512, 768)),
+        (224, (256, 384)),
+        (128, (128, 192)),
+        (64, (64, 96)),
+        (2000, (1024, 1536)),
+    ):  # fmt: skip  (64: 1/8 by DCT, then 1/2 by box)
         im, stored = decode_reduced(data, side)
         assert stored == (1024, 1536) and im.size == want, side
         assert side is None or min(im.size) >= min(side, 1024)

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -50,11 +49,10 @@ def test_image_taggers_get_images_decoded_to_their_input_side(tmp_path, wd_model
 
     from tests import stage_folder
     from zxl.demo_corpus import draw_picture
-    from zxl.images import decode
+    from zxl.images import decode, decode_reduced
     from zxl.pipeline.stages import stage_path
     from zxl.pipeline.tag import tag_rows
     from zxl.taggers.config import TagConfig
-    from zxl.images import decode_reduced
     from zxl.taggers.wd import WDTagger, batch
 
     sides = []

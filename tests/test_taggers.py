@@ -182,7 +182,9 @@ def _kohya_preprocess(image, size):
     side = max(image.shape[0:2])
     pad_x, pad_y = side - image.shape[1], side - image.shape[0]
     pad_l, pad_t = pad_x // 2, pad_y // 2
-    image = np.pad(image, ((pad_t, pad_y - pad_t), (pad_l, pad_x - pad_l), (0, 0)), mode="constant", constant_values=255)
+    image = np.pad(
+        image, ((pad_t, pad_y - pad_t), (pad_l, pad_x - pad_l), (0, 0)), mode="constant", constant_values=255
+    )
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LANCZOS4
     image = cv2.resize(image, (size, size), interpolation=interp)
     return image.astype(np.float32)
