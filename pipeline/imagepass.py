@@ -28,17 +28,18 @@ import pyarrow as pa
 from PIL import Image
 
 from zxl.files import write_table_atomic
-from zxl.images import decode_reduced, reduce_to
+from zxl.images import decode_reduced, load, open_reduced, reduce_to
 from zxl.pipeline.stages import HASH_KEY, ShardJob, skipped
 
 
 class StoredImage:
     """One stored image's bytes and the views stages ask of it, each made once.
 
-    A JPEG's view of side s is its own reduced decode (DCT scaling to s, then a box reduce): two
-    stages asking for 224 and 448 px get two cheap decodes, never one derived from the other, so a
-    view is the same whether its stage ran alone or with others. Any other format is decoded whole
-    once and each view box-reduced from that, which is what ``decode_reduced`` does for it too.
+    A view is exactly what ``decode_reduced`` gives its stage alone, so it is the same whether the
+    stage ran alone or with others. A JPEG's view of side s is its DCT-scaled decode (1/2..1/8) then a
+    box reduce: views whose DCT scale is the same share that decode; views of different scales get
+    a cheap decode each, never one derived from another. Any other format is decoded whole once and
+    each view box-reduced from that, which is what ``decode_reduced`` does for it too.
     """
 
     def __init__(self, data: bytes, max_pixels: int | None = None, option: str = "max_image_pixels"):
@@ -46,14 +47,22 @@ class StoredImage:
         self.jpeg = data[:2] == b"\xff\xd8"
         self.size: tuple[int, int] | None = None
         self._views: dict[tuple[int | None, str | None, bool], Image.Image] = {}
+        self._decoded: dict[tuple[tuple[int, int], str], Image.Image] = {}  # a JPEG's decodes by scaled size
 
     def view(self, side: int | None, mode: str | None = None, long: bool = False) -> Image.Image:
         """The image reduced to ``side`` (``decode_reduced``); raises ImageDecodeError."""
         key = (side, mode if self.jpeg else None, long and side is not None)
         if key in self._views:
             return self._views[key]
-        if self.jpeg or side is None:
-            im, self.size = decode_reduced(self.data, side, self.max_pixels, self.option, key[1], key[2])
+        if self.jpeg:
+            opened, self.size = open_reduced(self.data, side, self.max_pixels, self.option, key[1], key[2])
+            scaled = (opened.size, opened.mode)  # what the DCT scale decodes to: shared by views that match
+            if scaled not in self._decoded:
+                self._decoded[scaled] = load(opened)
+            im = self._decoded[scaled]
+            im = reduce_to(im, side, key[2]) if side is not None else im
+        elif side is None:
+            im, self.size = decode_reduced(self.data, None, self.max_pixels, self.option)
         else:
             im = reduce_to(self.view(None), side, long)
         self._views[key] = im

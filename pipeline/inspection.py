@@ -5,9 +5,9 @@ decode (a truncated JPEG kept byte for byte, say) becomes ``failed_decode`` with
 message. The perceptual hash is the DCT hash of Zauner (2010) as ``imagehash.phash`` computes it
 (grey, 32×32 Lanczos, 2-D DCT-II, the top-left 8×8 against their median), stored as the signed
 int64 with the same 64 bits, most significant first, computed on a reduced decode of the image
-(``zxl.images.decode_reduced``: both sides at least 224 px, seven times the hash's 32×32 grid and the
-side CLIP sees, so a task scoring with CLIP shares the decode) instead of the full one: a JPEG
-decodes at 1/2..1/8 scale, so inspect costs a fraction of one full decode. What that moves is measured
+(``zxl.images.decode_reduced``: both sides at least 448 px, fourteen times the hash's 32×32 grid)
+instead of the full one: a JPEG decodes at 1/2..1/8 scale, so inspect costs a fraction of one full
+decode. What that moves is measured
 in tests/test_inspection.py (near copies pair the same; hashes within a few bits of the full-size
 ones) and docs/performance.md.
 """
@@ -41,9 +41,10 @@ INSPECT_SCHEMA = pa.schema(
 )
 
 
-# The hash is taken on the image reduced to at least this side (7× its 32×32 grid): the side CLIP models
-# see, so a task that also scores with CLIP decodes the image once for both (pipeline/imagepass.py).
-PHASH_SIDE = 224
+# The hash is taken on the image reduced to at least this side (14× its 32×32 grid): the demo's catalog
+# is then the one of full-size hashes, row for row (docs/performance.md); a JPEG of up to ~1.8k px a side
+# decodes at 1/2 scale for it, the scale a WD tagger's 448 px takes too (one decode for both).
+PHASH_SIDE = 448
 VERSION = "2"  # in the stage's hash; 2: phash of the reduced decode (1: of the whole image)
 
 

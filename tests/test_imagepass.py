@@ -77,23 +77,25 @@ def test_one_pass_computes_what_each_stage_computes_alone(shard):
     assert all(r["skipped"] for r in graph.run_images(str(run_dir), 0, parts)["parts"].values())
 
 
-def test_each_image_is_decoded_once_per_view_and_never_past_the_gate(shard, monkeypatch):
+def test_each_image_is_decoded_once_per_scale_and_never_past_the_gate(shard, monkeypatch):
     run_dir, parts = shard
-    calls = []
-    real = imagepass.decode_reduced
+    jpeg_loads, whole = [], []
+    real_load, real_decode = imagepass.load, imagepass.decode_reduced
 
-    def counting(data, side, *args):
-        calls.append((data[:4], side))
-        return real(data, side, *args)
+    def counting_load(im):
+        jpeg_loads.append(im.size)
+        return real_load(im)
 
-    monkeypatch.setattr(imagepass, "decode_reduced", counting)
+    def counting_decode(data, side, *args):
+        whole.append((data[:4], side))
+        return real_decode(data, side, *args)
+
+    monkeypatch.setattr(imagepass, "load", counting_load)
+    monkeypatch.setattr(imagepass, "decode_reduced", counting_decode)
     graph.run_images(str(run_dir), 0, parts)
-    by_format = {}
-    for head, side in calls:
-        kind = "jpeg" if head[:2] == b"\xff\xd8" else "png" if head == b"\x89PNG" else "webp"
-        by_format.setdefault(kind, []).append(side)
-    # PNG and WebP: one whole decode each (every view box-reduced from it); JPEG: one per view it is asked
-    # for (inspect's at 224, the technical scorer's whole image, WD's 32 on the long side) — the
-    # truncated one and the one over the pixel limit only once: inspect's verdict stops the others
-    assert by_format["png"] == [None, None] and by_format["webp"] == [None]
-    assert sorted(by_format["jpeg"], key=str) == sorted([224, 224, 224, 224, None, None, 32, 32], key=str)
+    # PNG and WebP: one whole decode each, every view box-reduced from it
+    assert sorted(whole) == [(b"RIFF", None), (b"\x89PNG", None), (b"\x89PNG", None)]
+    # JPEG: one decode per DCT scale the views need: inspect's (448, here the whole image) is the
+    # technical scorer's too, WD's 32 on the long side is 1/8; the truncated one is tried by inspect
+    # alone, the one over the pixel limit never decoded
+    assert sorted(jpeg_loads) == [(25, 38), (36, 24), (200, 300), (288, 192), (288, 192)]

@@ -61,6 +61,21 @@ def decode_reduced(
     ``long``, only the long side is kept at least ``min_side`` (for a model that pads to a square).
     ``min_side`` None decodes at full size. ``mode`` "L" lets a colour JPEG decode its luma alone.
     Errors as ``decode``."""
+    im, size = open_reduced(data, min_side, max_pixels, option, mode, long)
+    load(im)
+    return (reduce_to(im, min_side, long) if min_side is not None else im), size
+
+
+def open_reduced(
+    data: bytes,
+    min_side: int | None,
+    max_pixels: int | None = None,
+    option: str = "max_image_pixels",
+    mode: str | None = None,
+    long: bool = False,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """``decode_reduced``'s first half: the image opened (header read, pixel limit checked, a JPEG's
+    DCT scale set: ``im.size`` is then the size it will decode to) but not yet decoded; ``load`` it."""
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     try:
@@ -74,12 +89,22 @@ def decode_reduced(
                 # draft keeps both sides at least the size asked; a side of 1 leaves that side free
                 box = (min_side, min_side) if not long else (min_side, 1) if size[0] >= size[1] else (1, min_side)
                 im.draft(mode if mode == "L" and im.mode in ("RGB", "L") else im.mode, box)
-            im.load()
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
-    return (reduce_to(im, min_side, long) if min_side is not None else im), size
+    return im, size
+
+
+def load(im: Image.Image) -> Image.Image:
+    """Decode an opened image; any decoder failure is an ImageDecodeError with its message."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
+        raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
+    return im
 
 
 def reduce_to(im: Image.Image, min_side: int, long: bool = False) -> Image.Image:
