@@ -153,7 +153,7 @@ def run(quick: bool = False) -> list[dict]:
 
     cv2.setNumThreads(1)
     per_format = 6 if quick else 24  # a shard's fixed costs (its Parquet files, the tagger's frames) amortise
-    repeats = 2
+    repeats = 2 if quick else 5  # best of each: this machine's speed drifts by ±15% between minutes
     blobs, formats = [], []
     for fmt in FORMATS:
         for i in range(per_format):
