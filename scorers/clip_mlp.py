@@ -94,6 +94,11 @@ class ClipMlpScorer(EmbeddingScorer):
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.preprocess = preprocess
+        # open_clip's transforms end in Normalize: prepare stops before it and collate applies it to the
+        # whole batch at once (the same values; one tensor op a batch instead of one an image).
+        steps = list(getattr(preprocess, "transforms", []))
+        self._normalize = steps[-1] if steps and type(steps[-1]).__name__ == "Normalize" else None
+        self._per_image = type(preprocess)(steps[:-1]) if self._normalize is not None else preprocess
         side: int | tuple[int, int] = self.model.visual.image_size  # pyright: ignore[reportAssignmentType, reportAttributeAccessIssue] - untyped open_clip model
         self.input_side = int(min(side)) if isinstance(side, tuple) else int(side)
         if head_state is None:
@@ -120,10 +125,11 @@ class ClipMlpScorer(EmbeddingScorer):
     def prepare(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
             image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() else image.convert("RGB")
-        return self.preprocess(image)  # pyright: ignore[reportCallIssue, reportReturnType] - open_clip's transforms are untyped
+        return self._per_image(image)  # pyright: ignore[reportCallIssue, reportReturnType] - open_clip's transforms are untyped
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(items)
+        batch = torch.stack(items)
+        return self._normalize(batch) if self._normalize is not None else batch
 
     def _autocast(self):
         if self.device.type == "cuda" and self.dtype != torch.float32:

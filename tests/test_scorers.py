@@ -234,3 +234,10 @@ def test_technical_features_equal_the_formula(size, noise):
         assert features(img)[1] * 0.6745 * 6 > 255
     for im in (img, img.convert("L"), img.convert("RGBA")):
         np.testing.assert_allclose(features(im), _features_by_the_formula(im), rtol=1e-6, atol=1e-9)
+
+
+def test_clip_mlp_normalises_a_batch_as_open_clip_does_each_image(tiny_clip):
+    scorer = build_scorer(clip_cfg(tiny_clip))
+    images = [im.convert("RGB") for im in _images()]
+    batch = scorer.collate([scorer.prepare(im) for im in images])
+    assert torch.equal(batch, torch.stack([scorer.preprocess(im) for im in images]))
