@@ -78,6 +78,7 @@ class ClipMlpScorer(EmbeddingScorer):
 
     def __init__(self, cfg: ScoreConfig, load_weights: bool = True, head_state: dict | None = None):
         import open_clip
+        from torchvision.transforms import Compose
 
         name = model_name(cfg)
         self.cfg = cfg
@@ -98,7 +99,7 @@ class ClipMlpScorer(EmbeddingScorer):
         # whole batch at once (the same values; one tensor op a batch instead of one an image).
         steps = list(getattr(preprocess, "transforms", []))
         self._normalize = steps[-1] if steps and type(steps[-1]).__name__ == "Normalize" else None
-        self._per_image = type(preprocess)(steps[:-1]) if self._normalize is not None else preprocess
+        self._per_image = Compose(steps[:-1]) if self._normalize is not None else preprocess
         side: int | tuple[int, int] = self.model.visual.image_size  # pyright: ignore[reportAssignmentType, reportAttributeAccessIssue] - untyped open_clip model
         self.input_side = int(min(side)) if isinstance(side, tuple) else int(side)
         if head_state is None:
