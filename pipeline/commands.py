@@ -32,7 +32,8 @@ def add_commands(sub) -> None:
     cur = sub.add_parser(
         "curate",
         help="run the curation pipeline over a URL list (or the demo corpus)",
-        description="Fetch, inspect and catalog every URL of a list, one Dask task per shard and stage.",
+        description="Fetch, inspect and catalog every URL of a list, one Dask task per shard and stage "
+        "(inspect, score and tag share one, one pass over the shard's images).",
         epilog=EPILOG_CURATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -42,8 +42,8 @@ INSPECT_SCHEMA = pa.schema(
 
 
 # The hash is taken on the image reduced to at least this side (14× its 32×32 grid): the demo's catalog
-# is then the one of full-size hashes, row for row (docs/performance.md); a JPEG of up to ~1.8k px a side
-# decodes at 1/2 scale for it, the scale a WD tagger's 448 px takes too (one decode for both).
+# is then the one of full-size hashes, row for row (docs/performance.md). A JPEG whose short side is
+# 896–1791 px decodes at 1/2 scale for it, as a 2:3 one does for a WD tagger's 448 px (one decode for both).
 PHASH_SIDE = 448
 VERSION = "2"  # in the stage's hash; 2: phash of the reduced decode (1: of the whole image)
 
