@@ -60,7 +60,7 @@ from zxl.catalog.embeddings import read_embeddings
 from zxl.catalog.images import ImageStore
 from zxl.catalog.query import Catalog, open_catalog
 from zxl.catalog.tagstats import curation
-from zxl.images import decode
+from zxl.images import decode_reduced
 
 SORTS = {  # ties broken by load order (rid): cheap, and stable from page to page
     "aesthetic": "aesthetic DESC NULLS LAST, rid",
@@ -280,7 +280,10 @@ class Browser:
         found = self.image(key)
         if found is None:
             return None
-        with decode(found[0]) as im:
+        # reduced to twice the thumbnail's long side first (a JPEG by DCT scaling), as PIL's own
+        # thumbnail() does with an image it has not decoded yet: a fraction of a full decode
+        im, _ = decode_reduced(found[0], 2 * THUMB, long=True)
+        with im:
             im.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
             buf = io.BytesIO()
             im.convert("RGB").save(buf, "JPEG", quality=85)

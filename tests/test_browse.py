@@ -85,7 +85,21 @@ def test_pages_images_and_refusals(site):
     assert status == 200 and kind.startswith("text/html") and b"score_" in body
     status, kind, body = _get(f"{base}/thumb/{key}")
     assert kind == "image/jpeg" and body[:2] == b"\xff\xd8"
-    assert _get(f"{base}/image/{key}")[0] == 200
+    status, _, original = _get(f"{base}/image/{key}")
+    assert status == 200
+    # made from a reduced decode (twice its side), it is the whole image's thumbnail within JPEG noise
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from zxl.catalog.browse import THUMB
+
+    whole = Image.open(io.BytesIO(original)).convert("RGB")
+    whole.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+    thumb = Image.open(io.BytesIO(body)).convert("RGB")
+    assert thumb.size == whole.size
+    assert np.abs(np.asarray(thumb, np.float32) - np.asarray(whole, np.float32)).mean() < 4
     for path in ("/image/..%2F..%2Fetc%2Fpasswd", "/thumb/%2Fetc%2Fpasswd", "/row/..%2F_manifest.json",
                  "/image/../../catalog/_manifest.json", "/static/../../etc/passwd", "/row/no-such-key"):  # fmt: skip
         with pytest.raises(urllib.error.HTTPError) as e:
