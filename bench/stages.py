@@ -218,12 +218,32 @@ def run(quick: bool = False) -> list[dict]:
                     cpu.setdefault(label, []).append(time.process_time() - t0)
                 model.setdefault(label, []).append(clock.seconds)
         by_format = {}
-        for fmt in FORMATS:
+        for fmt in FORMATS:  # each format in a shard of its own: the passes against its own decode
             picked = [b for b, f in zip(blobs, formats, strict=True) if f == fmt]
-            t0 = time.process_time()
-            _decode_all(picked)
-            by_format[fmt] = {"decode_ms": (time.process_time() - t0) / len(picked) * 1e3,
-                              "bytes": float(np.mean([len(b) for b in picked]))}  # fmt: skip
+            fmt_dir = work / fmt
+            stage_folder.build(fmt_dir, picked, *base)
+            ratios_f: dict[str, list[float]] = {label: [] for label, _ in PASSES}
+            decode_ms = []
+            for _ in range(3):
+                for label, overrides in PASSES:
+                    cfg_r = load_config(CurateConfig, overrides=[*SYNC, *base, *overrides])
+                    parts = [(name, "measured", tuple(graph.section(cfg_r, s) for s in graph.BY_NAME[name].sections))
+                             for name in ("inspect", "score", "tag")]  # fmt: skip
+                    for name in ("inspect", "score", "tag"):
+                        stage_path(fmt_dir, name, 0).unlink(missing_ok=True)
+                    t0 = time.process_time()
+                    _decode_all(picked)
+                    d = time.process_time() - t0
+                    decode_ms.append(d / len(picked) * 1e3)
+                    clock.seconds = 0.0
+                    with clock.patched():
+                        t0 = time.process_time()
+                        graph.run_images(str(fmt_dir), 0, parts)
+                        ratios_f[label].append((time.process_time() - t0 - clock.seconds) / d)
+            by_format[fmt] = {
+                "decode_ms": float(np.median(decode_ms)), "bytes": float(np.mean([len(b) for b in picked])),
+                "pass_ratios": {label: float(np.median(v)) for label, v in ratios_f.items()},
+            }  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -233,7 +253,11 @@ def run(quick: bool = False) -> list[dict]:
     unit = best["decode"]
     print(f"  {n} images ({', '.join(f'{per_format} {f}' for f in FORMATS)}), 1–2 Mpx; a full decode: {unit:.1f} ms")
     for fmt, v in by_format.items():
-        print(f"    {fmt}: {v['bytes'] / 1e3:.0f} KB, decode {v['decode_ms']:.1f} ms")
+        passes = ", ".join(f"{label.split(':')[0]} {r:.2f}" for label, r in v["pass_ratios"].items())
+        print(
+            f"    {fmt}: {v['bytes'] / 1e3:.0f} KB, decode {v['decode_ms']:.1f} ms; the passes outside the models, "
+            f"in its decodes: {passes}"
+        )
     for label in [r[0] for r in RUNS] + [p[0] for p in PASSES]:
         outside = best[label] - best_model[label]
         print(f"  {label:38s} {best[label]:7.1f} ms  ({best[label] / unit:.2f} decodes; "
