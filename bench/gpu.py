@@ -194,7 +194,7 @@ def clip(setup: Setup) -> list[dict]:
     reps = 1 if setup.tiny else 2
     setup.reset_peak()
 
-    def project() -> None:  # what score_shard does per shard: read the tar, then score_stream
+    def project() -> None:  # the score stage's work per shard: read the tar, then score_stream
         for tar in tars:
             shard = list(read_tar_images(tar).values())
             for _ in score_stream(scorer, shard, cfg.batch_size, cfg.loader_threads):

@@ -135,17 +135,15 @@ def _exif(im: Image.Image, data: bytes) -> Image.Exif:
     ``getexif`` finds it by decoding the whole image; its chunks are walked instead (lengths only)."""
     if im.format != "PNG":
         return im.getexif()
-    exif = Image.Exif()
     pos = 8  # after the signature: chunks of length (4 bytes), type (4), data, CRC (4)
-    while pos + 8 <= len(data):
+    while pos + 8 <= len(data) and "exif" not in im.info:
         length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
         if kind == b"eXIf":
-            exif.load(data[pos + 8 : pos + 8 + length])
-            break
+            im.info["exif"] = b"Exif\x00\x00" + data[pos + 8 : pos + 8 + length]
         if kind == b"IEND":
             break
         pos += 12 + length
-    return exif
+    return Image.Image.getexif(im)  # the base method: from info (eXIf, XMP, ImageMagick's text), no decode
 
 
 def sniff(data: bytes, max_pixels: int) -> str | None:

@@ -73,7 +73,6 @@ class ImageWork(ABC):
     """One image stage's work on one shard, fed image by image (module docstring)."""
 
     side: int | None = None  # the view it needs: both sides at least this (None: the stored image whole)
-    mode: str | None = None  # "L": a JPEG may decode its luma alone
     needs_images: bool = True  # False: it reads no pixels (a tag stage with the metadata tagger alone)
     ahead: int = 16  # how many images the loader threads may prepare ahead of ``take``
 

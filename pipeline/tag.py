@@ -130,6 +130,8 @@ class TagWork(ImageWork):
             return None  # inspect passed it; a tagger that cannot read it leaves the row's tags empty
 
     def take(self, i: int, item) -> None:
+        if item is None:  # no image for this row (inspect refused it, or it did not decode): as alone
+            return
         self.chunk.append((i, item))
         if len(self.chunk) >= self.cfg.batch_size:
             self._run_chunk()

@@ -172,7 +172,18 @@ def test_look_reads_a_pngs_exif_orientation_without_decoding_it(monkeypatch):
     def no_decoding(self):
         raise AssertionError("look() decoded the image")
 
+    from PIL import PngImagePlugin
+
+    xmp = PngImagePlugin.PngInfo()  # orientation in XMP (as Photoshop writes it), before the pixels
+    packet = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    xmp.add_itxt("XML:com.adobe.xmp", packet)
+    in_xmp = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(in_xmp, "PNG", pnginfo=xmp)
+
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    for data in (early, late):
+    for data in (early, late, in_xmp.getvalue()):
         assert look(data, 10**6) == (None, {"size": (20, 30), "orientation": 6, "deep": False})
     assert look(plain.getvalue(), 10**6)[1]["orientation"] == 1

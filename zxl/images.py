@@ -25,20 +25,34 @@ class ImageDecodeError(ValueError):
     pass
 
 
+# Pillow warns (DecompressionBombWarning) past Image.MAX_IMAGE_PIXELS and raises past twice that; here
+# both are an ImageDecodeError, checked explicitly (a warnings filter set per call is process-wide,
+# not thread-safe, and stages decode in loader threads), so the warning itself is not shown.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module="PIL")
+
+
+def _check_bomb(w: int, h: int) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > limit:
+        raise ImageDecodeError(
+            f"DecompressionBombWarning: Image size ({w * h} pixels) exceeds limit of {limit} pixels, "
+            "could be decompression bomb DOS attack."
+        )
+
+
 def decode(data: bytes, max_pixels: int | None = None, option: str = "max_image_pixels") -> Image.Image:
     """The image in ``data``, fully loaded; ``ImageDecodeError`` with the decoder's message when it
     does not decode, or when it has more than ``max_pixels`` pixels (``option`` names that limit)."""
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageDecodeError(f"{w}x{h} is over {option}={max_pixels}")
-            im.load()
-            return im
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        _check_bomb(w, h)
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageDecodeError(f"{w}x{h} is over {option}={max_pixels}")
+        im.load()
+        return im
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
@@ -79,16 +93,15 @@ def open_reduced(
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            size = im.size
-            if max_pixels is not None and size[0] * size[1] > max_pixels:
-                raise ImageDecodeError(f"{size[0]}x{size[1]} is over {option}={max_pixels}")
-            if min_side is not None and im.format == "JPEG":
-                # draft keeps both sides at least the size asked; a side of 1 leaves that side free
-                box = (min_side, min_side) if not long else (min_side, 1) if size[0] >= size[1] else (1, min_side)
-                im.draft(mode if mode == "L" and im.mode in ("RGB", "L") else im.mode, box)
+        im = Image.open(io.BytesIO(data))
+        size = im.size
+        _check_bomb(*size)
+        if max_pixels is not None and size[0] * size[1] > max_pixels:
+            raise ImageDecodeError(f"{size[0]}x{size[1]} is over {option}={max_pixels}")
+        if min_side is not None and im.format == "JPEG":
+            # draft keeps both sides at least the size asked; a side of 1 leaves that side free
+            box = (min_side, min_side) if not long else (min_side, 1) if size[0] >= size[1] else (1, min_side)
+            im.draft(mode if mode == "L" and im.mode in ("RGB", "L") else im.mode, box)
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
@@ -99,9 +112,7 @@ def open_reduced(
 def load(im: Image.Image) -> Image.Image:
     """Decode an opened image; any decoder failure is an ImageDecodeError with its message."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()
+        im.load()
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
     return im
