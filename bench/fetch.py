@@ -117,7 +117,6 @@ def _resize_chunk(args) -> int:
 
 def _limit(cfg: CurateConfig, urls: Path, workers: int) -> tuple[float, int]:
     """(seconds, images) of decode + resize + encode alone over the served bytes, in ``workers`` processes."""
-    import dataclasses
     import multiprocessing
     import urllib.request
 

@@ -127,6 +127,26 @@ def _decode_all(blobs: list[bytes]) -> None:
             im.load()
 
 
+def _timed_pass(run_dir: Path, cfg, blobs: list[bytes], clock: ModelClock) -> tuple[float, float, float]:
+    """CPU seconds of a decode of ``blobs``, then of inspect + score + tag in one pass over the shard
+    (as ``zxl curate`` runs them), and of the models within that pass."""
+    from zxl.pipeline import graph
+    from zxl.pipeline.stages import stage_path
+
+    names = ("inspect", "score", "tag")
+    parts = [(n, "measured", tuple(graph.section(cfg, s) for s in graph.BY_NAME[n].sections)) for n in names]
+    for name in names:
+        stage_path(run_dir, name, 0).unlink(missing_ok=True)
+    t0 = time.process_time()
+    _decode_all(blobs)
+    decode_s = time.process_time() - t0
+    clock.seconds = 0.0
+    with clock.patched():
+        t0 = time.process_time()
+        graph.run_images(str(run_dir), 0, parts)
+        return decode_s, time.process_time() - t0, clock.seconds
+
+
 # (label, stage, overrides): the stage runs on the shard with these settings
 RUNS = (
     ("inspect", "inspect", ()),
@@ -201,22 +221,11 @@ def run(quick: bool = False) -> list[dict]:
                 model[label].append(clock.seconds)
             for label, overrides in PASSES:
                 cfg_r = load_config(CurateConfig, overrides=[*SYNC, *base, *overrides])
-                parts = [(name, "warm-up", tuple(graph.section(cfg_r, s) for s in graph.BY_NAME[name].sections))
-                         for name in ("inspect", "score", "tag")]  # fmt: skip
-                for name in ("inspect", "score", "tag"):
-                    stage_path(run_dir, name, 0).unlink(missing_ok=True)
-                graph.run_images(str(run_dir), 0, parts)
-                for name in ("inspect", "score", "tag"):
-                    stage_path(run_dir, name, 0).unlink()
-                t0 = time.process_time()
-                _decode_all(blobs)
-                paired[label].append(time.process_time() - t0)
-                clock.seconds = 0.0
-                with clock.patched():
-                    t0 = time.process_time()
-                    graph.run_images(str(run_dir), 0, [(n, "measured", sec) for n, _, sec in parts])
-                    cpu.setdefault(label, []).append(time.process_time() - t0)
-                model.setdefault(label, []).append(clock.seconds)
+                _timed_pass(run_dir, cfg_r, blobs, clock)  # warm-up: model loads, imports
+                decode_s, pass_s, model_s = _timed_pass(run_dir, cfg_r, blobs, clock)
+                paired[label].append(decode_s)
+                cpu.setdefault(label, []).append(pass_s)
+                model.setdefault(label, []).append(model_s)
         by_format = {}
         for fmt in FORMATS:  # each format in a shard of its own: the passes against its own decode
             picked = [b for b, f in zip(blobs, formats, strict=True) if f == fmt]
@@ -227,19 +236,9 @@ def run(quick: bool = False) -> list[dict]:
             for _ in range(3):
                 for label, overrides in PASSES:
                     cfg_r = load_config(CurateConfig, overrides=[*SYNC, *base, *overrides])
-                    parts = [(name, "measured", tuple(graph.section(cfg_r, s) for s in graph.BY_NAME[name].sections))
-                             for name in ("inspect", "score", "tag")]  # fmt: skip
-                    for name in ("inspect", "score", "tag"):
-                        stage_path(fmt_dir, name, 0).unlink(missing_ok=True)
-                    t0 = time.process_time()
-                    _decode_all(picked)
-                    d = time.process_time() - t0
-                    decode_ms.append(d / len(picked) * 1e3)
-                    clock.seconds = 0.0
-                    with clock.patched():
-                        t0 = time.process_time()
-                        graph.run_images(str(fmt_dir), 0, parts)
-                        ratios_f[label].append((time.process_time() - t0 - clock.seconds) / d)
+                    decode_s, pass_s, model_s = _timed_pass(fmt_dir, cfg_r, picked, clock)
+                    decode_ms.append(decode_s / len(picked) * 1e3)
+                    ratios_f[label].append((pass_s - model_s) / decode_s)
             by_format[fmt] = {
                 "decode_ms": float(np.median(decode_ms)), "bytes": float(np.mean([len(b) for b in picked])),
                 "pass_ratios": {label: float(np.median(v)) for label, v in ratios_f.items()},

@@ -46,21 +46,22 @@ class StoredImage:
         self.data, self.max_pixels, self.option = data, max_pixels, option
         self.jpeg = data[:2] == b"\xff\xd8"
         self.size: tuple[int, int] | None = None
-        self._views: dict[tuple[int | None, str | None, bool], Image.Image] = {}
+        self._views: dict[tuple[int | None, bool], Image.Image] = {}
         self._decoded: dict[tuple[tuple[int, int], str], Image.Image] = {}  # a JPEG's decodes by scaled size
 
-    def view(self, side: int | None, mode: str | None = None, long: bool = False) -> Image.Image:
+    def view(self, side: int | None, long: bool = False) -> Image.Image:
         """The image reduced to ``side`` (``decode_reduced``); raises ImageDecodeError."""
-        key = (side, mode if self.jpeg else None, long and side is not None)
+        long = long and side is not None
+        key = (side, long)
         if key in self._views:
             return self._views[key]
         if self.jpeg:
-            opened, self.size = open_reduced(self.data, side, self.max_pixels, self.option, key[1], key[2])
+            opened, self.size = open_reduced(self.data, side, self.max_pixels, self.option, long=long)
             scaled = (opened.size, opened.mode)  # what the DCT scale decodes to: shared by views that match
             if scaled not in self._decoded:
                 self._decoded[scaled] = load(opened)
             im = self._decoded[scaled]
-            im = reduce_to(im, side, key[2]) if side is not None else im
+            im = reduce_to(im, side, long) if side is not None else im
         elif side is None:
             im, self.size = decode_reduced(self.data, None, self.max_pixels, self.option)
         else:
@@ -93,10 +94,18 @@ class ImageWork(ABC):
 
 
 class Gate(ImageWork):
-    """The work that decides which images the others see (inspect)."""
+    """The work that decides which images the others see (inspect): its pixel limit applies to every
+    view of the pass."""
+
+    max_pixels: int | None = None
+    option: str = "max_image_pixels"  # the config key that names max_pixels, for the error
 
     @abstractmethod
     def passed(self, item: Any) -> bool: ...
+
+    @abstractmethod
+    def missing(self, i: int) -> Any:
+        """Row ``i``'s item when the shard's tar lacks its image."""
 
 
 def run_pass(parts: list[tuple[ShardJob, Any, tuple]], threads: int = 1) -> dict[str, dict]:
@@ -126,7 +135,7 @@ def run_pass(parts: list[tuple[ShardJob, Any, tuple]], threads: int = 1) -> dict
     if gate is None and not others:
         rows = []
     blobs = job.images([shard_keys[i] for i in rows]) if rows else []
-    limit = getattr(gate, "max_pixels", None), getattr(gate, "option", "max_image_pixels")
+    limit = (gate.max_pixels, gate.option) if gate is not None else (None, "max_image_pixels")
 
     def prepare(n: int) -> list:
         i, data = rows[n], blobs[n]
@@ -134,7 +143,7 @@ def run_pass(parts: list[tuple[ShardJob, Any, tuple]], threads: int = 1) -> dict
         items: list = []
         ok = True
         if gate is not None:
-            item = gate.prepare(i, image) if data is not None else gate.missing(i)  # pyright: ignore[reportAttributeAccessIssue] - the gate (InspectWork) names a missing tar member
+            item = gate.prepare(i, image) if data is not None else gate.missing(i)
             items.append(item)
             ok = gate.passed(item)
         items += [w.prepare(i, image) if ok else None for w in others]

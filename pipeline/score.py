@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from zxl.catalog.embeddings import EMBEDDING_KEY, embeddings_path, read_embeddings
 from zxl.files import write_table_atomic
-from zxl.images import ImageDecodeError, decode_reduced
+from zxl.images import ImageDecodeError
 from zxl.pipeline.imagepass import ImageWork, StoredImage
 from zxl.pipeline.stages import ShardJob
 from zxl.scorers.config import ScoreConfig
@@ -34,11 +34,10 @@ SCORE_SCHEMA = pa.schema(
 )
 
 
-def _decode_and_prepare(scorer, data: bytes):
+def _prepare(scorer, image: StoredImage):
+    """(the scorer's item, None), or (None, why) when the image does not decode at its side."""
     try:
-        im, _ = decode_reduced(data, scorer.input_side)
-        with im:
-            return scorer.prepare(im), None
+        return scorer.prepare(image.view(scorer.input_side)), None
     except ImageDecodeError as e:
         return None, f"scorer {scorer.name} cannot read the image: {e}"
 
@@ -52,7 +51,7 @@ def score_stream(scorer, blobs: list[bytes], batch_size: int, threads: int):
         def refill():
             nonlocal i
             while i < len(blobs) and len(pending) < 2 * batch_size:
-                pending.append((i, pool.submit(_decode_and_prepare, scorer, blobs[i])))
+                pending.append((i, pool.submit(_prepare, scorer, StoredImage(blobs[i]))))
                 i += 1
 
         refill()
@@ -105,10 +104,7 @@ class ScoreWork(ImageWork):
         self.errors: dict[int, str] = {}
 
     def prepare(self, i: int, image: StoredImage):
-        try:
-            return self.scorer.prepare(image.view(self.side)), None
-        except ImageDecodeError as e:
-            return None, f"scorer {self.scorer.name} cannot read the image: {e}"
+        return _prepare(self.scorer, image)
 
     def take(self, i: int, item) -> None:
         if item is None:

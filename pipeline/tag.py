@@ -98,11 +98,16 @@ def tag_rows(cfg: TagConfig, rows, images_for) -> tuple[pd.DataFrame, Counter]:
     sides = [t.input_side for t in readers]
     images = images_for(_largest(sides)) if readers else None
     merged = merge([(t.source, t.tag(images if t.needs_images else None, rows)) for t in taggers], len(rows))
+    return merged, _problems(merged)
+
+
+def _problems(merged: pd.DataFrame) -> Counter:
+    """How many rows have each kind of problem."""
     counts = Counter()
     for p in merged["problem"].dropna():
         for part in p.split("; "):
             counts[problem_kind(part)] += 1
-    return merged, counts
+    return counts
 
 
 class TagWork(ImageWork):
@@ -160,10 +165,7 @@ class TagWork(ImageWork):
         rows = self.rows
         results = [(t.source, self._frame(t) if t.needs_images else t.tag(None, rows)) for t in self.taggers]
         merged = merge(results, len(rows))
-        counts = Counter()
-        for p in merged["problem"].dropna():
-            for part in p.split("; "):
-                counts[problem_kind(part)] += 1
+        counts = _problems(merged)
         if self.cfg.exif_year:
             years = exif_years(self.job.run_dir, self.job.shard)
             filled = [y if y is not None else years.get(k) for y, k in zip(merged["year"], rows["key"], strict=True)]

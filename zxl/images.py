@@ -43,20 +43,7 @@ def _check_bomb(w: int, h: int) -> None:
 def decode(data: bytes, max_pixels: int | None = None, option: str = "max_image_pixels") -> Image.Image:
     """The image in ``data``, fully loaded; ``ImageDecodeError`` with the decoder's message when it
     does not decode, or when it has more than ``max_pixels`` pixels (``option`` names that limit)."""
-    if not data:
-        raise ImageDecodeError("empty image (0 bytes)")
-    try:
-        im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        _check_bomb(w, h)
-        if max_pixels is not None and w * h > max_pixels:
-            raise ImageDecodeError(f"{w}x{h} is over {option}={max_pixels}")
-        im.load()
-        return im
-    except ImageDecodeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any decoder failure becomes one error type with its message
-        raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
+    return load(open_reduced(data, None, max_pixels, option)[0])
 
 
 _NO_REDUCE = {"P": "RGB", "1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
