@@ -12,13 +12,14 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install curate taste-demo browse browser node typecheck train sample grid test bench bench-gpu lint format lock clean help
+.PHONY: install curate taste-demo ablation browse browser node typecheck train sample grid test bench bench-gpu lint format lock clean help
 CATALOG ?= runs/demo/catalog
 
 help:
 	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
 	@echo "make browse     the catalog browser on http://127.0.0.1:8765 (CATALOG=runs/demo/catalog)"
 	@echo "make taste-demo a simulated rater answers 300 pairs of the rate view; zxl taste fit + apply at weigh.diversity 0 and 1"
+	@echo "make ablation   does weigh.diversity keep variety in a trained model? 4 demo models, one report (~35 min)"
 	@echo "make train      train on the demo catalog (a tiny SDXL on the CPU); real: CONFIG=configs/train/zero-xl.yaml BASE=model.safetensors"
 	@echo "make sample     a validation grid (MODEL=.safetensors or diffusers folder; the demo checkpoint without)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
@@ -55,13 +56,22 @@ browse: $(STAMP)
 BASE ?=
 TINY := .cache/demo-sdxl
 DEMO_EXPORT := runs/demo/train/export/demo-step-00002000.safetensors
+# the demo's tiny SDXL (its autoencoder trained on the demo images), built once into $(TINY)
+DEMO_MODEL = $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_demo_model; \
+	p = Path('$(TINY)'); (p / 'model_index.json').exists() or build_demo_model(p, Path('$(CATALOG)'))"
 train: CONFIG = configs/train/demo.yaml
 train: $(STAMP)
 	@if [ "$(CONFIG)" = configs/train/demo.yaml ]; then \
 	  test -f $(CATALOG)/_manifest.json || $(MAKE) curate; \
-	  $(BIN)/python -c "from pathlib import Path; from zxl.testing import build_demo_model; \
-	    p = Path('$(TINY)'); (p / 'model_index.json').exists() or build_demo_model(p, Path('$(CATALOG)'))"; fi
+	  $(DEMO_MODEL); fi
 	$(BIN)/zxl train -c $(CONFIG) $(if $(BASE),--base $(BASE)) $(ARGS)
+
+# The diversity experiment (bench/ablation.py): a taste that loves one look, weigh.diversity 0 and 1,
+# two training seeds each, one zxl eval of the four, runs/ablation/report.md. A killed run resumes.
+ablation: $(STAMP)
+	test -f $(CATALOG)/_manifest.json || $(MAKE) curate
+	$(DEMO_MODEL)
+	$(BIN)/python -m bench.ablation $(ARGS)
 
 # A validation grid: from MODEL when given, else from the demo checkpoint (trained first if missing).
 MODEL ?=

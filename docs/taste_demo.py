@@ -1,8 +1,8 @@
 """The taste loop on the demo, with a simulated rater in place of you: ``make taste-demo``.
 
 1. serves runs/demo/catalog (``zxl catalog browse``) and, through the rate view's own HTTP API, asks
-   for the next pair and answers it N times, as the page does when you press ← or →. The simulated
-   rater likes warm pictures: the one with more red than blue wins, with Bradley–Terry noise;
+   for the next pair and answers it N times, as the page does when you press ← or → (bench/rater.py).
+   The simulated rater likes warm pictures: the one with more red than blue wins, with Bradley–Terry noise;
 2. ``zxl taste fit runs/demo`` on the choices it made (runs/demo/taste/choices.sqlite);
 3. ``zxl taste apply runs/demo`` at ``weigh.diversity`` 0 and then 1, printing what the manifest
    reports (effective clusters, Vendi score of the draws, mean score) and how well the new scores
@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
-import threading
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.rater, run as a script from docs/
 RUN = ROOT / "runs/demo"
 
 
@@ -37,33 +35,9 @@ def warmth(data: bytes) -> float:
 
 
 def rate(n: int, seed: int = 0, temperature: float = 0.02) -> None:
-    from zxl.catalog.browse import serve
+    from bench.rater import rate as answer
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = serve(RUN / "catalog", "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    rng = np.random.default_rng(seed)
-    cache: dict[str, float] = {}
-
-    def u(key: str) -> float:
-        if key not in cache:
-            with urllib.request.urlopen(f"{base}/image/{urllib.request.quote(key, safe='')}", timeout=30) as r:
-                cache[key] = warmth(r.read())
-        return cache[key]
-
-    for _ in range(n):
-        with urllib.request.urlopen(f"{base}/api/pair", timeout=30) as r:
-            pair = json.loads(r.read())["pair"]
-        if pair is None:
-            break
-        p_left = 1 / (1 + np.exp(-(u(pair["left"]) - u(pair["right"])) / temperature))
-        body = {"rater": "simulated", "left": pair["left"], "right": pair["right"],
-                "winner": "left" if rng.random() < p_left else "right"}  # as the page sends it  # fmt: skip
-        req = urllib.request.Request(f"{base}/api/choice", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
-        urllib.request.urlopen(req, timeout=30).read()
-    server.shutdown()
+    answer(RUN / "catalog", n, warmth, seed, temperature)
 
 
 def follows(run: Path, technical: bool = False) -> float:

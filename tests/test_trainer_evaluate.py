@@ -13,8 +13,16 @@ from zxl.cli import main
 from zxl.config import ConfigError, load_config
 from zxl.sampler.prompts import parse_infotext
 from zxl.trainer.config import TrainConfig
-from zxl.trainer.data import held_out
-from zxl.trainer.evaluate import EvalConfig, EvalSet, clip_adherence, score_samples, validation_loss
+from zxl.trainer.data import held_out, load_rows
+from zxl.trainer.evaluate import (
+    Clusters,
+    EvalConfig,
+    EvalSet,
+    clip_adherence,
+    coverage,
+    score_samples,
+    validation_loss,
+)
 
 SMALL = EvalConfig(prompts=2, seeds=2, steps=2, resolution=64, holdout=0.3, val_rows=2)
 
@@ -52,6 +60,11 @@ def test_eval_of_a_run_and_a_model(catalog, tiny_sdxl, tmp_path):
     merged = tmp_path / "best.safetensors"
     assert main(["merge", str(tmp_path / "logged"), "--best", "1", "--by", "val_loss", "--out", str(merged)]) == 0
     assert merged.is_file()
+    header = rows[0].split(",")
+    assert {"coverage", "cluster_kl", "conditional_vendi"} <= set(header)
+    merged.unlink()
+    assert main(["merge", str(tmp_path / "logged"), "--best", "1", "--by", "coverage", "--out", str(merged)]) == 0
+    assert merged.is_file()
     assert main(["merge", str(tmp_path / "run"), "--best", "1", "--out", str(merged)]) == 2  # no eval.csv there
     assert main(["merge", str(tmp_path / "logged"), "--best", "1", "--by", "beauty", "--out", str(merged)]) == 2
     with pytest.raises(ConfigError, match="loop.eval_every: needs data.holdout"):
@@ -75,6 +88,11 @@ def test_eval_of_a_run_and_a_model(catalog, tiny_sdxl, tmp_path):
         )
         assert "no CLIP model configured" in c["clip"]["skipped"]
         assert len(c["val_loss"]["bands"]) == 10 and np.isfinite(c["val_loss"]["mean"])
+        cov = c["coverage"]
+        assert sum(cov["all"]["counts"]) == 10 * 2 and sum(cov["none"]["counts"]) == sum(cov["score_9"]["counts"]) == 2
+        assert 1 - 1e-9 <= cov["all"]["effective_clusters"] <= cov["k"] + 1e-9 and cov["all"]["kl_from_catalog"] >= 0
+        assert sum(cov["catalog"]) == pytest.approx(1) and cov["embedding"] == "pixels-v1"
+        assert cov["conditional_vendi"] >= 1 - 1e-9 and cov["text_kernel"] == "bag of words"
         folder = out / c["name"]
         assert (folder / "grid.png").is_file() and len(list(folder.glob("p*-*.png"))) == 10 * 2
         info = parse_infotext(Image.open(folder / "p0-score9-s1.png").text["parameters"])
@@ -82,7 +100,8 @@ def test_eval_of_a_run_and_a_model(catalog, tiny_sdxl, tmp_path):
         none = parse_infotext(Image.open(folder / "p0-none-s0.png").text["parameters"])
         assert not none["prompt"].startswith("score_")
     md = (out / "report.md").read_text()
-    for plot in ("steering", "variety", "tone", "val_loss"):
+    assert "| conditional Vendi | clusters covered (KL from catalog) |" in md and "Clusters: the catalog's" in md
+    for plot in ("steering", "variety", "tone", "val_loss", "coverage"):
         assert f"]({plot}.png)" in md and (out / f"{plot}.png").stat().st_size > 1000
     assert "Prompt adherence skipped" in md
 
@@ -94,6 +113,31 @@ def test_validation_loss_is_bit_identical_across_runs(catalog, tiny_sdxl):
     again = validation_loss(SDXL.load(tiny_sdxl, "cpu", "fp32"), EvalSet.build(catalog, SMALL))
     assert first == again and first["rows"] == 2
     assert list(first["bands"]) == [f"{100 * i}-{100 * i + 99}" for i in range(10)]
+
+
+def test_samples_go_to_the_nearest_cluster_of_the_catalog(catalog):
+    es = EvalSet.build(catalog, SMALL)
+    c = es.clusters
+    assert isinstance(c, Clusters) and len(c.centres) == len(c.catalog) == len(c.draws) >= 2
+    rows = load_rows(catalog, 64)
+    assert c.catalog == pytest.approx(np.bincount(rows.cluster.astype(int), minlength=len(c.catalog)) / len(rows))
+    # a sample that looks like the centre of cluster j is counted in cluster j
+    picks = [len(c.centres) - 1, 0, 0]
+    samples = [{"prompt": 0, "tag": t, "seed": 0, "image": None} for t in (None, 9, 1)]
+    got = coverage(es, samples, c.centres[picks])
+    assert got["all"]["counts"][0] == 2 and got["all"]["counts"][-1] == 1 and got["none"]["counts"][-1] == 1
+    assert got["score_9"]["effective_clusters"] == pytest.approx(1.0)
+    # without clusters, or in another embedding, coverage says why it is skipped (the conditional Vendi stays)
+    es.clusters = "the catalog has no clusters"
+    skipped = coverage(es, samples, c.centres[picks])
+    assert skipped["skipped"] == "the catalog has no clusters" and np.isfinite(skipped["conditional_vendi"])
+
+    class OtherSpace:
+        embedding_kind = "open_clip ViT-L-14"
+
+    why = Clusters.of(catalog, rows, OtherSpace())  # pyright: ignore[reportArgumentType] - only embedding_kind is read
+    assert isinstance(why, str) and "not one space" in why
+    assert "no clusters" in Clusters.of(catalog, rows.assign(cluster=np.nan), es.scorer)
 
 
 def test_clip_adherence_with_a_clip_scorer(catalog, tiny_clip):

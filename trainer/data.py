@@ -29,7 +29,7 @@ from zxl.config import ConfigError
 
 COLUMNS = ["key", "status", "shard", "shard_key", "sha256", "width", "height", "original_width", "original_height",
            "score", "rating", "year", "tags", "characters", "copyrights", "artists", "meta", "caption", "repeats",
-           "weight"]  # fmt: skip
+           "weight", "cluster"]  # fmt: skip
 
 
 def buckets_for(resolution: int) -> list[tuple[int, int]]:

@@ -9,7 +9,13 @@ of samples and held-out rows (trainer/metrics.py has the formulas):
 4. **prompt adherence** (CLIP score, 100·cos) when the catalog's scorer is a CLIP model; said to be
    skipped otherwise;
 5. **validation loss**: the plain v-prediction MSE on held-out rows at fixed timesteps (the middle
-   of each band) and fixed noise, bit-identical across runs, overall and per band.
+   of each band) and fixed noise, bit-identical across runs, overall and per band;
+6. **cluster coverage**: each sample assigned to the nearest centre of the catalog's clusters (the
+   ``cluster`` column weigh writes, each centre the mean of its rows' stored embeddings); the
+   samples' effective number of clusters and their KL divergence from the catalog's distribution
+   (and from the training draws'), without a score tag, with ``score_9`` and over all samples;
+   and the **Conditional Vendi score** of all samples given their prompts (zxl/diversity.py): the
+   variety the model adds beyond what the prompts explain.
 
 Held-out rows are the catalog's trainable rows whose key hashes below ``holdout``
 (trainer/data.py ``held_out``); a run with ``data.holdout`` of the same value never trained on
@@ -33,6 +39,7 @@ import torch
 
 from zxl.catalog.captions import DEFAULT_LAYOUT, TagLayout, build_caption, layout_of
 from zxl.config import ConfigError, num
+from zxl.diversity import cluster_shares, conditional_vendi, effective_clusters, kl_divergence, prompt_kernel
 from zxl.files import write_text_atomic
 from zxl.trainer import metrics
 from zxl.trainer.data import buckets_for, caption_fields, held_out, load_rows, rng_for
@@ -108,6 +115,7 @@ class EvalSet:
     buckets: list[tuple[int, int]] = field(default_factory=list)
     val_images: list | None = None  # the validation-loss rows' images, decoded at first use
     layout: TagLayout = DEFAULT_LAYOUT  # the catalog's caption layout
+    clusters: Clusters | str = "not built"  # the catalog's clusters, or why cluster coverage is skipped
 
     @classmethod
     def build(cls, catalog: str | Path, cfg: EvalConfig, option: str = "--catalog") -> EvalSet:
@@ -144,7 +152,51 @@ class EvalSet:
         images = _images(catalog, train.sample(n=min(64, len(train)), random_state=cfg.seed) if len(train) else test,
                          buckets)  # fmt: skip
         return cls(catalog, cfg, test, prompts, metrics.tone_summary(images), scorer,
-                   manifest.get("score_edges", {}).get("edges", []), clip, buckets, layout=layout)  # fmt: skip
+                   manifest.get("score_edges", {}).get("edges", []), clip, buckets, layout=layout,
+                   clusters=Clusters.of(catalog, rows, scorer))  # fmt: skip
+
+
+@dataclass
+class Clusters:
+    """The catalog's clusters in its stored embedding: what the samples are assigned to."""
+
+    centres: np.ndarray  # [k, d] float32: the mean stored embedding of each cluster's trainable rows
+    catalog: np.ndarray  # [k] each cluster's share of the trainable rows
+    draws: np.ndarray  # [k] its share of the draws per epoch (the catalog's weights)
+    embedding: str
+
+    @classmethod
+    def of(cls, catalog: Path, rows: pd.DataFrame, scorer: Scorer) -> Clusters | str:
+        """The clusters of the trainable ``rows`` (held-out ones too), or why there are none to use."""
+        from zxl.catalog.embeddings import embedding_kind, read_embeddings
+
+        if "cluster" not in rows or rows.cluster.isna().all():
+            return "the catalog has no clusters (a catalog from before weigh wrote them: rerun zxl curate)"
+        run_dir = catalog.resolve().parent
+        kind = embedding_kind(run_dir)
+        if kind is None:
+            return f"no stored embeddings in {run_dir / 'embeddings'}"
+        if kind != scorer.embedding_kind:
+            return f"the catalog's embeddings are {kind}, the scorer's {scorer.embedding_kind}: not one space"
+        keys, emb = read_embeddings(run_dir)
+        assert emb is not None  # a kind is read from a file that has them
+        index = {k: i for i, k in enumerate(keys)}
+        have = rows[rows.cluster.notna() & rows.key.isin(index)]
+        labels = have.cluster.to_numpy(np.int64)
+        k = int(labels.max()) + 1
+        x = emb[[index[key] for key in have.key]].astype(np.float64)
+        counts = np.bincount(labels, minlength=k)
+        centres = np.zeros((k, x.shape[1]))
+        np.add.at(centres, labels, x)
+        centres = (centres / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        draws = have.draws.to_numpy(np.float64)
+        return cls(centres, cluster_shares(labels, k), cluster_shares(labels, k, draws), kind)
+
+    def assign(self, emb: np.ndarray) -> np.ndarray:
+        """The nearest centre (squared Euclidean, as weigh assigns rows) of each embedding."""
+        x = np.asarray(emb, np.float64)
+        c = self.centres.astype(np.float64)
+        return np.argmin((c**2).sum(1)[None, :] - 2.0 * x @ c.T, axis=1)
 
 
 def _prompt(row: pd.Series, n: int, cfg: EvalConfig, buckets, layout: TagLayout = DEFAULT_LAYOUT) -> Prompt:
@@ -289,6 +341,33 @@ def clip_adherence(es: EvalSet, samples: list[dict], emb: np.ndarray) -> dict:
     return {"mean": float(sims.mean()), "with_score_tags": float(sims[[s["tag"] is not None for s in samples]].mean())}
 
 
+def coverage(es: EvalSet, samples: list[dict], emb: np.ndarray) -> dict:
+    """The samples over the catalog's clusters, and the Conditional Vendi score given the prompts."""
+    text = [es.prompts[s["prompt"]].text(s["tag"]) for s in samples]
+    # es.clip None: the scorer is a CLIP model (or a head over one) and embeds text (EvalSet.build)
+    text_emb = None if es.clip is not None else es.scorer.embed_text(text)  # pyright: ignore[reportAttributeAccessIssue] - a TextEmbedder
+    kernel = prompt_kernel(text, None if text_emb is None else np.asarray(text_emb))
+    none = np.array([s["tag"] is None for s in samples])
+    out: dict = {"conditional_vendi": conditional_vendi(emb, kernel),
+                 "conditional_vendi_without_score_tags": conditional_vendi(emb[none], kernel[np.ix_(none, none)]),
+                 "text_kernel": "bag of words" if text_emb is None else "CLIP text embeddings"}  # fmt: skip
+    if isinstance(es.clusters, str):
+        return {**out, "skipped": es.clusters}
+    c = es.clusters
+    labels, k = c.assign(emb), len(c.centres)
+    out |= {"k": k, "embedding": c.embedding, "catalog": c.catalog.tolist(), "draws": c.draws.tolist(),
+            "catalog_effective_clusters": effective_clusters(np.arange(k), c.catalog),
+            "draws_effective_clusters": effective_clusters(np.arange(k), c.draws)}  # fmt: skip
+    for name, keep in (("none", none), ("score_9", np.array([s["tag"] == 9 for s in samples])),
+                       ("all", np.ones(len(samples), bool))):  # fmt: skip
+        counts = np.bincount(labels[keep], minlength=k)
+        spread = effective_clusters(labels[keep], np.ones(int(keep.sum())))
+        out[name] = {"counts": counts.tolist(), "effective_clusters": spread,
+                     "kl_from_catalog": kl_divergence(counts, c.catalog),
+                     "kl_from_draws": kl_divergence(counts, c.draws)}  # fmt: skip
+    return out
+
+
 def evaluate_model(model, es: EvalSet, folder: Path | None = None, log=print) -> dict:
     """The five measures for one loaded model; samples under ``folder`` when given."""
     samples = render(model, es, folder, log)
@@ -301,6 +380,7 @@ def evaluate_model(model, es: EvalSet, folder: Path | None = None, log=print) ->
         "tone": {"samples": tone, "training": es.train_tone, "flags": metrics.tone_flags(tone, es.train_tone)},
         "clip": clip_adherence(es, samples, emb),
         "val_loss": validation_loss(model, es),
+        "coverage": coverage(es, samples, emb),
     }
     if folder is not None:
         _grid(samples, es, folder / "grid.png")
@@ -318,6 +398,16 @@ def figures(result: dict) -> dict:
            "tone_flags": " ".join(tone["flags"]) or "none"}  # fmt: skip
     if "mean" in result["clip"]:
         row["clip"] = result["clip"]["mean"]
+    cov = result.get("coverage", {})
+    if "conditional_vendi" in cov:
+        row["conditional_vendi"] = cov["conditional_vendi"]
+    if "all" in cov:
+        row |= {
+            "coverage": cov["all"]["effective_clusters"],
+            "coverage_none": cov["none"]["effective_clusters"],
+            "coverage_score_9": cov["score_9"]["effective_clusters"],
+            "cluster_kl": cov["all"]["kl_from_catalog"],
+        }
     return row
 
 
@@ -421,20 +511,35 @@ def write_report(report: dict, out: Path) -> None:
              f"{report['config']['steps']} steps, CFG {report['config']['cfg']:g}; validation loss on "
              f"{report['checkpoints'][0]['val_loss']['rows']} held-out rows. Samples scored by "
              f"{report.get('scorer', 'the catalog scorer')}, as the catalog's rows were.", "",
-             "| checkpoint | step | score_1 → score_9 (raw) | ρ | Vendi with / without tags | tone flags | "
-             "CLIP | val loss |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| checkpoint | step | score_1 → score_9 (raw) | ρ | Vendi with / without tags | conditional Vendi | "
+             "clusters covered (KL from catalog) | tone flags | CLIP | val loss |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for c in report["checkpoints"]:
         m = c["steering"]["mean"]
         clip = c["clip"].get("mean")
+        cov = c.get("coverage", {})
+        covered = f"{cov['all']['effective_clusters']:.2f} of {cov['k']} ({cov['all']['kl_from_catalog']:.3f})" \
+            if "all" in cov else "skipped"  # fmt: skip
+        cond = f"{cov['conditional_vendi']:.2f}" if "conditional_vendi" in cov else ""
         lines.append(
             f"| {c['name']} | {c['step'] if c['step'] is not None else ''} | {m['score_1']:.3f} → {m['score_9']:.3f} | "
             f"{c['steering']['spearman']:.2f} | {c['variety']['vendi_with_score_tags']:.2f} / "
-            f"{c['variety']['vendi_without_score_tags']:.2f} | {', '.join(c['tone']['flags']) or 'none'} | "
+            f"{c['variety']['vendi_without_score_tags']:.2f} | {cond} | {covered} | "
+            f"{', '.join(c['tone']['flags']) or 'none'} | "
             f"{'skipped' if clip is None else f'{clip:.1f}'} | {c['val_loss']['mean']:.4f} |"
         )
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     skipped = {c["clip"].get("skipped") for c in report["checkpoints"]} - {None}
     if skipped:
         lines += ["", f"Prompt adherence skipped: {'; '.join(sorted(skipped))}."]
+    skipped = {c.get("coverage", {}).get("skipped") for c in report["checkpoints"]} - {None}
+    if skipped:
+        lines += ["", f"Cluster coverage skipped: {'; '.join(sorted(skipped))}."]
+    first = next((c["coverage"] for c in report["checkpoints"] if "all" in c.get("coverage", {})), None)
+    if first is not None:
+        lines += ["", f"Clusters: the catalog's {first['k']} in its {first['embedding']} embedding; its rows cover "
+                  f"{first['catalog_effective_clusters']:.2f} effectively, its training draws "
+                  f"{first['draws_effective_clusters']:.2f}. Conditional Vendi: given the prompts "
+                  f"({first['text_kernel']} kernel)."]  # fmt: skip
     lines += ["", "Grids: " + ", ".join(f"[{c['name']}]({c['name']}/grid.png)" for c in report["checkpoints"])]
     write_text_atomic("\n".join(lines) + "\n", out / "report.md")

@@ -22,8 +22,21 @@ TONE_KEYS = ("luminance", "contrast", "saturation")
 
 # The eval figures checkpoints can be ranked by (`zxl merge --best K --by FIGURE`), and which of them
 # are better low.
-RANKED = ("val_loss", "spearman", "steering_gap", "score_9", "vendi_with_tags", "vendi_without_tags", "clip")
-LOWER_IS_BETTER = {"val_loss"}
+RANKED = (
+    "val_loss",
+    "spearman",
+    "steering_gap",
+    "score_9",
+    "vendi_with_tags",
+    "vendi_without_tags",
+    "clip",
+    "coverage",
+    "coverage_none",
+    "coverage_score_9",
+    "cluster_kl",
+    "conditional_vendi",
+)
+LOWER_IS_BETTER = {"val_loss", "cluster_kl"}
 
 
 def tone(image: Image.Image) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """The plots of an eval report (matplotlib, Agg: no screen needed), one PNG a measure:
 score tag → mean score, variety by tag, tone against the training images, validation loss by
-step and by timestep band. Each takes the report dict ``zxl eval`` writes as report.json."""
+step and by timestep band, the samples over the catalog's clusters. Each takes the report dict
+``zxl eval`` writes as report.json."""
 
 from __future__ import annotations
 
@@ -110,5 +111,34 @@ def val_loss(report: dict, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+def coverage(report: dict, path: Path) -> Path | None:
+    """Each cluster's share of the catalog's rows, of the training draws and of each checkpoint's
+    samples (all tags); None when the report has no cluster coverage."""
+    cks = [c for c in report["checkpoints"] if "all" in c.get("coverage", {})]
+    if not cks:
+        return None
+    plt, fig, ax = _figure(width=max(6.4, 0.45 * cks[0]["coverage"]["k"] * (len(cks) + 2) / 2))
+    first = cks[0]["coverage"]
+    k = first["k"]
+    x = np.arange(k)
+    n = len(cks) + 2
+    width = 0.8 / n
+    ax.bar(x - 0.4 + width / 2, first["catalog"], width, color="grey",
+           label=f"catalog rows (effective {first['catalog_effective_clusters']:.2f})")  # fmt: skip
+    ax.bar(x - 0.4 + 1.5 * width, first["draws"], width, color="silver",
+           label=f"training draws (effective {first['draws_effective_clusters']:.2f})")  # fmt: skip
+    for i, c in enumerate(cks, start=2):
+        counts = np.asarray(c["coverage"]["all"]["counts"], float)
+        ax.bar(x - 0.4 + width / 2 + i * width, counts / max(counts.sum(), 1), width,
+               label=f"{c['name']} samples (effective {c['coverage']['all']['effective_clusters']:.2f})")  # fmt: skip
+    ax.set_xticks(x, [str(i) for i in x])
+    ax.set_xlabel(f"cluster of the catalog ({first['embedding']} embedding; samples: nearest centre)")
+    ax.set_ylabel("share")
+    ax.set_title("Cluster coverage")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
 def plot_report(report: dict, out: Path) -> list[Path]:
-    return [f(report, out / f"{f.__name__}.png") for f in (steering, variety, tone, val_loss)]
+    made = [f(report, out / f"{f.__name__}.png") for f in (steering, variety, tone, val_loss, coverage)]
+    return [p for p in made if p is not None]

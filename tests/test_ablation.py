@@ -1,0 +1,51 @@
+"""bench/ablation.py (``make ablation``) at toy scale: a copy of a curated run rated by the simulated
+rater through the rate view, fitted and applied at weigh.diversity 0 and 1, four tiny models trained
+and evaluated together, one report; a second run resumes from what the first left."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bench import ablation
+
+
+@pytest.fixture(scope="module")
+def source(sync_run, tmp_path_factory):
+    src = sync_run[1].run_dir
+    dst = tmp_path_factory.mktemp("ablation-source") / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def test_the_ablation_end_to_end_at_toy_scale(source, tiny_sdxl, tmp_path):
+    plan = ablation.Plan(source=source, out=tmp_path / "ablation", steps=2, choices=40, prompts=1, eval_seeds=2,
+                         sample_steps=2, resolution=64, val_rows=2,
+                         extra=(f"model.base={tiny_sdxl}", "optim.batch_size=2", "data.holdout=0.1"))  # fmt: skip
+    report_md = ablation.run(plan)
+    report = json.loads((plan.out / "report.json").read_text())
+    conc = report["concentration"]
+    k = conc["k"]
+    assert sum(conc["catalog_shares"]) == pytest.approx(1) and set(conc["draws"]) == {"0", "1"}
+    # d = 1 draws every cluster equally often; d = 0 gives the favoured cluster (most 9s) more than its share
+    assert conc["draws"]["1"]["effective_clusters"] == pytest.approx(k, rel=1e-6)
+    assert conc["draws"]["0"]["share"] >= conc["share_of_rows"]
+    assert report["catalogs"]["choices"] == 40
+    models = report["models"]
+    assert sorted(m["name"] for m in models) == ["d0-seed0", "d0-seed1", "d1-seed0", "d1-seed1"]
+    for m in models:
+        assert 1 - 1e-9 <= m["coverage_all"] <= k + 1e-9 and 0 <= m["favoured_share"] <= 1
+        assert m["conditional_vendi"] >= 1 - 1e-9 and np.isfinite(m["val_loss"])
+    for d in ("0", "1"):
+        assert report["settings"][d]["coverage_all"]["seeds"] == 2 and report["settings"][d]["val_loss"]["spread"] >= 0
+    text = report_md.read_text()
+    assert "| `weigh.diversity` 0 |" in text and "seed spread" in text and "![samples](grid.png)" in text
+    for name in ("clusters.png", "figures.png", "grid.png", "eval/report.md"):
+        assert (plan.out / name).stat().st_size > 1000
+    # a second run keeps every finished step: same checkpoints, same eval, the report written again
+    ckpt = ablation.final_checkpoint(plan, 0.0, 0) / "model.safetensors"
+    before = ckpt.stat().st_mtime_ns, (plan.out / "eval/report.json").stat().st_mtime_ns
+    ablation.run(plan)
+    assert (ckpt.stat().st_mtime_ns, (plan.out / "eval/report.json").stat().st_mtime_ns) == before
+    assert json.loads((plan.out / "report.json").read_text())["models"] == models
