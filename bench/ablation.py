@@ -17,6 +17,9 @@ experiment on the demo:
 3. **One evaluation.** ``zxl eval`` of all of them together, on one set of held-out prompts and the
    d = 1 catalog's clusters (those of both catalogs: the clustering does not depend on d), then one
    side-by-side report: runs/ablation/report.md, report.json, plots and a grid of samples.
+4. **A control** (``control``): the catalog's rows through the models' own autoencoder, assigned to
+   the clusters as samples are: what a model that learned its draws perfectly would show, and how
+   much of the clustering the autoencoder lets through at all.
 
 A killed run resumes: each finished step (the rated and applied catalogs, each trained
 checkpoint, the eval) is kept and skipped the next time. ``--fresh`` starts over.
@@ -42,6 +45,7 @@ class Plan:
     source: Path = ROOT / "runs/demo"  # the curated demo run (make curate)
     out: Path = ROOT / "runs/ablation"
     train_config: Path = ROOT / "configs/train/demo.yaml"
+    base: Path = ROOT / ".cache/demo-sdxl"  # the base model every run trains from (make ablation builds it)
     settings: tuple[float, ...] = (0.0, 1.0)  # weigh.diversity of each catalog
     seeds: tuple[int, ...] = (0, 1)  # training seeds (data.seed) of each setting
     steps: int = 1200  # optimizer steps of every model
@@ -52,7 +56,7 @@ class Plan:
     sample_steps: int = 20
     resolution: int = 128
     val_rows: int = 16
-    extra: tuple[str, ...] = ()  # more --set KEY=VALUE for every training (tests: a smaller model's settings)
+    extra: tuple[str, ...] = ()  # more --set KEY=VALUE for every training (tests: smaller settings)
 
     def run_dir(self, d: float) -> Path:
         return self.out / f"d{d:g}"
@@ -83,21 +87,80 @@ def _trainable(catalog: Path):
     return t[(t.status == "ok") & (t.repeats > 0)].reset_index(drop=True)
 
 
-def favourite(source: Path) -> tuple[int, np.ndarray]:
-    """The rater's favourite look: the cluster of median size among the source catalog's trainable
-    rows (ties: the lower label), and its centre, the mean of its rows' stored embeddings."""
-    from zxl.catalog.embeddings import read_embeddings
+def reconstructions(plan: Plan, catalog: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every trainable row of ``catalog`` as the models see it: cropped to its bucket at the training
+    resolution, then through the base's autoencoder (frozen: training caches its latents); the pixel
+    embedding of the crop and of the reconstruction, by key. Cached in ``reconstructions.npz``
+    (the rows and images are the same in every copy of the run)."""
+    import torch
+    from PIL import Image
 
-    rows = _trainable(source / "catalog")
-    sizes = rows.cluster.value_counts().sort_index()
-    order = sorted(sizes.index, key=lambda c: (sizes[c], c))
-    fav = int(order[(len(order) - 1) // 2])
-    keys, emb = read_embeddings(source)
-    if emb is None:
-        raise SystemExit(f"ablation: {source} has no stored embeddings; run make curate")
-    index = {k: i for i, k in enumerate(keys)}
-    x = emb[[index[k] for k in rows.key[rows.cluster == fav]]].astype(np.float64).mean(0)
-    return fav, x / np.linalg.norm(x)
+    from zxl.catalog.images import ImageStore
+    from zxl.sampler.pipeline import SDXL
+    from zxl.scorers.pixels import pixel_embedding
+    from zxl.trainer.data import buckets_for, load_rows
+    from zxl.trainer.latents import cover_crop, load_rgb, to_tensor
+
+    path = plan.out / "reconstructions.npz"
+    rows = load_rows(catalog, plan.resolution)
+    if path.is_file():
+        z = np.load(path)
+        have = dict(zip(z["keys"].tolist(), zip(z["crops"], z["recon"], strict=True), strict=True))
+        if set(rows.key) <= set(have):
+            return have
+    vae = SDXL.load(plan.base, "cpu", "fp32").vae
+    store, buckets = ImageStore(catalog), buckets_for(plan.resolution)
+    out = {}
+    with torch.no_grad():
+        for r in rows.itertuples():
+            w, h = buckets[int(r.bucket_index)]  # pyright: ignore[reportArgumentType] - a namedtuple field
+            image = cover_crop(load_rgb(store.get(str(r.shard), str(r.shard_key))[0]), max(8, w // 8 * 8),
+                               max(8, h // 8 * 8))[0]  # fmt: skip
+            x = vae.decode(vae.encode(to_tensor(image)[None]).latent_dist.mean).sample[0].clamp(-1, 1)
+            back = Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+            out[str(r.key)] = (pixel_embedding(image), pixel_embedding(back))
+    plan.out.mkdir(parents=True, exist_ok=True)
+    keys = sorted(out)
+    np.savez(path, keys=np.array(keys), crops=np.stack([out[k][0] for k in keys]),
+             recon=np.stack([out[k][1] for k in keys]))  # fmt: skip
+    return out
+
+
+def _clusters(catalog: Path, resolution: int):
+    """(trainable rows, the catalog's Clusters in the pixel embedding the technical scorer stores)."""
+    from zxl.trainer.data import load_rows
+    from zxl.trainer.evaluate import Clusters
+
+    class Pixels:  # the embedding the technical scorer stores and scores samples in
+        embedding_kind = "pixels-v1"
+
+    rows = load_rows(catalog, resolution)
+    clusters = Clusters.of(catalog, rows, Pixels())  # pyright: ignore[reportArgumentType] - only embedding_kind is read
+    if isinstance(clusters, str):
+        raise SystemExit(f"ablation: {catalog}: {clusters}")
+    return rows, clusters
+
+
+def favourite(plan: Plan) -> tuple[int, np.ndarray, dict]:
+    """The rater's favourite look: a cluster of the source catalog the models can draw. Of the
+    clusters whose rows mostly (≥ ``KEEP``) stay in their own cluster through the autoencoder, the
+    one of median size (ties: the lower label); its centre, the mean of its rows' stored embeddings.
+    (The first run of this experiment took the median of all clusters and landed on one the demo's
+    autoencoder erases: 4% of its rows stayed, so no model could have drawn it, at any setting.)"""
+    catalog = plan.source / "catalog"
+    rows, clusters = _clusters(catalog, plan.resolution)
+    rec = reconstructions(plan, catalog)
+    own = rows.cluster.to_numpy(int)
+    through = clusters.assign(np.stack([rec[k][1] for k in rows.key]))
+    stay = {int(c): float((through[own == c] == c).mean()) for c in np.unique(own)}
+    sizes = {c: int((own == c).sum()) for c in stay}
+    drawable = [c for c in stay if stay[c] >= KEEP] or list(stay)
+    order = sorted(drawable, key=lambda c: (sizes[c], c))
+    fav = order[(len(order) - 1) // 2]
+    return fav, clusters.centres[fav] / np.linalg.norm(clusters.centres[fav]), {"stay": stay, "sizes": sizes}
+
+
+KEEP = 0.5
 
 
 def look_utility(centre: np.ndarray):
@@ -121,7 +184,7 @@ def catalogs(plan: Plan) -> dict:
         return json.loads(marker.read_text())
     if not (plan.source / "catalog/_manifest.json").is_file():
         raise SystemExit(f"ablation: no curated run at {plan.source}; run make curate first")
-    fav, centre = favourite(plan.source)
+    fav, centre, why = favourite(plan)
     ignore = shutil.ignore_patterns(".lock", "taste", "train*", "eval*", "latents")
     first = plan.run_dir(plan.settings[0])
     for d in plan.settings:
@@ -134,7 +197,7 @@ def catalogs(plan: Plan) -> dict:
         if plan.run_dir(d) != first:
             shutil.copytree(first / "taste", plan.run_dir(d) / "taste")
         zxl("taste", "apply", str(plan.run_dir(d)), "--set", f"weigh.diversity={d:g}", "--set", "run.progress=false")
-    info = {"favourite_source_cluster": fav, "choices": answered, "settings": list(plan.settings)}
+    info = {"favourite_source_cluster": fav, "choices": answered, "settings": list(plan.settings), **why}
     plan.out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(info, indent=1))
     return info
@@ -194,7 +257,8 @@ def train_all(plan: Plan) -> dict[str, float]:
             shutil.rmtree(plan.train_dir(d, seed), ignore_errors=True)
             t0 = time.perf_counter()
             zxl("train", "-c", str(plan.train_config), "--catalog", str(plan.run_dir(d) / "catalog"),
-                "--set", f"data.seed={seed}", "--set", f"data.resolution={plan.resolution}",
+                "--set", f"model.base={plan.base}", "--set", f"data.seed={seed}",
+                "--set", f"data.resolution={plan.resolution}",
                 "--set", f"loop.output={plan.train_dir(d, seed)}", "--set", f"loop.max_steps={plan.steps}",
                 "--set", f"loop.save_every={plan.steps}", "--set", "loop.keep_last=1", "--set", "loop.sample_every=0",
                 "--set", "loop.eval_every=0", "--set", "loop.export=single-file", "--set", "loop.progress=false",
@@ -204,15 +268,64 @@ def train_all(plan: Plan) -> dict[str, float]:
 
 
 def evaluate_all(plan: Plan) -> dict:
-    report_path = plan.out / "eval" / "report.json"
-    if report_path.is_file():
-        log("eval: done already")
-        return json.loads(report_path.read_text())
-    models = [a for d in plan.settings for s in plan.seeds for a in ("--model", str(final_checkpoint(plan, d, s)))]
-    zxl("eval", *models, "--catalog", str(plan.run_dir(plan.settings[-1]) / "catalog"), "--out", str(plan.out / "eval"),
-        "--resolution", str(plan.resolution), "--prompts", str(plan.prompts), "--seeds", str(plan.eval_seeds),
-        "--steps", str(plan.sample_steps), "--val-rows", str(plan.val_rows))  # fmt: skip
-    return json.loads(report_path.read_text())
+    """``zxl eval`` of each model into eval/<model>/ (skipped when its report is there), then one
+    report of them all in eval/. Every model is measured on the same EvalSet: the held-out prompts,
+    seeds, rows and clusters depend only on the catalog and the eval settings, so models evaluated
+    one at a time compare as in one call, and adding seeds evaluates only the new models."""
+    from zxl.trainer.evaluate import write_report
+
+    checkpoints, first = [], None
+    for d in plan.settings:
+        for seed in plan.seeds:
+            name, folder = f"d{d:g}-seed{seed}", plan.out / "eval" / f"d{d:g}-seed{seed}"
+            if (folder / "report.json").is_file():
+                log(f"eval {name}: done already")
+            else:
+                zxl("eval", "--model", str(final_checkpoint(plan, d, seed)), "--catalog",
+                    str(plan.run_dir(plan.settings[-1]) / "catalog"), "--out", str(folder), "--resolution",
+                    str(plan.resolution), "--prompts", str(plan.prompts), "--seeds", str(plan.eval_seeds),
+                    "--steps", str(plan.sample_steps), "--val-rows", str(plan.val_rows))  # fmt: skip
+            one = json.loads((folder / "report.json").read_text())
+            if first is not None and (one["prompts"], one["config"]) != (first["prompts"], first["config"]):
+                raise SystemExit(f"ablation: {folder} was evaluated on other prompts or settings; remove it")
+            first = first or one
+            (c,) = one["checkpoints"]
+            checkpoints.append({**c, "name": f"{name}/{c['name']}"})  # report.md links name/grid.png
+    assert first is not None  # at least one setting and one seed
+    report = {**first, "checkpoints": checkpoints}
+    write_report(report, plan.out / "eval")
+    return report
+
+
+def control(plan: Plan) -> dict:
+    """What the samples can show at best: every trainable row of the eval catalog as the models see
+    it (``reconstructions``), assigned to the catalog's clusters as a sample is. Its shares, weighted
+    by each catalog's draws, are the samples' distribution a model that learned its draws perfectly
+    would give; the share of rows whose reconstruction stays in its own cluster says how much of the
+    clustering survives the autoencoder at all."""
+    from zxl.diversity import effective_clusters
+
+    catalog = plan.run_dir(plan.settings[-1]) / "catalog"
+    rows, clusters = _clusters(catalog, plan.resolution)
+    rec = reconstructions(plan, catalog)
+    own = rows.cluster.to_numpy(int)
+    k = len(clusters.centres)
+    at = clusters.assign(np.stack([rec[key][0] for key in rows.key]))
+    through = clusters.assign(np.stack([rec[key][1] for key in rows.key]))
+    result = {"rows": len(rows), "crops_in_own_cluster": float((at == own).mean()),
+              "reconstructions_in_own_cluster": float((through == own).mean()),
+              "stay_by_cluster": [float((through[own == c] == c).mean()) if (own == c).any() else 0.0
+                                  for c in range(k)],
+              "reconstruction_shares": (np.bincount(through, minlength=k) / len(rows)).tolist(),
+              "reconstruction_effective_clusters": effective_clusters(through, np.ones(len(rows))),
+              "expected": {}}  # fmt: skip
+    for d in plan.settings:
+        f = _trainable(plan.run_dir(d) / "catalog").set_index("key").reindex(rows.key)
+        w = f.weight.fillna(f.repeats).to_numpy(float)
+        shares = np.bincount(through, weights=w, minlength=k) / w.sum()
+        result["expected"][f"{d:g}"] = {"shares": shares.tolist(),
+                                        "effective_clusters": effective_clusters(through, w)}  # fmt: skip
+    return result
 
 
 # ----------------------------------------------------------------------------- the report
@@ -224,6 +337,7 @@ FIGURES = {  # name: (what, which way is better)
     "kl_none": ("KL from the catalog, no score tag", "low"),
     "kl_score_9": ("KL from the catalog, score_9", "low"),
     "kl_all": ("KL from the catalog, all samples", "low"),
+    "kl_none_expected": ("KL of the no-tag samples from its draws through the autoencoder (control)", "low"),
     "favoured_share": ("share of samples in the favoured cluster", "low"),
     "vendi_none": ("Vendi per prompt over seeds, no score tag", "high"),
     "vendi_tags": ("Vendi per prompt over seeds, with score tags", "high"),
@@ -234,12 +348,16 @@ FIGURES = {  # name: (what, which way is better)
 }
 
 
-def figures_of(c: dict, favoured: int) -> dict[str, float]:
-    """The FIGURES of one checkpoint of the eval report."""
+def figures_of(c: dict, favoured: int, expected: list[float]) -> dict[str, float]:
+    """The FIGURES of one checkpoint of the eval report; ``expected``: its draws' shares through the
+    autoencoder (``control``)."""
+    from zxl.diversity import kl_divergence
+
     cov, steer = c["coverage"], c["steering"]
     counts = np.asarray(cov["all"]["counts"], float)
     out = {f"coverage_{g}": cov[g]["effective_clusters"] for g in ("none", "score_9", "all")}
     out |= {f"kl_{g}": cov[g]["kl_from_catalog"] for g in ("none", "score_9", "all")}
+    out["kl_none_expected"] = kl_divergence(np.asarray(cov["none"]["counts"]), np.asarray(expected))
     out |= {"favoured_share": counts[favoured] / counts.sum(), "vendi_none": c["variety"]["vendi_without_score_tags"],
             "vendi_tags": c["variety"]["vendi_with_score_tags"], "conditional_vendi": cov["conditional_vendi"],
             "spearman": steer["spearman"], "steering_gap": steer["mean"]["score_9"] - steer["mean"]["score_1"],
@@ -247,7 +365,7 @@ def figures_of(c: dict, favoured: int) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
-def summarise(plan: Plan, report: dict, conc: dict) -> dict:
+def summarise(plan: Plan, report: dict, conc: dict, ctrl: dict) -> dict:
     """Per model its figures; per setting their mean and the seed-to-seed spread (max − min)."""
     fav = conc["favoured_cluster"]
     models, by_setting = [], {}
@@ -255,20 +373,25 @@ def summarise(plan: Plan, report: dict, conc: dict) -> dict:
         ckpt = Path(c["model"])
         d, seed = ckpt.parent.parent.name.removeprefix("d").split("-seed")
         counts = np.asarray(c["coverage"]["all"]["counts"], float)
-        row = {"name": ckpt.parent.parent.name, "diversity": float(d), "seed": int(seed), **figures_of(c, fav),
+        expected = ctrl["expected"][f"{float(d):g}"]["shares"]
+        row = {"name": ckpt.parent.parent.name, "diversity": float(d), "seed": int(seed),
+               **figures_of(c, fav, expected),
                "shares": (counts / counts.sum()).tolist()}  # fmt: skip
         models.append(row)
         by_setting.setdefault(f"{float(d):g}", []).append(row)
     settings = {}
     for d, rows in by_setting.items():
-        settings[d] = {key: {"mean": float(np.mean([r[key] for r in rows])),
-                             "spread": float(np.ptp([r[key] for r in rows])), "seeds": len(rows)}
-                       for key in FIGURES}  # fmt: skip
+        settings[d] = {}
+        for key in FIGURES:
+            v = np.array([r[key] for r in rows])
+            settings[d][key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                                "min": float(v.min()), "max": float(v.max()), "spread": float(np.ptp(v)),
+                                "seeds": len(v)}  # fmt: skip
         settings[d]["shares"] = np.mean([r["shares"] for r in rows], axis=0).tolist()
     return {"models": models, "settings": settings}
 
 
-def _plots(plan: Plan, conc: dict, summary: dict) -> list[Path]:
+def _plots(plan: Plan, conc: dict, summary: dict, ctrl: dict) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,6 +404,10 @@ def _plots(plan: Plan, conc: dict, summary: dict) -> list[Path]:
     bars += [
         (f"draws at d={d}", v["shares"], c)
         for (d, v), c in zip(conc["draws"].items(), ("#c9a227", "#7fb3d5"), strict=False)
+    ]
+    bars += [
+        (f"draws at d={d} through the autoencoder", v["shares"], c)
+        for (d, v), c in zip(ctrl["expected"].items(), ("#f0d98c", "#aed6f1"), strict=False)
     ]
     bars += [(f"samples, d={d} models (mean of {summary['settings'][d]['coverage_all']['seeds']} seeds)",
               summary["settings"][d]["shares"], c)
@@ -330,7 +457,7 @@ def _grid(plan: Plan, report: dict) -> Path:
     rows, labels = [], []
     cols = [(p, tag, s) for tag in ("none", "score9") for p in range(prompts) for s in range(min(2, plan.eval_seeds))]
     for c in report["checkpoints"]:
-        folder = plan.out / "eval" / c["name"]
+        folder = plan.out / "eval" / c["name"]  # d0-seed0/00-step-…
         rows.append([Image.open(folder / f"p{p}-{tag}-s{s}.png").convert("RGB") for p, tag, s in cols])
         labels.append(Path(c["model"]).parent.parent.name)
     grid = make_grid(rows, [f"p{p} {'no tag' if t == 'none' else 'score_9'} s{s}" for p, t, s in cols], labels)
@@ -339,14 +466,15 @@ def _grid(plan: Plan, report: dict) -> Path:
     return path
 
 
-def write_report(plan: Plan, info: dict, conc: dict, report: dict, seconds: dict, started: float) -> Path:
+def write_report(plan: Plan, info: dict, conc: dict, report: dict, ctrl: dict, seconds: dict,
+                 started: float) -> Path:  # fmt: skip
     from zxl.files import write_text_atomic
 
-    summary = summarise(plan, report, conc)
-    plots = _plots(plan, conc, summary)
+    summary = summarise(plan, report, conc, ctrl)
+    plots = _plots(plan, conc, summary, ctrl)
     grid = _grid(plan, report)
     plan_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()}
-    out = {"plan": plan_json, "catalogs": info, "concentration": conc, "train_seconds": seconds,
+    out = {"plan": plan_json, "catalogs": info, "concentration": conc, "control": ctrl, "train_seconds": seconds,
            "wall_seconds": time.time() - started, **summary}  # fmt: skip
     write_text_atomic(json.dumps(out, indent=1), plan.out / "report.json")
     fav = conc["favoured_cluster"]
@@ -364,14 +492,27 @@ def write_report(plan: Plan, info: dict, conc: dict, report: dict, seconds: dict
         "| draws per epoch at | favoured cluster's share | effective clusters drawn |", "| --- | ---: | ---: |",
         *(f"| `weigh.diversity` {d} | {v['share']:.1%} | {v['effective_clusters']:.2f} |"
           for d, v in conc["draws"].items()),
+        "", f"**The control.** Through the models' own autoencoder (the base's VAE, at {plan.resolution} px) "
+        f"{ctrl['reconstructions_in_own_cluster']:.0%} of the {ctrl['rows']} rows stay in their cluster (their "
+        f"crops at that size without the autoencoder: {ctrl['crops_in_own_cluster']:.0%}; the favoured cluster's: "
+        f"{ctrl['stay_by_cluster'][fav]:.0%}); the reconstructions cover "
+        f"{ctrl['reconstruction_effective_clusters']:.2f} clusters effectively. A model that learned its draws "
+        "perfectly would show them as: " + "; ".join(
+            f"d = {d}: {v['effective_clusters']:.2f} effective clusters, favoured cluster {v['shares'][fav]:.1%}"
+            for d, v in ctrl["expected"].items()) + ".",
         "", "## The models", "",
-        "| figure | better | " + " | ".join(f"d = {d} (mean, seed spread)" for d in summary["settings"]) + " |",
+        "| figure | better | " + " | ".join(f"d = {d}: mean ± sd [seeds' range]" for d in summary["settings"]) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in summary["settings"]) + " |",
     ]  # fmt: skip
     for key, (what, better) in FIGURES.items():
-        cells = [f"{v[key]['mean']:.3f} ± {v[key]['spread'] / 2:.3f}" for v in summary["settings"].values()]
+        cells = [
+            f"{v[key]['mean']:.3f} ± {v[key]['sd']:.3f} [{v[key]['min']:.3f}, {v[key]['max']:.3f}]"
+            for v in summary["settings"].values()
+        ]
         lines.append(f"| {what} | {better} | " + " | ".join(cells) + " |")
-    lines += ["", "± is half the seed-to-seed range (two seeds: each seed is the mean ± it).", "",
+    n = len(plan.seeds)
+    lines += ["", f"sd: the standard deviation over the {n} training seeds of a setting (one model each); the "
+              "range: the lowest and highest of them.", "",
               "| model | " + " | ".join(FIGURES) + " |",
               "| --- | " + " | ".join("---:" for _ in FIGURES) + " |"]  # fmt: skip
     for m in summary["models"]:
@@ -394,7 +535,8 @@ def run(plan: Plan) -> Path:
         ", ".join(f"d={d} {v['share']:.1%}" for d, v in conc["draws"].items()))  # fmt: skip
     seconds = train_all(plan)
     report = evaluate_all(plan)
-    path = write_report(plan, info, conc, report, seconds, started)
+    ctrl = control(plan)
+    path = write_report(plan, info, conc, report, ctrl, seconds, started)
     log(f"report: {path} ({time.time() - started:.0f} s)")
     return path
 

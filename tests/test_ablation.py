@@ -22,7 +22,7 @@ def source(sync_run, tmp_path_factory):
 def test_the_ablation_end_to_end_at_toy_scale(source, tiny_sdxl, tmp_path):
     plan = ablation.Plan(source=source, out=tmp_path / "ablation", steps=2, choices=40, prompts=1, eval_seeds=2,
                          sample_steps=2, resolution=64, val_rows=2,
-                         extra=(f"model.base={tiny_sdxl}", "optim.batch_size=2", "data.holdout=0.1"))  # fmt: skip
+                         base=tiny_sdxl, extra=("optim.batch_size=2",))  # fmt: skip
     report_md = ablation.run(plan)
     report = json.loads((plan.out / "report.json").read_text())
     conc = report["concentration"]
@@ -40,12 +40,18 @@ def test_the_ablation_end_to_end_at_toy_scale(source, tiny_sdxl, tmp_path):
     for d in ("0", "1"):
         assert report["settings"][d]["coverage_all"]["seeds"] == 2 and report["settings"][d]["val_loss"]["spread"] >= 0
     text = report_md.read_text()
-    assert "| `weigh.diversity` 0 |" in text and "seed spread" in text and "![samples](grid.png)" in text
+    assert "| `weigh.diversity` 0 |" in text and "mean ± sd [seeds' range]" in text and "![samples](grid.png)" in text
+    ctrl = report["control"]
+    assert ctrl["rows"] == conc["rows"] and 0 <= ctrl["reconstructions_in_own_cluster"] <= 1
+    for d in ("0", "1"):
+        assert sum(ctrl["expected"][d]["shares"]) == pytest.approx(1)
+    assert all(np.isfinite(m["kl_none_expected"]) and m["kl_none_expected"] >= 0 for m in models)
     for name in ("clusters.png", "figures.png", "grid.png", "eval/report.md"):
         assert (plan.out / name).stat().st_size > 1000
     # a second run keeps every finished step: same checkpoints, same eval, the report written again
     ckpt = ablation.final_checkpoint(plan, 0.0, 0) / "model.safetensors"
-    before = ckpt.stat().st_mtime_ns, (plan.out / "eval/report.json").stat().st_mtime_ns
+    one = plan.out / "eval/d1-seed1/report.json"
+    before = ckpt.stat().st_mtime_ns, one.stat().st_mtime_ns
     ablation.run(plan)
-    assert (ckpt.stat().st_mtime_ns, (plan.out / "eval/report.json").stat().st_mtime_ns) == before
+    assert (ckpt.stat().st_mtime_ns, one.stat().st_mtime_ns) == before
     assert json.loads((plan.out / "report.json").read_text())["models"] == models

@@ -1,4 +1,4 @@
-"""``zxl eval``: does a checkpoint give what its users trained for? Five measures on a fixed set
+"""``zxl eval``: does a checkpoint give what its users trained for? Six measures on a fixed set
 of samples and held-out rows (trainer/metrics.py has the formulas):
 
 1. **score-tag steering**: the same prompts with ``score_1`` … ``score_9`` (and no score tag),
@@ -178,16 +178,17 @@ class Clusters:
             return f"no stored embeddings in {run_dir / 'embeddings'}"
         if kind != scorer.embedding_kind:
             return f"the catalog's embeddings are {kind}, the scorer's {scorer.embedding_kind}: not one space"
-        keys, emb = read_embeddings(run_dir)
+        keys, emb = read_embeddings(run_dir, dtype=np.float16)  # 950k × 768: 1.5 GB, summed in chunks
         assert emb is not None  # a kind is read from a file that has them
         index = {k: i for i, k in enumerate(keys)}
         have = rows[rows.cluster.notna() & rows.key.isin(index)]
         labels = have.cluster.to_numpy(np.int64)
+        at = np.fromiter((index[key] for key in have.key), np.int64, len(have))
         k = int(labels.max()) + 1
-        x = emb[[index[key] for key in have.key]].astype(np.float64)
         counts = np.bincount(labels, minlength=k)
-        centres = np.zeros((k, x.shape[1]))
-        np.add.at(centres, labels, x)
+        centres = np.zeros((k, emb.shape[1]))
+        for a in range(0, len(at), 16384):
+            np.add.at(centres, labels[a : a + 16384], emb[at[a : a + 16384]].astype(np.float64))
         centres = (centres / np.maximum(counts, 1)[:, None]).astype(np.float32)
         draws = have.draws.to_numpy(np.float64)
         return cls(centres, cluster_shares(labels, k), cluster_shares(labels, k, draws), kind)
@@ -220,7 +221,7 @@ def _images(catalog: Path, rows: pd.DataFrame, buckets) -> list:
     return out
 
 
-# ----------------------------------------------------------------------------- the five measures
+# ----------------------------------------------------------------------------- the six measures
 
 
 def render(model, es: EvalSet, folder: Path | None, log=print) -> list[dict]:
@@ -369,7 +370,7 @@ def coverage(es: EvalSet, samples: list[dict], emb: np.ndarray) -> dict:
 
 
 def evaluate_model(model, es: EvalSet, folder: Path | None = None, log=print) -> dict:
-    """The five measures for one loaded model; samples under ``folder`` when given."""
+    """The six measures for one loaded model; samples under ``folder`` when given."""
     samples = render(model, es, folder, log)
     raw, emb = score_samples(es, samples)
     steer, variety = steering_and_variety(es, samples, raw, emb)
