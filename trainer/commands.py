@@ -48,8 +48,9 @@ def add_commands(sub) -> None:
                     help="merge the K checkpoints of a run (give its output or checkpoints folder) with the best "
                     "eval figure, from the eval.csv that loop.eval_every writes")  # fmt: skip
     mg.add_argument("--by", default="val_loss", metavar="METRIC",
-                    help="--best: val_loss (lowest), or spearman, steering_gap, score_9, vendi_with_tags, "
-                    "vendi_without_tags, clip (highest); default val_loss")  # fmt: skip
+                    help="--best: val_loss or cluster_kl (lowest), or spearman, steering_gap, score_9, "
+                    "vendi_with_tags, vendi_without_tags, clip, coverage, coverage_none, coverage_score_9, "
+                    "conditional_vendi (highest); default val_loss")  # fmt: skip
 
     mg.set_defaults(run=cmd_merge)
 
