@@ -5,17 +5,18 @@ scores, which might have been overkill and sacrificed diversity". This runs the 
 experiment on the demo:
 
 1. **A catalog where the problem exists.** A copy of the curated demo run (runs/demo) is rated by a
-   simulated rater who loves one look: the pictures of one of the catalog's clusters (the one of
-   median size; its centre in the stored pixel embedding is the rater's ideal), answering the
+   simulated rater who loves one look: the pictures of one of the catalog's clusters (of those the
+   models' autoencoder keeps, the one of median size; its centre in the stored pixel embedding is
+   the rater's ideal), answering the
    browser's rate view through its HTTP API (bench/rater.py). ``zxl taste fit`` learns the taste and
    ``zxl taste apply`` re-scores the rows with it, once at ``weigh.diversity`` 0 and once at 1 (one
    run folder each): the same scores and clusters, different draws. How concentrated the top
    scores and the draws are is measured, not assumed (``concentration``).
 2. **Trained models.** The demo's tiny SDXL (``make train``'s model and config) trained on each
-   catalog from the same base, steps and settings, at two training seeds each, so the seed-to-seed
-   spread is visible beside the effect.
-3. **One evaluation.** ``zxl eval`` of all of them together, on one set of held-out prompts and the
-   d = 1 catalog's clusters (those of both catalogs: the clustering does not depend on d), then one
+   catalog from the same base, steps and settings, at two training seeds each (``--seeds``), so the
+   seed-to-seed spread is visible beside the effect.
+3. **One evaluation.** ``zxl eval`` of each model on the same held-out prompts, seeds and the d = 1
+   catalog's clusters (those of both catalogs: the clustering does not depend on d), then one
    side-by-side report: runs/ablation/report.md, report.json, plots and a grid of samples.
 4. **A control** (``control``): the catalog's rows through the models' own autoencoder, assigned to
    the clusters as samples are: what a model that learned its draws perfectly would show, and how
@@ -141,6 +142,9 @@ def _clusters(catalog: Path, resolution: int):
     return rows, clusters
 
 
+KEEP = 0.5  # a cluster the models can draw: at least this share of its rows survive the autoencoder
+
+
 def favourite(plan: Plan) -> tuple[int, np.ndarray, dict]:
     """The rater's favourite look: a cluster of the source catalog the models can draw. Of the
     clusters whose rows mostly (≥ ``KEEP``) stay in their own cluster through the autoencoder, the
@@ -158,9 +162,6 @@ def favourite(plan: Plan) -> tuple[int, np.ndarray, dict]:
     order = sorted(drawable, key=lambda c: (sizes[c], c))
     fav = order[(len(order) - 1) // 2]
     return fav, clusters.centres[fav] / np.linalg.norm(clusters.centres[fav]), {"stay": stay, "sizes": sizes}
-
-
-KEEP = 0.5
 
 
 def look_utility(centre: np.ndarray):
