@@ -19,7 +19,7 @@ help:
 	@echo "make curate     install if needed, then curate the bundled demo corpus into runs/demo/catalog/"
 	@echo "make browse     the catalog browser on http://127.0.0.1:8765 (CATALOG=runs/demo/catalog)"
 	@echo "make taste-demo a simulated rater answers 300 pairs of the rate view; zxl taste fit + apply at weigh.diversity 0 and 1"
-	@echo "make ablation   does weigh.diversity keep variety in a trained model? 4 demo models, one report (~35 min)"
+	@echo "make ablation   does weigh.diversity keep variety in a trained model? 4 demo models, one report (~31 min)"
 	@echo "make train      train on the demo catalog (a tiny SDXL on the CPU); real: CONFIG=configs/train/zero-xl.yaml BASE=model.safetensors"
 	@echo "make sample     a validation grid (MODEL=.safetensors or diffusers folder; the demo checkpoint without)"
 	@echo "make test       the whole test suite (what .ci/run calls)"
