@@ -28,7 +28,7 @@ import pyarrow as pa
 from PIL import Image
 
 from zxl.files import write_table_atomic
-from zxl.images import decode_reduced, load, open_reduced, reduce_to
+from zxl.images import BASE_SIDE, decode_reduced, load, open_reduced, reduce_to
 from zxl.pipeline.stages import HASH_KEY, ShardJob, skipped
 
 
@@ -36,10 +36,11 @@ class StoredImage:
     """One stored image's bytes and the views stages ask of it, each made once.
 
     A view is exactly what ``decode_reduced`` gives its stage alone, so it is the same whether the
-    stage ran alone or with others. A JPEG's view of side s is its DCT-scaled decode (1/2..1/8) then a
-    box reduce: views whose DCT scale is the same share that decode; views of different scales get
-    a cheap decode each, never one derived from another. Any other format is decoded whole once and
-    each view box-reduced from that, which is what ``decode_reduced`` does for it too.
+    stage ran alone or with others. A view under ``BASE_SIDE`` is box-reduced from the ``BASE_SIDE``
+    view. A JPEG's view of a larger side is its DCT-scaled decode (1/2..1/8) then a box reduce: views
+    whose DCT scale is the same share that decode; views of different scales get a decode each. Any
+    other format is decoded whole once and each view box-reduced from that, which is what
+    ``decode_reduced`` does for it too.
     """
 
     def __init__(self, data: bytes, max_pixels: int | None = None, option: str = "max_image_pixels"):
@@ -55,7 +56,9 @@ class StoredImage:
         key = (side, long)
         if key in self._views:
             return self._views[key]
-        if self.jpeg:
+        if side is not None and side < BASE_SIDE:
+            im = reduce_to(self.view(BASE_SIDE, long), side, long)
+        elif self.jpeg:
             opened, self.size = open_reduced(self.data, side, self.max_pixels, self.option, long=long)
             scaled = (opened.size, opened.mode)  # what the DCT scale decodes to: shared by views that match
             if scaled not in self._decoded:

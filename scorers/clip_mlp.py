@@ -74,7 +74,9 @@ class ClipMlpScorer(EmbeddingScorer):
     name = "clip-mlp"
     runs_model = True
     imports = ("open_clip",)
-    version = "2"  # 2: images decoded reduced to the model's input side (JPEG DCT scaling), not whole
+    # 3: its view (224 px) box-reduced from the image's 448 view (zxl.images.BASE_SIDE), not decoded apart;
+    # 2: images decoded reduced to the model's input side (JPEG DCT scaling), not whole
+    version = "3"
 
     def __init__(self, cfg: ScoreConfig, load_weights: bool = True, head_state: dict | None = None):
         import open_clip

@@ -95,7 +95,7 @@ def test_each_image_is_decoded_once_per_scale_and_never_past_the_gate(shard, mon
     graph.run_images(str(run_dir), 0, parts)
     # PNG and WebP: one whole decode each, every view box-reduced from it
     assert sorted(whole) == [(b"RIFF", None), (b"\x89PNG", None), (b"\x89PNG", None)]
-    # JPEG: one decode per DCT scale the views need: inspect's (448, here the whole image) is the
-    # technical scorer's too, WD's 32 on the long side is 1/8; the truncated one is tried by inspect
-    # alone, the one over the pixel limit never decoded
-    assert sorted(jpeg_loads) == [(25, 38), (36, 24), (200, 300), (288, 192), (288, 192)]
+    # JPEG: one decode each: inspect's view (448, here the whole image) is the technical scorer's too,
+    # and WD's 32 on the long side is box-reduced from it (views under 448 are never decoded apart);
+    # the truncated one is tried by inspect alone, the one over the pixel limit never decoded
+    assert sorted(jpeg_loads) == [(200, 300), (288, 192), (288, 192)]

@@ -60,7 +60,7 @@ def test_decode_reduced_scales_a_jpeg_by_its_dct_and_keeps_the_stored_size():
         (128, (128, 192)),
         (64, (64, 96)),
         (2000, (1024, 1536)),
-    ):  # fmt: skip  (64: 1/8 by DCT, then 1/2 by box)
+    ):  # fmt: skip  (under 448: the 448 view, 1/2 by DCT, then a box of 2, 4 or 8)
         im, stored = decode_reduced(data, side)
         assert stored == (1024, 1536) and im.size == want, side
         assert side is None or min(im.size) >= min(side, 1024)

@@ -58,32 +58,45 @@ def test_score_stage_embeds_with_clip(tmp_path, tiny_clip):
     assert keys == ["1000", "1001", "1002"] and vectors.shape == (3, 32)
 
 
-def test_clip_sees_a_reduced_decode_close_to_the_whole_one(tmp_path, tiny_clip):
-    """The score stage decodes a JPEG for CLIP at the model's input side (DCT scaling), not whole: what
-    the model sees moves by under one grey level on average, its embedding barely."""
+def test_clip_sees_a_reduced_decode_close_to_the_whole_one(tmp_path):
+    """The score stage decodes a booru-sized JPEG for a 224 px CLIP at the 448 view (1/2 by DCT
+    scaling), box-reduced by 2, not whole: what the model sees moves by under one and a half grey
+    levels on average, its embedding barely."""
     import io
+    import json
 
+    import open_clip
     import torch
 
-    from tests.conftest import clip_cfg
     from zxl.demo_corpus import draw_picture
     from zxl.images import decode_reduced
+    from zxl.scorers.config import ScoreConfig
+    from zxl.scorers.heads import laion_state_dict
     from zxl.scorers.registry import build_scorer
+    from zxl.testing import TINY_CLIP
 
+    config = {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "image_size": 224, "patch_size": 32}}
+    (tmp_path / "zxl-tiny-clip-224.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "zxl-tiny-clip-224.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("zxl-tiny-clip-224", pretrained=None).state_dict(), tmp_path / "clip.pt")
+    torch.save(laion_state_dict(dim=config["embed_dim"], seed=1), tmp_path / "head.pth")
     blobs = []
     for p in range(3):
         buf = io.BytesIO()
-        draw_picture(p, 0, 640, 448).save(buf, "JPEG", quality=92)
+        draw_picture(p, 0, 1024, 1536).save(buf, "JPEG", quality=90)
         blobs.append(buf.getvalue())
-    cfg, _ = stage_folder.build(tmp_path, blobs, "score.scorer=clip-mlp")
-    cfg.score = clip_cfg(tiny_clip)
+    run_dir = tmp_path / "run"
+    cfg, _ = stage_folder.build(run_dir, blobs, "score.scorer=clip-mlp")
+    cfg.score = ScoreConfig(scorer="clip-mlp", clip_model=str(tmp_path / "zxl-tiny-clip-224.json"),
+                            clip_weights=str(tmp_path / "clip.pt"), head_weights=str(tmp_path / "head.pth"))  # fmt: skip
     scorer = build_scorer(cfg.score)
-    assert scorer.input_side == 32  # the tiny CLIP's image_size
+    assert scorer.input_side == 224
     hashes = stage_folder.graph.stage_hashes(cfg, "test-source")
-    stage_folder.run(tmp_path, cfg, hashes, "inspect", "score")
-    _, stored = read_embeddings(tmp_path, 1)
-    reduced = [decode_reduced(b, 32)[0] for b in blobs]
-    assert [im.size for im in reduced] == [(80, 56)] * 3  # 640×448 at 1/8
+    stage_folder.run(run_dir, cfg, hashes, "inspect", "score")
+    _, stored = read_embeddings(run_dir, 1)
+    reduced = [decode_reduced(b, 224)[0] for b in blobs]
+    assert [im.size for im in reduced] == [(256, 384)] * 3  # 1/2 by DCT (the 448 view), then a box of 2
     whole = [decode(b) for b in blobs]
     x_reduced = torch.stack([scorer.prepare(im) for im in reduced])  # 0..1, before CLIP's normalisation
     x_whole = torch.stack([scorer.prepare(im) for im in whole])

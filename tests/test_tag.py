@@ -71,7 +71,7 @@ def test_image_taggers_get_images_decoded_to_their_input_side(tmp_path, wd_model
     stage_folder.run(tmp_path, cfg, hashes, "inspect", "tag")
     stored = pq.read_table(stage_path(tmp_path, "tag", 0)).to_pandas()
     tagger = WDTagger(cfg.tag)
-    reduced = [decode_reduced(b, 32, long=True)[0] for b in blobs]  # the long side at 32: 1/8, then a box of 3
+    reduced = [decode_reduced(b, 32, long=True)[0] for b in blobs]  # the 448 view (512×768, whole), then a box of 24
     assert [im.size for im in reduced] == [(22, 32)] * 4
     by_hand = tagger.tag(reduced, pd.DataFrame({"key": stored["key"]}))
     assert stored["tags"].map(list).tolist() == by_hand["tags"].map(list).tolist()
