@@ -36,8 +36,8 @@ class StoredImage:
     """One stored image's bytes and the views stages ask of it, each made once.
 
     A view is exactly what ``decode_reduced`` gives its stage alone, so it is the same whether the
-    stage ran alone or with others. A view under ``BASE_SIDE`` is box-reduced from the ``BASE_SIDE``
-    view. A JPEG's view of a larger side is its DCT-scaled decode (1/2..1/8) then a box reduce: views
+    stage ran alone or with others. A view at or under ``BASE_SIDE`` (both sides, or the long side) is
+    box-reduced from the ``BASE_SIDE`` view. A JPEG's view of a larger side is its DCT-scaled decode (1/2..1/8) then a box reduce: views
     whose DCT scale is the same share that decode; views of different scales get a decode each. Any
     other format is decoded whole once and each view box-reduced from that, which is what
     ``decode_reduced`` does for it too.
@@ -56,8 +56,8 @@ class StoredImage:
         key = (side, long)
         if key in self._views:
             return self._views[key]
-        if side is not None and side < BASE_SIDE:
-            im = reduce_to(self.view(BASE_SIDE, long), side, long)
+        if side is not None and side <= BASE_SIDE and key != (BASE_SIDE, False):
+            im = reduce_to(self.view(BASE_SIDE), side, long)
         elif self.jpeg:
             opened, self.size = open_reduced(self.data, side, self.max_pixels, self.option, long=long)
             scaled = (opened.size, opened.mode)  # what the DCT scale decodes to: shared by views that match

@@ -97,5 +97,8 @@ def test_decode_reduced_to_a_long_side_for_models_that_pad_to_a_square():
     assert decode_reduced(jpeg, 300, long=True)[0].size == (256, 384)  # the short side may go under 300
     buf = io.BytesIO()
     Image.effect_noise((1536, 1024), 60).convert("RGB").save(buf, "PNG")
-    assert decode_reduced(buf.getvalue(), 448, long=True)[0].size == (512, 342)  # 1536 // 448 = 3 (reduce rounds up)
     assert decode_reduced(buf.getvalue(), 448)[0].size == (768, 512)  # both sides: 1024 // 448 = 2
+    assert decode_reduced(buf.getvalue(), 448, long=True)[0].size == (768, 512)  # that view serves the long side
+    buf = io.BytesIO()
+    Image.effect_noise((3072, 1024), 60).convert("RGB").save(buf, "PNG")  # a panorama: the long side reduces further
+    assert decode_reduced(buf.getvalue(), 448, long=True)[0].size == (512, 171)  # (1536, 512) // 3, rounded up

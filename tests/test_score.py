@@ -88,8 +88,9 @@ def test_clip_sees_a_reduced_decode_close_to_the_whole_one(tmp_path):
         blobs.append(buf.getvalue())
     run_dir = tmp_path / "run"
     cfg, _ = stage_folder.build(run_dir, blobs, "score.scorer=clip-mlp")
-    cfg.score = ScoreConfig(scorer="clip-mlp", clip_model=str(tmp_path / "zxl-tiny-clip-224.json"),
-                            clip_weights=str(tmp_path / "clip.pt"), head_weights=str(tmp_path / "head.pth"))  # fmt: skip
+    files = {name: str(tmp_path / name) for name in ("zxl-tiny-clip-224.json", "clip.pt", "head.pth")}
+    cfg.score = ScoreConfig(scorer="clip-mlp", clip_model=files["zxl-tiny-clip-224.json"],
+                            clip_weights=files["clip.pt"], head_weights=files["head.pth"])  # fmt: skip
     scorer = build_scorer(cfg.score)
     assert scorer.input_side == 224
     hashes = stage_folder.graph.stage_hashes(cfg, "test-source")

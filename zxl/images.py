@@ -12,12 +12,14 @@ which costs a fraction of a full decode), other formats decode whole and are box
 integer factor (``Image.reduce``); either way both sides stay at least ``min_side``, and the whole
 file is still read, so a truncated image fails exactly as it does in a full decode.
 
-A view under ``BASE_SIDE`` (448 px: inspect's hash, a WD tagger's input) is box-reduced from the
-448 view, never decoded on its own: CLIP's 224 px is then the same decode as inspect's and WD's. For
-a JPEG the smaller DCT scales would save little: the entropy decoding, which no scale skips, is most
-of the work (a 1.5 Mpx JPEG at quality 90 here: whole 4.6 ms, 1/2 3.7, 1/4 3.0, 1/8 2.7), so a second
-decode at 1/4 cost more than the box of 2 from the 1/2 one (0.45 ms); for any other format the box
-of 2 from the 448 view reads a quarter of the pixels a box of 4 from the whole image reads.
+A view at or under ``BASE_SIDE`` (448 px: inspect's hash; on the long side, a WD tagger's input) is
+box-reduced from the 448 view, never decoded or reduced from the whole image on its own: CLIP's
+224 px and WD's 448 on the long side then come from the decode inspect made. For a JPEG the smaller
+DCT scales would save little: the entropy decoding, which no scale skips, is most of the work (a
+1.5 Mpx JPEG at quality 90 here: whole 4.6 ms, 1/2 3.7, 1/4 3.0, 1/8 2.7), so a second decode at 1/4
+cost more than a box of 2 from the 1/2 one (0.45 ms). For any other format a box from the 448 view
+reads a quarter of the pixels one from the whole image reads (or none: a 2:3 image's 448 view is
+already WD's).
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ def decode_reduced(
     """The image in ``data`` reduced to the smallest size whose sides are both at least ``min_side``
     that a cheap reduction reaches (module docstring), and its stored size (width, height); with
     ``long``, only the long side is kept at least ``min_side`` (for a model that pads to a square).
-    ``min_side`` None decodes at full size; under ``BASE_SIDE`` the image is the ``BASE_SIDE`` one,
-    box-reduced. ``mode`` "L" lets a colour JPEG decode its luma alone. Errors as ``decode``."""
-    if min_side is not None and min_side < BASE_SIDE:
-        im, size = decode_reduced(data, BASE_SIDE, max_pixels, option, mode, long)
+    ``min_side`` None decodes at full size; at or under ``BASE_SIDE`` the image is the ``BASE_SIDE``
+    one, box-reduced. ``mode`` "L" lets a colour JPEG decode its luma alone. Errors as ``decode``."""
+    if min_side is not None and min_side <= BASE_SIDE and (min_side, long) != (BASE_SIDE, False):
+        im, size = decode_reduced(data, BASE_SIDE, max_pixels, option, mode)
         return reduce_to(im, min_side, long), size
     im, size = open_reduced(data, min_side, max_pixels, option, mode, long)
     load(im)
