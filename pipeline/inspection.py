@@ -4,12 +4,13 @@ Reads the shard's webdataset tar once, in order. An image that fetch stored but 
 decode (a truncated JPEG kept byte for byte, say) becomes ``failed_decode`` with the decoder's
 message. The perceptual hash is the DCT hash of Zauner (2010) as ``imagehash.phash`` computes it
 (grey, 32×32 Lanczos, 2-D DCT-II, the top-left 8×8 against their median), stored as the signed
-int64 with the same 64 bits, most significant first, computed on a reduced decode of the image
-(``zxl.images.decode_reduced``: both sides at least 448 px, fourteen times the hash's 32×32 grid)
-instead of the full one: a JPEG decodes at 1/2..1/8 scale, so inspect costs a fraction of one full
-decode. What that moves is measured
-in tests/test_inspection.py (near copies pair the same; hashes within a few bits of the full-size
-ones) and docs/performance.md.
+int64 with the same 64 bits, most significant first, computed on a reduced view of the image
+(``zxl.images.decode_reduced``: both sides at least 224 px, seven times the hash's 32×32 grid, a
+box of 2 or more from the 448 view the WD tagger sees) instead of the full one: a JPEG decodes at
+1/2..1/8 scale, so inspect costs a fraction of one full decode, and the Lanczos filter to 32×32
+reads a quarter of the pixels it read at 448. What that moves is measured in
+tests/test_inspection.py (near copies pair the same; hashes within a few bits of the full-size
+ones) and docs/performance.md (the demo's copies: 25 missed, against 26 with full-size hashes).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ INSPECT_SCHEMA = pa.schema(
 )
 
 
-# The hash is taken on the image reduced to at least this side (14× its 32×32 grid): the demo's catalog
-# is then the one of full-size hashes, row for row (docs/performance.md). A JPEG whose short side is
-# 896–1791 px decodes at 1/2 scale for it, as a 2:3 one does for a WD tagger's 448 px (one decode for both).
-PHASH_SIDE = 448
-VERSION = "2"  # in the stage's hash; 2: phash of the reduced decode (1: of the whole image)
+# The hash is taken on the image reduced to at least this side (7× its 32×32 grid): CLIP's view, a box of
+# 2 or more from the 448 view (zxl.images.BASE_SIDE). On the demo's 570 stored images it finds one more
+# copy of a picture than full-size hashes do and merges no two pictures (docs/performance.md).
+PHASH_SIDE = 224
+# in the stage's hash; 3: phash of the 224 view (2: of the 448 view, 1: of the whole image)
+VERSION = "3"
 
 
 def phash(image: Image.Image, hash_size: int = 8, highfreq_factor: int = 4) -> int:

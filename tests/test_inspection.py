@@ -57,7 +57,7 @@ def test_truncated_and_oversized_images_fail_with_a_reason():
 
 
 def test_inspect_hashes_a_reduced_decode_and_finds_the_same_near_copies():
-    """inspect decodes at ≥ 448 px (a JPEG at 1/2..1/8 scale): each hash stays within a few bits of
+    """inspect hashes a view of ≥ 224 px (a JPEG at 1/2..1/8 scale): each hash stays within a few bits of
     imagehash's on the whole image, and phash dedup (distance ≤ 5) pairs the same copies."""
     from zxl.demo_corpus import draw_picture
     from zxl.images import decode
