@@ -1,7 +1,8 @@
 """embed + score: every ok image of a shard through the configured scorer.
 
 Each image is decoded once, reduced to the side the scorer's model needs (``Scorer.input_side``:
-a JPEG at 1/2..1/8 scale when CLIP sees 224 px; whole for the technical scorer, whose pixel-level
+for CLIP's 224 px a box of 2 or more from the 448 view, a JPEG's at 1/2..1/8 scale; whole for the
+technical scorer, whose pixel-level
 terms need the stored pixels), in the one pass over the shard's images that the image stages of a
 task share (``pipeline/imagepass.py``). Decoding and ``prepare`` (resize, crop, normalize — or the
 technical scorer's measurements) run in ``score.loader_threads`` threads and stay at most two
