@@ -1,17 +1,15 @@
 """embed + score: every ok image of a shard through the configured scorer.
 
-Each image is decoded once, reduced to the side the scorer's model needs (``Scorer.input_side``:
-for CLIP's 224 px a box of 2 or more from the 448 view, a JPEG's at 1/2..1/8 scale; whole for the
-technical scorer, whose pixel-level
-terms need the stored pixels), in the one pass over the shard's images that the image stages of a
-task share (``pipeline/imagepass.py``). Decoding and ``prepare`` (resize, crop, normalize — or the
-technical scorer's measurements) run in ``score.loader_threads`` threads and stay at most two
-batches ahead of the model, so the model never waits on JPEG decoding and memory stays bounded.
-The scorer is built once per worker process (``scorers.registry.get_scorer``). Outputs:
-``stages/score/NNNNN.parquet`` (key, status, error, aesthetic) and, for scorers that embed,
-``embeddings/NNNNN.parquet`` (key + float16 vector), written before the stage file so a finished
-stage always has its embeddings.
-"""
+Each image is decoded once, reduced to the side the scorer's model needs (``Scorer.input_side``: for
+CLIP's 224 px a box of 2 or more from the 448 view, a JPEG's at 1/2..1/8 scale; whole for the
+technical scorer, whose pixel-level terms need the stored pixels), in the one pass over the shard's
+images that the image stages of a task share (``pipeline/imagepass.py``). Decoding and ``prepare``
+(resize, crop, normalize — or the technical scorer's measurements) run in ``score.loader_threads``
+threads and stay at most two batches ahead of the model, so the model never waits on JPEG decoding
+and memory stays bounded. The scorer is built once per worker process
+(``scorers.registry.get_scorer``). Outputs: ``stages/score/NNNNN.parquet`` (key, status, error,
+aesthetic) and, for scorers that embed, ``embeddings/NNNNN.parquet`` (key + float16 vector), written
+before the stage file so a finished stage always has its embeddings."""
 
 from __future__ import annotations
 
