@@ -161,14 +161,14 @@ def run(quick: bool = False) -> list[dict]:
                 warm_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=f"warm{r}"))
                 warm.append(_ours_warm(warm_cfg))
                 limits.append(_limit(cfg, urls, workers))
-                zxl, i2d, hot, lim = (ok / s for s, ok in (ours[-1], bare[-1], warm[-1][:2], limits[-1]))
-                print(f"  run {r}: zxl {zxl:.1f} img/s, img2dataset {i2d:.1f} img/s; zxl warm {hot:.1f} img/s "
-                      f"against the limit's {lim:.1f} ({hot / lim:.2f}×)")  # fmt: skip
+                cold, i2d, hot, ceiling = (ok / s for s, ok in (ours[-1], bare[-1], warm[-1][:2], limits[-1]))
+                print(f"  run {r}: zxl {cold:.1f} img/s, img2dataset {i2d:.1f} img/s; zxl warm {hot:.1f} img/s "
+                      f"against the limit's {ceiling:.1f} ({hot / ceiling:.2f}×)")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = lambda runs: max(ok / s for s, ok in runs)  # noqa: E731
     o, b = best(ours), best(bare)
-    lim = best([(s, ok) for s, ok in limits])
+    lim = best(limits)
     w = best([(s, ok) for s, ok, _ in warm])
     paired = [(ok_w / s_w) / (ok_l / s_l) for (s_w, ok_w, _), (s_l, ok_l) in zip(warm, limits, strict=True)]
     server = min(cpu / s for s, _, cpu in warm)

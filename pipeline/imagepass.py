@@ -28,7 +28,7 @@ import pyarrow as pa
 from PIL import Image
 
 from zxl.files import write_table_atomic
-from zxl.images import BASE_SIDE, decode_reduced, load, open_reduced, reduce_to
+from zxl.images import BASE_SIDE, decode_reduced, from_base, load, open_reduced, reduce_to
 from zxl.pipeline.stages import HASH_KEY, ShardJob, skipped
 
 
@@ -56,7 +56,7 @@ class StoredImage:
         key = (side, long)
         if key in self._views:
             return self._views[key]
-        if side is not None and side <= BASE_SIDE and key != (BASE_SIDE, False):
+        if side is not None and from_base(side, long):
             im = reduce_to(self.view(BASE_SIDE), side, long)
         elif self.jpeg:
             opened, self.size = open_reduced(self.data, side, self.max_pixels, self.option, long=long)

@@ -58,8 +58,14 @@ def decode(data: bytes, max_pixels: int | None = None, option: str = "max_image_
 _NO_REDUCE = {"P": "RGB", "1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
 
 
-# Views under this side are box-reduced from the view at this side (module docstring).
+# Views at or under this side are box-reduced from the view at this side (module docstring).
 BASE_SIDE = 448
+
+
+def from_base(side: int, long: bool = False) -> bool:
+    """Whether the view of ``side`` (``long``: on the long side) is cut from the ``BASE_SIDE`` view
+    rather than decoded: every view at or under it but that view itself."""
+    return side <= BASE_SIDE and (side, long) != (BASE_SIDE, False)
 
 
 def decode_reduced(
@@ -75,7 +81,7 @@ def decode_reduced(
     ``long``, only the long side is kept at least ``min_side`` (for a model that pads to a square).
     ``min_side`` None decodes at full size; at or under ``BASE_SIDE`` the image is the ``BASE_SIDE``
     one, box-reduced. ``mode`` "L" lets a colour JPEG decode its luma alone. Errors as ``decode``."""
-    if min_side is not None and min_side <= BASE_SIDE and (min_side, long) != (BASE_SIDE, False):
+    if min_side is not None and from_base(min_side, long):
         im, size = decode_reduced(data, BASE_SIDE, max_pixels, option, mode)
         return reduce_to(im, min_side, long), size
     im, size = open_reduced(data, min_side, max_pixels, option, mode, long)
