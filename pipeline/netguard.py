@@ -20,7 +20,13 @@ scheme altogether (``file:///etc/passwd``, ``file:///dev/zero``, ``ftp://``, ``d
   could hold a download thread for ever. Every read of a response (status line, headers and body,
   redirects included) gets the per-read timeout or what is left of one deadline for the whole
   request, whichever is shorter;
-- **size**: a response that announces or sends more than ``max_bytes`` fails at that byte.
+- **size**: a response that announces or sends more than ``max_bytes`` fails at that byte;
+- **connections**: a Guard keeps a connection open after a response read to its end (HTTP/1.1
+  keep-alive) and sends its next request for the same scheme, host and port over it, from any
+  thread, one request at a time: no new TCP (and TLS) handshake per image. Only a connection this
+  Guard opened, and so checked, is reused; one whose response was not read to the end, failed, or
+  that the server closed or wrote to while it was idle is closed instead. ``Guard.close`` closes
+  the idle ones.
 
 img2dataset fetches with ``urllib.request.urlopen(request, timeout=...)`` from its own threads.
 ``patch_img2dataset`` points img2dataset's ``urllib`` (its module's binding, nobody else's) at
@@ -39,7 +45,9 @@ import functools
 import http.client
 import io
 import ipaddress
+import select
 import socket
+import threading
 import time
 import types
 import urllib.error
@@ -201,9 +209,12 @@ class _BudgetReader(io.RawIOBase):
 
 
 class _BudgetResponse(http.client.HTTPResponse):
-    budget: _Budget
+    """A response read within its request's budget. ``release(reusable)`` is called once, when the
+    response is done with its connection: reusable when its body was read to the end and the server
+    keeps the connection open, not when it was closed early, failed or ends with the connection."""
 
-    def __init__(self, sock, *args, **kwargs):
+    def __init__(self, sock, *args, budget: _Budget, release=None, **kwargs):
+        self.budget, self._release, self._trailer_read = budget, release, False
         super().__init__(sock, *args, **kwargs)
         self.budget.new_response()
         self.fp.close()  # the plain reader http.client made; ours replaces it
@@ -216,13 +227,31 @@ class _BudgetResponse(http.client.HTTPResponse):
             if int(length) > self.budget.max_bytes:
                 raise self.budget.too_large(int(length))
 
+    def _read_and_discard_trailer(self):
+        super()._read_and_discard_trailer()  # pyright: ignore[reportAttributeAccessIssue] - http.client's private step, the end of a chunked body
+        self._trailer_read = True
+
+    def _close_conn(self):
+        whole = self._trailer_read if self.chunked else self.length == 0
+        super()._close_conn()  # pyright: ignore[reportAttributeAccessIssue] - http.client's private step
+        self._done(whole and not self.will_close)
+
+    def close(self):
+        if self.fp is not None:  # before the body's end: its connection holds unread bytes
+            self._done(False)
+        super().close()
+
+    def _done(self, reusable: bool) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release(reusable)
+
 
 def _connection(base: type, guard: Guard) -> type:
     class Guarded(base):
-        def __init__(self, *args, budget: _Budget, **kwargs):
+        def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._create_connection = self._checked_connection
-            self.response_class = type("Response", (_BudgetResponse,), {"budget": budget})
 
         def _checked_connection(
             self,
@@ -284,6 +313,13 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return new
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle socket has something to read (the server closed it, or sent what nobody asked for)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class GuardedTimeout(float):
     """A urllib timeout (seconds per read) that carries the Guard its request must go through."""
 
@@ -313,6 +349,9 @@ class Guard:
         connect_to: dict[tuple[str, int], tuple[str, int]] | None = None,
     ):
         self.policy = Policy(list(allowed_hosts), allow_private)
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}  # (scheme, host:port) → open
+        self._lock = threading.Lock()
+        self._closed = False
         self.response_deadline, self.max_bytes = response_deadline, max_bytes
         self.connect_to = {(host_key(h), p): (host_key(h2), p2) for (h, p), (h2, p2) in (connect_to or {}).items()}
         http_conn, https_conn = (
@@ -330,14 +369,15 @@ class Guard:
                 raise refusal
             return req
 
+        guard = self
+
         class HTTPHandler(urllib.request.HTTPHandler):
             def http_open(self, req):
-                return self.do_open(functools.partial(http_conn, budget=req.zxl_budget), checked(req))  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
+                return guard._request(http_conn, checked(req))
 
         class HTTPSHandler(urllib.request.HTTPSHandler):
             def https_open(self, req):
-                conn = functools.partial(https_conn, budget=req.zxl_budget)  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
-                return self.do_open(conn, checked(req), context=self._context)  # pyright: ignore[reportAttributeAccessIssue] - HTTPSHandler's own SSL context, private in typeshed
+                return guard._request(https_conn, checked(req), context=self._context)  # pyright: ignore[reportAttributeAccessIssue] - HTTPSHandler's own SSL context, private in typeshed
 
         self.opener = urllib.request.OpenerDirector()
         for handler in (
@@ -349,6 +389,87 @@ class Guard:
             urllib.request.UnknownHandler(),
         ):
             self.opener.add_handler(handler)
+
+    def _request(self, conn_class: type, req: urllib.request.Request, **conn_args) -> http.client.HTTPResponse:
+        """urllib's ``do_open``, on a kept-alive connection to the same scheme, host and port when one
+        is idle (it went through this policy when it connected), else on a new one. The connection
+        goes back when its response has been read to the end; anything else closes it. A server may
+        close an idle connection just as a request leaves on it (HTTP/1.1 lets it, without a word):
+        a kept-alive connection that is closed before one byte of the answer arrives is not an answer,
+        and the request goes once more, on a new connection (as browsers do)."""
+        if not req.host:
+            raise urllib.error.URLError("no host given")
+        key = (req.type, req.host)
+        headers = dict(req.unredirected_hdrs)
+        headers.update({k: v for k, v in req.headers.items() if k not in headers})
+        headers = {name.title(): value for name, value in headers.items()}
+        for fresh in (False, True):
+            conn = None if fresh else self._take(key)
+            reused = conn is not None
+            if conn is None:
+                conn = conn_class(req.host, timeout=req.timeout, **conn_args)
+            elif conn.sock is not None:
+                conn.sock.settimeout(req.timeout)
+            conn.response_class = functools.partial(  # pyright: ignore[reportAttributeAccessIssue] - http.client calls it as a class; a partial carries this request's budget
+                _BudgetResponse,
+                budget=req.zxl_budget,
+                release=functools.partial(self._release, key, conn),  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
+            )
+            try:
+                try:
+                    conn.request(req.get_method(), req.selector, req.data, headers)
+                except OSError as err:
+                    if reused and isinstance(err, (BrokenPipeError, ConnectionResetError)):
+                        conn.close()  # the server had closed it: the request never reached it
+                        continue
+                    raise urllib.error.URLError(err) from err  # as urllib says it: <urlopen error …>
+                r = conn.getresponse()
+            except http.client.RemoteDisconnected:
+                conn.close()
+                if reused:  # closed by the server as the request left: not one byte of an answer
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            r.url = req.get_full_url()  # pyright: ignore[reportAttributeAccessIssue] - urllib's own attributes on its responses
+            r.msg = r.reason  # pyright: ignore[reportAttributeAccessIssue]
+            return r
+        raise AssertionError("unreachable: the second try is on a fresh connection")
+
+    def _take(self, key: tuple[str, str]) -> http.client.HTTPConnection | None:
+        """An idle connection for ``key`` that the server has not closed meanwhile (a readable idle
+        socket is an end of file or bytes nobody asked for: either way it is closed), or None."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None or (conn.sock is not None and not _readable(conn.sock)):
+                return conn
+            conn.close()
+
+    def _release(self, key: tuple[str, str], conn: http.client.HTTPConnection, reusable: bool) -> None:
+        if reusable and conn.sock is not None:
+            with self._lock:
+                if not self._closed:
+                    self._idle.setdefault(key, []).append(conn)
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; requests after this one still work, on connections of their own."""
+        with self._lock:
+            self._closed = True
+            idle = [conn for conns in self._idle.values() for conn in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def timeout(self, seconds: float) -> GuardedTimeout:
         """What to hand img2dataset as its timeout so that its requests go through this Guard."""

@@ -89,7 +89,9 @@ def square(image: Image.Image, size: int) -> np.ndarray:
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     if (h, w) != (side, side):  # white borders, as np.pad(constant_values=255) makes them
-        pixels = cv2.copyMakeBorder(pixels, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        pixels = cv2.copyMakeBorder(
+            pixels, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(255, 255, 255)
+        )
     if side != size:
         pixels = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LANCZOS4)
     return pixels

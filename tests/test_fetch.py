@@ -185,5 +185,71 @@ def test_look_reads_a_pngs_exif_orientation_without_decoding_it(monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     for data in (early, late, in_xmp.getvalue()):
-        assert look(data, 10**6) == (None, {"size": (20, 30), "orientation": 6, "deep": False})
+        assert look(data, 10**6) == (None, {"size": (20, 30), "orientation": 6, "deep": False, "alpha": False})
     assert look(plain.getvalue(), 10**6)[1]["orientation"] == 1
+
+
+def _encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _resizer_matte(bgra):
+    """img2dataset's Resizer's own alpha matte (resizer.py), on an OpenCV BGRA array."""
+    import numpy as np
+
+    alpha = bgra[:, :, 3, np.newaxis]
+    return np.rint((alpha / 255 * bgra[..., :3] + 255 - alpha).clip(min=0, max=255)).astype(np.uint8)
+
+
+def test_flatten_alpha_is_the_resizers_matte_for_every_alpha_and_colour():
+    import cv2
+    import numpy as np
+
+    from zxl.pipeline.fetch import flatten_alpha
+
+    a, c = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij")
+    rgba = np.dstack([c, 255 - c, np.roll(c, 77, axis=1), a])  # every (alpha, colour) pair in each channel
+    data = _encoded(Image.fromarray(rgba, "RGBA"), "PNG")
+    flat = cv2.imdecode(np.frombuffer(flatten_alpha(data), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(flat, _resizer_matte(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)))
+    assert flatten_alpha(_encoded(Image.fromarray(rgba[:, :, :3], "RGB"), "PNG")) is None  # no alpha: untouched
+    assert flatten_alpha(b"not an image") is None
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"])
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_the_guarded_resizer_stores_the_same_bytes_as_img2dataset_for_transparent_images(mode, fmt, monkeypatch):
+    """Matting before the Resizer changes nothing it stores: same bytes, same sizes, for every kind of
+    transparency, larger and smaller than image_size."""
+    import numpy as np
+    from img2dataset.resizer import Resizer
+
+    from zxl.pipeline import fetch
+    from zxl.pipeline.fetch import _resizer_class
+
+    matted, flatten = [], fetch.flatten_alpha
+    monkeypatch.setattr(fetch, "flatten_alpha", lambda data: matted.append(flatten(data)) or matted[-1])
+
+    rng = np.random.default_rng(7)
+    field = rng.integers(0, 256, (300, 420, 4), dtype=np.uint8)
+    rgba = Image.fromarray(field, "RGBA")
+    small = rgba.resize((90, 70))
+    images = {
+        "RGBA PNG": _encoded(rgba, "PNG"),
+        "small RGBA PNG": _encoded(small, "PNG"),
+        "LA PNG": _encoded(rgba.convert("LA"), "PNG"),
+        "P PNG, one colour transparent": _encoded(rgba.convert("RGB").convert("P"), "PNG", transparency=3),
+        "RGB PNG, one colour transparent": _encoded(rgba.convert("RGB"), "PNG", transparency=(1, 2, 3)),
+        "RGBA WebP": _encoded(rgba, "WEBP", lossless=True),
+    }
+    settings = dict(image_size=128, resize_mode=mode, resize_only_if_bigger=False, encode_format=fmt,
+                    encode_quality=9 if fmt == "png" else 90, skip_reencode=True)  # fmt: skip
+    ours = _resizer_class()(**settings, max_image_pixels=10**8)
+    theirs = Resizer(**settings)
+    for name, data in images.items():
+        got, want = ours(io.BytesIO(data)), theirs(io.BytesIO(data))
+        assert want[-1] is None and got[1:] == want[1:], name
+        assert got[0] == want[0], name
+    assert len(matted) == len(images) and all(m is not None for m in matted)  # each went the matted way

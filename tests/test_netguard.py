@@ -342,3 +342,116 @@ def test_a_curate_run_refuses_private_urls_by_default(urls_file, tmp_path):
     cat = read_catalog(curate(cfg, log=lambda *_: None).catalog_dir).to_pandas()
     assert (cat["status"] == "failed_download").all()
     assert cat["error"].str.contains("refused: 127.0.0.1 is a loopback address").all()
+
+
+class _KeepAliveServer(Recorder):
+    """A Recorder that speaks HTTP/1.1 and also records the client port of each request, and counts
+    the connections it has closed."""
+
+    def __init__(self, handler):
+        self.ports = []
+        self.closed = threading.Semaphore(0)
+        super().__init__("127.0.0.1", 0, handler)
+
+    def shutdown_request(self, request):
+        super().shutdown_request(request)
+        self.closed.release()
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        self.server.paths.append(self.path)
+        self.server.ports.append(self.client_address[1])
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"image ", b"bytes", b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            return
+        code, body = (
+            (404, b"not found")
+            if self.path == "/missing"
+            else (200, b"x" * 5000 if self.path == "/big" else b"image bytes")
+        )
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        if self.path == "/last":  # the server ends the connection after this response
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path == "/hang-up":  # … or ends it without saying so: the client sees it when idle
+            self.close_connection = True
+
+
+@pytest.fixture
+def keep_alive():
+    srv = _KeepAliveServer(_KeepAlive)
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_one_connection_serves_a_hosts_requests_one_after_another(keep_alive):
+    url = f"http://127.0.0.1:{keep_alive.server_port}"
+    with netguard.Guard(["127.0.0.1"], False, max_bytes=6000) as guard:
+        got = [
+            _get(guard, f"{url}/ok"),
+            _get(guard, f"{url}/big"),
+            _get(guard, f"{url}/big"),
+            _get(guard, f"{url}/chunked"),
+        ]
+    assert got == [b"image bytes", b"x" * 5000, b"x" * 5000, b"image bytes"]  # each request its own byte budget
+    assert len(set(keep_alive.ports)) == 1
+    assert keep_alive.closed.acquire(timeout=5)  # Guard.close closed it
+
+
+def test_a_connection_is_reused_only_after_its_response_was_read_to_the_end(keep_alive):
+    url = f"http://127.0.0.1:{keep_alive.server_port}"
+    guard = netguard.Guard(["127.0.0.1"], False)
+    with guard.open(f"{url}/big", timeout=5) as r:
+        assert r.read(10) == b"x" * 10  # closed with 4990 bytes unread
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        _get(guard, f"{url}/missing")  # an error response, its body unread
+    assert _get(guard, f"{url}/ok") == b"image bytes"
+    assert _get(guard, f"{url}/ok") == b"image bytes"
+    guard.close()
+    first, second, third, fourth = keep_alive.ports
+    assert len({first, second, third}) == 3 and fourth == third
+
+
+def test_a_connection_the_server_ends_is_not_reused(keep_alive):
+    url = f"http://127.0.0.1:{keep_alive.server_port}"
+    guard = netguard.Guard(["127.0.0.1"], False)
+    assert _get(guard, f"{url}/last") == b"image bytes"  # Connection: close
+    assert _get(guard, f"{url}/hang-up") == b"image bytes"  # closed without a word, after the response
+    assert keep_alive.closed.acquire(timeout=5) and keep_alive.closed.acquire(timeout=5)
+    assert _get(guard, f"{url}/ok") == b"image bytes"  # not on the hung-up connection: no error
+    guard.close()
+    assert len(set(keep_alive.ports)) == 3
+
+
+def test_kept_alive_connections_are_per_guard_and_per_host(keep_alive, servers):
+    """A connection opened under one policy never carries another policy's request, and none
+    outlives the check of the host it was opened for."""
+    url = f"http://127.0.0.1:{keep_alive.server_port}/ok"
+    open_, closed = netguard.Guard(["127.0.0.1"], False), netguard.Guard([], False)
+    assert _get(open_, url) == b"image bytes"
+    with pytest.raises(urllib.error.URLError, match="refused: 127.0.0.1 is a loopback"):
+        _get(closed, url)
+    moved = netguard.Guard(["127.0.0.1"], False, connect_to={("localhost", 1): ("127.0.0.2", keep_alive.server_port)})
+    with pytest.raises(urllib.error.URLError, match="refused: 127.0.0.2 is a loopback"):
+        _get(moved, "http://localhost:1/ok")  # another host: its own connection, its own check
+    assert _get(open_, url) == b"image bytes"
+    assert len(set(keep_alive.ports)) == 1 and keep_alive.paths == ["/ok", "/ok"]
+    for guard in (open_, closed, moved):
+        guard.close()

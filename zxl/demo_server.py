@@ -42,6 +42,7 @@ def _port_free(host: str, port: int) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server: DemoHTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no wait on a delayed ACK between
 
     def log_message(self, format, *args):  # noqa: A002 - the demo is quiet
         pass
