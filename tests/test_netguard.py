@@ -350,6 +350,7 @@ class _KeepAliveServer(Recorder):
 
     def __init__(self, handler):
         self.ports = []
+        self.drop = set()
         self.closed = threading.Semaphore(0)
         super().__init__("127.0.0.1", 0, handler)
 
@@ -368,6 +369,11 @@ class _KeepAlive(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         self.server.paths.append(self.path)
         self.server.ports.append(self.client_address[1])
+        if self.client_address[1] in self.server.drop:  # read the request, then hang up without a byte
+            self.close_connection = True
+            return
+        if self.path == "/then-drop":  # the next request on this connection is dropped
+            self.server.drop.add(self.client_address[1])
         if self.path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -455,3 +461,15 @@ def test_kept_alive_connections_are_per_guard_and_per_host(keep_alive, servers):
     assert len(set(keep_alive.ports)) == 1 and keep_alive.paths == ["/ok", "/ok"]
     for guard in (open_, closed, moved):
         guard.close()
+
+
+def test_a_request_the_server_drops_on_a_kept_alive_connection_goes_again_on_a_new_one(keep_alive):
+    """HTTP/1.1 lets a server close an idle connection as the next request arrives: no answer at all
+    on a reused connection is the connection's end, not the request's; the request goes once more."""
+    url = f"http://127.0.0.1:{keep_alive.server_port}"
+    with netguard.Guard(["127.0.0.1"], False) as guard:
+        assert _get(guard, f"{url}/then-drop") == b"image bytes"
+        assert _get(guard, f"{url}/ok") == b"image bytes"
+    assert keep_alive.paths == ["/then-drop", "/ok", "/ok"]
+    first, dropped, again = keep_alive.ports
+    assert dropped == first and again != first
