@@ -8,12 +8,14 @@ gets processes. Each side runs ``repeats`` times, alternating, into fresh folder
 successfully stored images per second of wall time, best run of each (start-up included on both
 sides: Dask's cluster, img2dataset's process pool and imports).
 
-Against the limit, both sides are measured warm, as the limit is: its process pool starts and
-imports before the clock, and so does zxl's cluster (started as ``zxl curate`` starts it, the
-run's imports preloaded; the split done), so the clock holds the fetch tasks alone. Each repeat
-measures the limit right after the warm fetch, and the ratio is the median of those pairs (this
-machine's speed drifts by ±15% between minutes). The images come from a server in this process,
-on the same two cores: its CPU share is printed beside the figure.
+The two commands are compared first (all repeats), then the limit. Against the limit both sides
+are measured warm, as the limit is: its process pool starts and imports before the clock, and so
+does zxl's cluster (started as ``zxl curate`` starts it, the run's imports preloaded; the split
+done), so the clock holds the fetch tasks alone. Each repeat measures the limit right after the
+warm fetch, and the ratio is the median of those pairs (this machine's speed drifts by ±15%
+between minutes). The images come from a server in this process, on the same two cores: its CPU
+share is printed beside the figure. Every timed run starts after ``os.sync()`` and each run's
+output is removed once measured, so that no run pays for the writes of the one before it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ CACHE = Path(".cache/bench")
 
 
 def _ours(cfg: CurateConfig, urls: Path) -> tuple[float, int]:
+    os.sync()  # the earlier runs' written shards go to disk now, not on this clock
     t0 = time.perf_counter()
     table = sources.read_url_list(cfg.source)
     run_dir = Path(cfg.run.runs_dir) / cfg.run.name
@@ -60,6 +63,13 @@ def _ours(cfg: CurateConfig, urls: Path) -> tuple[float, int]:
     return seconds, ok
 
 
+def _import_all(names: list[str]) -> None:
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
 def _ours_warm(cfg: CurateConfig) -> tuple[float, int, float]:
     """(seconds, stored images, this process's CPU seconds meanwhile) of the fetch tasks alone, on a
     cluster already started with the run's imports (``zxl curate``'s forkserver preload) and the split
@@ -72,7 +82,13 @@ def _ours_warm(cfg: CurateConfig) -> tuple[float, int, float]:
     n, source_hash = sources.split(table, cfg.source, run_dir, cfg.run.shard_size)
     h = stage_hashes(cfg, source_hash)["fetch"]
     plan = [Task("fetch", s, run_shard, (str(run_dir), "fetch", s, h, cfg.fetch, cfg.run.shard_size)) for s in range(n)]
-    with Executor(cfg.run, preload=worker_imports(cfg)) as ex:
+    preload = worker_imports(cfg)
+    with Executor(cfg.run, preload=preload) as ex:
+        # The forkserver is one per process and keeps the imports it started with (pipeline/executor.py):
+        # after the cold runs in this process, the workers would import the fetch's libraries on the clock.
+        assert ex.client is not None
+        ex.client.run(_import_all, preload)
+        os.sync()  # the earlier runs' written shards go to disk now, not on this clock
         t0, c0 = time.perf_counter(), time.process_time()
         ex.run(plan, Progress({"fetch": table.num_rows}, enabled=False))
         seconds, server_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -100,6 +116,7 @@ def _bare(cfg: CurateConfig, urls: Path, out: Path) -> tuple[float, int]:
         "--save_additional_columns", "[id,tag_string_general,tag_string_character,rating,created_at]",
     ]  # fmt: skip
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+    os.sync()  # the earlier runs' written shards go to disk now, not on this clock
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
@@ -131,6 +148,7 @@ def _limit(cfg: CurateConfig, urls: Path, workers: int) -> tuple[float, int]:
     chunks = [(blobs[i::workers], f) for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pool.map(_resize_chunk, [([blobs[0]], f)] * workers)  # start-up and imports outside the clock
+        os.sync()  # as before every other timed run
         t0 = time.perf_counter()
         ok = sum(pool.map(_resize_chunk, chunks))
         return time.perf_counter() - t0, ok
@@ -146,24 +164,39 @@ def run(quick: bool = False) -> list[dict]:
     try:
         with DemoServer(corpus, port=0) as server:
             urls = server.write_urls(work / "urls.parquet")
-            for r in range(repeats):
-                cfg = load_config(
+            cfgs = [
+                load_config(
                     CurateConfig,
                     overrides=[
-                        f"run.runs_dir={work}", f"run.name=ours{r}", "run.shard_size=250", f"run.workers={workers}",
-                        "run.progress=false", "run.dashboard_address=", f"source.path={urls}",
-                        "source.url_column=file_url", "source.id_column=id", "fetch.thread_count=16",
+                        f"run.runs_dir={work}",
+                        f"run.name=ours{r}",
+                        "run.shard_size=250",
+                        f"run.workers={workers}",
+                        "run.progress=false",
+                        "run.dashboard_address=",
+                        f"source.path={urls}",
+                        "source.url_column=file_url",
+                        "source.id_column=id",
+                        "fetch.thread_count=16",
                         "fetch.allowed_hosts=[127.0.0.1]",
                     ],
                 )  # fmt: skip
+                for r in range(repeats)
+            ]
+            for r, cfg in enumerate(cfgs):  # the two commands, cold, alternating
                 ours.append(_ours(cfg, urls))
                 bare.append(_bare(cfg, urls, work / f"bare{r}"))
+                for done in (work / f"ours{r}", work / f"bare{r}"):
+                    shutil.rmtree(done, ignore_errors=True)
+                cold, i2d = (ok / s for s, ok in (ours[-1], bare[-1]))
+                print(f"  run {r}: zxl {cold:.1f} img/s, img2dataset {i2d:.1f} img/s")
+            for r, cfg in enumerate(cfgs):  # then warm fetch tasks and the limit, each pair back to back
                 warm_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=f"warm{r}"))
                 warm.append(_ours_warm(warm_cfg))
+                shutil.rmtree(work / f"warm{r}", ignore_errors=True)
                 limits.append(_limit(cfg, urls, workers))
-                cold, i2d, hot, ceiling = (ok / s for s, ok in (ours[-1], bare[-1], warm[-1][:2], limits[-1]))
-                print(f"  run {r}: zxl {cold:.1f} img/s, img2dataset {i2d:.1f} img/s; zxl warm {hot:.1f} img/s "
-                      f"against the limit's {ceiling:.1f} ({hot / ceiling:.2f}×)")  # fmt: skip
+                hot, ceiling = (ok / s for s, ok in (warm[-1][:2], limits[-1]))
+                print(f"  pair {r}: zxl warm {hot:.1f} img/s against the limit's {ceiling:.1f} ({hot / ceiling:.2f}×)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = lambda runs: max(ok / s for s, ok in runs)  # noqa: E731
