@@ -410,11 +410,10 @@ class Guard:
                 conn = conn_class(req.host, timeout=req.timeout, **conn_args)
             elif conn.sock is not None:
                 conn.sock.settimeout(req.timeout)
-            conn.response_class = functools.partial(  # pyright: ignore[reportAttributeAccessIssue] - http.client calls it as a class; a partial carries this request's budget
-                _BudgetResponse,
-                budget=req.zxl_budget,
-                release=functools.partial(self._release, key, conn),  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
-            )
+            budget: _Budget = req.zxl_budget  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
+            release = functools.partial(self._release, key, conn)
+            # http.client calls response_class as a class; a partial carries this request's budget
+            conn.response_class = functools.partial(_BudgetResponse, budget=budget, release=release)  # pyright: ignore[reportAttributeAccessIssue]
             try:
                 try:
                     conn.request(req.get_method(), req.selector, req.data, headers)
