@@ -280,6 +280,7 @@ def guard(cfg: FetchConfig) -> netguard.Guard:
         response_deadline=RESPONSE_DEADLINE_FACTOR * cfg.timeout,
         max_bytes=cfg.max_response_bytes or None,
         connect_to=connect_to,
+        max_idle=cfg.thread_count,  # one a download thread
     )
 
 

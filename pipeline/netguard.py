@@ -25,8 +25,8 @@ scheme altogether (``file:///etc/passwd``, ``file:///dev/zero``, ``ftp://``, ``d
   keep-alive) and sends its next request for the same scheme, host and port over it, from any
   thread, one request at a time: no new TCP (and TLS) handshake per image. Only a connection this
   Guard opened, and so checked, is reused; one whose response was not read to the end, failed, or
-  that the server closed or wrote to while it was idle is closed instead. ``Guard.close`` closes
-  the idle ones.
+  that the server closed or wrote to while it was idle is closed instead; at most ``max_idle``
+  stay open idle, none longer than ``idle_seconds``. ``Guard.close`` closes the idle ones.
 
 img2dataset fetches with ``urllib.request.urlopen(request, timeout=...)`` from its own threads.
 ``patch_img2dataset`` points img2dataset's ``urllib`` (its module's binding, nobody else's) at
@@ -234,7 +234,8 @@ class _BudgetResponse(http.client.HTTPResponse):
     def _close_conn(self):
         whole = self._trailer_read if self.chunked else self.length == 0
         super()._close_conn()  # pyright: ignore[reportAttributeAccessIssue] - http.client's private step
-        self._done(whole and not self.will_close)
+        # 1xx (bar 100, which http.client skips) is not the final answer: the real one may follow
+        self._done(whole and not self.will_close and self.status >= 200)
 
     def close(self):
         if self.fp is not None:  # before the body's end: its connection holds unread bytes
@@ -338,6 +339,8 @@ class Guard:
     of its final response, redirects included (None: no bound but urllib's per-read timeout).
     ``max_bytes``: the most a request's responses may hold (None: no bound).
     ``connect_to``: {(host, port): (host2, port2)}, where to connect instead.
+    ``max_idle``: the most connections kept open while idle, all hosts together (the oldest goes);
+    ``idle_seconds``: how long one may sit idle before it is closed instead of reused.
     """
 
     def __init__(
@@ -347,9 +350,13 @@ class Guard:
         response_deadline: float | None = None,
         max_bytes: int | None = None,
         connect_to: dict[tuple[str, int], tuple[str, int]] | None = None,
+        max_idle: int = 32,
+        idle_seconds: float = 30.0,
     ):
         self.policy = Policy(list(allowed_hosts), allow_private)
-        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}  # (scheme, host:port) → open
+        # (scheme, host:port) → [(connection, when it went idle)], oldest first
+        self._idle: dict[tuple[str, str], list[tuple[http.client.HTTPConnection, float]]] = {}
+        self.max_idle, self.idle_seconds = max_idle, idle_seconds
         self._lock = threading.Lock()
         self._closed = False
         self.response_deadline, self.max_bytes = response_deadline, max_bytes
@@ -423,6 +430,11 @@ class Guard:
                         continue
                     raise urllib.error.URLError(err) from err  # as urllib says it: <urlopen error …>
                 r = conn.getresponse()
+                # http.client remembers the response only to refuse a request before it is read;
+                # the pool hands the connection out only once it is, and the reference would make a
+                # cycle (connection → response → release → connection) that holds the socket of a
+                # response dropped unread until the garbage collector runs.
+                setattr(conn, "_HTTPConnection__response", None)  # noqa: B010 - its private name
             except http.client.RemoteDisconnected:
                 conn.close()
                 if reused:  # closed by the server as the request left: not one byte of an answer
@@ -437,29 +449,42 @@ class Guard:
         raise AssertionError("unreachable: the second try is on a fresh connection")
 
     def _take(self, key: tuple[str, str]) -> http.client.HTTPConnection | None:
-        """An idle connection for ``key`` that the server has not closed meanwhile (a readable idle
-        socket is an end of file or bytes nobody asked for: either way it is closed), or None."""
+        """An idle connection for ``key`` that has not sat idle past ``idle_seconds`` and that the
+        server has not closed meanwhile (a readable idle socket is an end of file or bytes nobody
+        asked for: either way it is closed), or None."""
         while True:
             with self._lock:
                 idle = self._idle.get(key)
-                conn = idle.pop() if idle else None
-            if conn is None or (conn.sock is not None and not _readable(conn.sock)):
+                conn, since = idle.pop() if idle else (None, 0.0)
+                if idle == []:
+                    del self._idle[key]
+            if conn is None:
+                return None
+            fresh = time.monotonic() - since <= self.idle_seconds
+            if fresh and conn.sock is not None and not _readable(conn.sock):
                 return conn
             conn.close()
 
     def _release(self, key: tuple[str, str], conn: http.client.HTTPConnection, reusable: bool) -> None:
+        to_close = [conn]
         if reusable and conn.sock is not None:
             with self._lock:
                 if not self._closed:
-                    self._idle.setdefault(key, []).append(conn)
-                    return
-        conn.close()
+                    self._idle.setdefault(key, []).append((conn, time.monotonic()))
+                    to_close = []
+                    if sum(map(len, self._idle.values())) > self.max_idle:  # the one idle longest goes
+                        oldest = min(self._idle, key=lambda k: self._idle[k][0][1])
+                        to_close.append(self._idle[oldest].pop(0)[0])
+                        if not self._idle[oldest]:
+                            del self._idle[oldest]
+        for done in to_close:
+            done.close()
 
     def close(self) -> None:
         """Close the idle connections; requests after this one still work, on connections of their own."""
         with self._lock:
             self._closed = True
-            idle = [conn for conns in self._idle.values() for conn in conns]
+            idle = [conn for conns in self._idle.values() for conn, _ in conns]
             self._idle.clear()
         for conn in idle:
             conn.close()

@@ -2,9 +2,11 @@
 per request."""
 
 import contextlib
+import gc
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -372,6 +374,11 @@ class _KeepAlive(BaseHTTPRequestHandler):
         if self.client_address[1] in self.server.drop:  # read the request, then hang up without a byte
             self.close_connection = True
             return
+        if self.path == "/early-hints":  # a 103, then (later) the final answer
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
+            time.sleep(0.2)
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nthe hints")
+            return
         if self.path == "/then-drop":  # the next request on this connection is dropped
             self.server.drop.add(self.client_address[1])
         if self.path == "/chunked":
@@ -473,3 +480,45 @@ def test_a_request_the_server_drops_on_a_kept_alive_connection_goes_again_on_a_n
     assert keep_alive.paths == ["/then-drop", "/ok", "/ok"]
     first, dropped, again = keep_alive.ports
     assert dropped == first and again != first
+
+
+def test_idle_connections_are_bounded_in_number_and_age(keep_alive):
+    url = f"http://127.0.0.1:{keep_alive.server_port}"
+    guard = netguard.Guard(["127.0.0.1"], False, max_idle=2, idle_seconds=0.3)
+    held = [guard.open(f"{url}/ok", timeout=5) for _ in range(3)]  # three at once: three connections
+    for r in held:
+        assert r.read() == b"image bytes"
+        r.close()
+    assert keep_alive.closed.acquire(timeout=5)  # the third idle one pushed the oldest out
+    assert not keep_alive.closed.acquire(timeout=0.2)
+    assert _get(guard, f"{url}/ok") == b"image bytes"  # on the newest
+    assert keep_alive.ports[3] == keep_alive.ports[2]
+    time.sleep(0.4)  # past idle_seconds: not reused, closed
+    assert _get(guard, f"{url}/ok") == b"image bytes"
+    assert keep_alive.ports[4] not in keep_alive.ports[:4]
+    guard.close()
+
+
+def test_a_response_dropped_unread_closes_its_connection_without_the_garbage_collector(keep_alive):
+    guard = netguard.Guard(["127.0.0.1"], False)
+    gc.disable()
+    try:
+        r = guard.open(f"http://127.0.0.1:{keep_alive.server_port}/big", timeout=5)
+        assert r.read(10) == b"x" * 10
+        del r
+        assert keep_alive.closed.acquire(timeout=5)
+    finally:
+        gc.enable()
+        guard.close()
+
+
+def test_an_informational_response_never_hands_its_connection_on(keep_alive):
+    """A 103 is not the answer: the final one follows on the same connection, so that connection
+    must not carry the next request (it would read the 103's successor as its own answer)."""
+    url = f"http://127.0.0.1:{keep_alive.server_port}"
+    with netguard.Guard(["127.0.0.1"], False) as guard:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get(guard, f"{url}/early-hints")
+        assert e.value.code == 103 and e.value.read() == b""  # read to its (empty) end
+        e.value.close()
+        assert _get(guard, f"{url}/ok") == b"image bytes"

@@ -69,7 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(size))
                 self.end_headers()
-                self.connection.sendfile(f)
+                self.connection.sendfile(f, count=size)  # what Content-Length says, even if it grows
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
