@@ -127,20 +127,16 @@ def _bare(cfg: CurateConfig, urls: Path, out: Path) -> tuple[float, int]:
 def _resize_chunk(args) -> int:
     import io
 
-    blobs, f, zxl = args
-    settings = dict(image_size=f["image_size"], resize_mode=f["resize_mode"],
-                    resize_only_if_bigger=f["resize_only_if_bigger"], encode_quality=f["encode_quality"],
-                    encode_format=f["encode_format"], skip_reencode=f["skip_reencode"])  # fmt: skip
+    blobs, cfg, zxl = args
     if zxl:  # zxl's own: the header check, then its matte, then img2dataset's Resizer
-        from zxl.pipeline.fetch import _resizer_class
+        from zxl.pipeline.fetch import make_resizer
 
-        resizer = _resizer_class()(**settings, min_image_size=f["min_image_size"],
-                                   max_aspect_ratio=f["max_aspect_ratio"], max_image_area=f["max_image_pixels"],
-                                   max_image_pixels=f["max_image_pixels"])  # fmt: skip
+        resizer = make_resizer(cfg)
     else:
         from img2dataset.resizer import Resizer
 
-        resizer = Resizer(**settings)
+        resizer = Resizer(cfg.image_size, cfg.resize_mode, cfg.resize_only_if_bigger, encode_quality=cfg.encode_quality,
+                          encode_format=cfg.encode_format, skip_reencode=cfg.skip_reencode)  # fmt: skip
     return sum(resizer(io.BytesIO(b))[-1] is None for b in blobs)
 
 
@@ -159,10 +155,9 @@ def _limit(cfg: CurateConfig, blobs: list[bytes], workers: int, zxl: bool = Fals
     processes: img2dataset's Resizer, or with ``zxl`` the fetch's own (header check and matte first)."""
     import multiprocessing
 
-    f = dataclasses.asdict(cfg.fetch)
-    chunks = [(blobs[i::workers], f, zxl) for i in range(workers)]
+    chunks = [(blobs[i::workers], cfg.fetch, zxl) for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(_resize_chunk, [([blobs[0]], f, zxl)] * workers)  # start-up and imports outside the clock
+        pool.map(_resize_chunk, [([blobs[0]], cfg.fetch, zxl)] * workers)  # start-up and imports outside the clock
         os.sync()  # as before every other timed run
         t0 = time.perf_counter()
         ok = sum(pool.map(_resize_chunk, chunks))
@@ -218,12 +213,15 @@ def run(quick: bool = False) -> list[dict]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = lambda runs: max(ok / s for s, ok in runs)  # noqa: E731
+    against = lambda limit: [
+        (ok_w / s_w) / (ok_l / s_l) for (s_w, ok_w, _), (s_l, ok_l) in zip(warm, limit, strict=True)
+    ]  # noqa: E731
     o, b = best(ours), best(bare)
     lim = best(limits)
     w = best([(s, ok) for s, ok, _ in warm])
-    paired = [(ok_w / s_w) / (ok_l / s_l) for (s_w, ok_w, _), (s_l, ok_l) in zip(warm, limits, strict=True)]
+    paired = against(limits)
     server = min(cpu / s for s, _, cpu in warm)
-    against_own = [(ok_w / s_w) / (ok_l / s_l) for (s_w, ok_w, _), (s_l, ok_l) in zip(warm, own, strict=True)]
+    against_own = against(own)
     print(
         f"  decode+resize+encode alone: {lim:.1f} img/s; zxl's fetch tasks warm: {w:.1f} img/s "
         f"(the local server took {server:.2f} of the 2 cores meanwhile); paired, median of {repeats}: "

@@ -268,6 +268,22 @@ def _resizer_class():
     return GuardedResizer
 
 
+def make_resizer(cfg: FetchConfig):
+    """The fetch's GuardedResizer with ``cfg``'s settings (OpenCV's pixel limit is the caller's to set)."""
+    return _resizer_class()(
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_quality=cfg.encode_quality,
+        encode_format=cfg.encode_format,
+        skip_reencode=cfg.skip_reencode,
+        min_image_size=cfg.min_image_size,
+        max_aspect_ratio=cfg.max_aspect_ratio,
+        max_image_area=cfg.max_image_pixels,
+        max_image_pixels=cfg.max_image_pixels,
+    )
+
+
 def guard(cfg: FetchConfig) -> netguard.Guard:
     """The fetch policy of ``cfg`` (netguard): addresses, response deadline and size, connect_to."""
     connect_to = {}
@@ -330,18 +346,7 @@ def make_downloader(cfg: FetchConfig, output_folder: Path, column_list: list[str
 
     # OpenCV reads its pixel limit once per process from the environment: set it before any decode.
     os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(cfg.max_image_pixels))
-    resizer = _resizer_class()(
-        image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode,
-        resize_only_if_bigger=cfg.resize_only_if_bigger,
-        encode_quality=cfg.encode_quality,
-        encode_format=cfg.encode_format,
-        skip_reencode=cfg.skip_reencode,
-        min_image_size=cfg.min_image_size,
-        max_aspect_ratio=cfg.max_aspect_ratio,
-        max_image_area=cfg.max_image_pixels,
-        max_image_pixels=cfg.max_image_pixels,
-    )
+    resizer = make_resizer(cfg)
     return Downloader(
         sample_writer_class=WebDatasetSampleWriter,
         resizer=resizer,

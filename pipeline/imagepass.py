@@ -39,9 +39,8 @@ class StoredImage:
     stage ran alone or with others. A view at or under ``BASE_SIDE`` (both sides, or the long side) is
     box-reduced from the ``BASE_SIDE`` view. A JPEG's view of a larger side is its DCT-scaled decode
     (1/2..1/8) then a box reduce: views whose DCT scale is the same share that decode; views of
-    different scales get a decode each. Any
-    other format is decoded whole once and each view box-reduced from that, which is what
-    ``decode_reduced`` does for it too.
+    different scales get a decode each. Any other format is decoded whole once and each view
+    box-reduced from that, which is what ``decode_reduced`` does for it too.
     """
 
     def __init__(self, data: bytes, max_pixels: int | None = None, option: str = "max_image_pixels"):

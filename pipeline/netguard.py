@@ -410,6 +410,7 @@ class Guard:
         headers = dict(req.unredirected_hdrs)
         headers.update({k: v for k, v in req.headers.items() if k not in headers})
         headers = {name.title(): value for name, value in headers.items()}
+        budget: _Budget = req.zxl_budget  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
         for fresh in (False, True):
             conn = None if fresh else self._take(key)
             reused = conn is not None
@@ -417,7 +418,6 @@ class Guard:
                 conn = conn_class(req.host, timeout=req.timeout, **conn_args)
             elif conn.sock is not None:
                 conn.sock.settimeout(req.timeout)
-            budget: _Budget = req.zxl_budget  # pyright: ignore[reportAttributeAccessIssue] - zxl's own attribute on urllib's Request
             release = functools.partial(self._release, key, conn)
             # http.client calls response_class as a class; a partial carries this request's budget
             conn.response_class = functools.partial(_BudgetResponse, budget=budget, release=release)  # pyright: ignore[reportAttributeAccessIssue]

@@ -44,19 +44,25 @@ class Recorder(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
+def serving(*servers):
+    """The servers answering from threads of their own until the block ends."""
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield servers
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+@contextlib.contextmanager
 def recording_pair(handler):
     """``handler`` on 127.0.0.1 (allowed in these tests) and on 127.0.0.2 at the same port (refused),
     each recording the paths it is asked for."""
     one = Recorder("127.0.0.1", 0, handler)
-    two = Recorder("127.0.0.2", one.server_port, handler)
-    for srv in (one, two):
-        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield one, two
-    finally:
-        for srv in (one, two):
-            srv.shutdown()
-            srv.server_close()
+    with serving(one, Recorder("127.0.0.2", one.server_port, handler)) as pair:
+        yield pair
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -100,12 +106,8 @@ def server6():
         srv = Recorder("::1", 0, _Handler)
     except OSError as e:
         pytest.skip(f"no IPv6 loopback here: {e}")
-    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    try:
+    with serving(srv):
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def forbid_lookups(monkeypatch) -> list:
@@ -409,13 +411,8 @@ class _KeepAlive(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def keep_alive():
-    srv = _KeepAliveServer(_KeepAlive)
-    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    try:
+    with serving(_KeepAliveServer(_KeepAlive)) as (srv,):
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_one_connection_serves_a_hosts_requests_one_after_another(keep_alive):

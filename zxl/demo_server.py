@@ -64,22 +64,20 @@ class _Handler(BaseHTTPRequestHandler):
         kind = _TYPES.get(file.suffix, mimetypes.guess_type(file.name)[0] or "application/octet-stream")
         with file.open("rb") as f:  # from the page cache to the socket, as a file server sends it
             size = os.fstat(f.fileno()).st_size
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(size))
-                self.end_headers()
-                self.connection.sendfile(f, count=size)  # what Content-Length says, even if it grows
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            self._reply(200, None, kind, size, f)
 
-    def _reply(self, code: int, body: bytes, kind: str):
+    def _reply(self, code: int, body: bytes | None, kind: str, size: int = 0, file=None):
+        """``body``, or ``size`` bytes of ``file`` sent with sendfile (what Content-Length says, even
+        if the file grows meanwhile)."""
         try:
             self.send_response(code)
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(size if body is None else len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if body is None:
+                self.connection.sendfile(file, count=size)
+            else:
+                self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
