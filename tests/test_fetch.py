@@ -233,7 +233,7 @@ def test_the_guarded_resizer_stores_the_same_bytes_as_img2dataset_for_transparen
     monkeypatch.setattr(fetch, "flatten_alpha", lambda data: matted.append(flatten(data)) or matted[-1])
 
     rng = np.random.default_rng(7)
-    field = rng.integers(0, 256, (300, 420, 4), dtype=np.uint8)
+    field = rng.integers(0, 256, (160, 220, 4), dtype=np.uint8)  # both sides over image_size
     rgba = Image.fromarray(field, "RGBA")
     small = rgba.resize((90, 70))
     images = {
